@@ -1,0 +1,3 @@
+from redtrain.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,287 @@
+"""The training loop: one step function per method, atomic checkpoints, resumable runs.
+
+A run folder holds config.yaml (the resolved config), checkpoint.pt (written atomically after every
+epoch), history.jsonl (one line of figures per epoch) and, once finished, summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from redtrain.attacks import ensemble_ce, member_ce, pgd
+from redtrain.config import AttackConfig, Config, config_from_dict
+from redtrain.data import Dataset, load_dataset, to_unit
+from redtrain.errors import UserError
+from redtrain.losses import ensemble_log_probs, gradient_similarity, input_gradients, lipschitz_penalty
+from redtrain.models import build_member
+
+Member = Callable[[torch.Tensor], torch.Tensor]
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def git_commit() -> str:
+    """The commit that produced an artefact, with '-dirty' when the tree had uncommitted changes."""
+    try:
+        root = Path(__file__).resolve().parents[2]
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Ensemble(nn.Module):
+    """N independent members. `members()` is what the losses see: a list of callables, so a
+    hypernetwork ensemble (PS-RED) can present generated members through the same interface."""
+
+    def __init__(self, cfg: Config, classes: int) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList([build_member(cfg.model, classes) for _ in range(cfg.members)])
+
+    def members(self) -> list[Member]:
+        return list(self.nets)
+
+    def member_module(self, index: int) -> nn.Module:
+        """A standalone nn.Module computing member `index` (what export writes as ONNX)."""
+        return self.nets[index]
+
+
+def build_ensemble(cfg: Config, classes: int) -> nn.Module:
+    if cfg.method == "ps-red":
+        from redtrain.psred import HyperEnsemble  # noqa: PLC0415 (optional feature)
+
+        return HyperEnsemble(cfg, classes)
+    return Ensemble(cfg, classes)
+
+
+def _step_size(attack: AttackConfig) -> float:
+    return attack.eps * attack.step_ratio
+
+
+def _attack_members(members: Sequence[Member], x: torch.Tensor, y: torch.Tensor, attack: AttackConfig,
+                    generator: torch.Generator) -> list[torch.Tensor]:
+    return [pgd(member_ce(m), x, y, attack.eps, _step_size(attack), attack.steps, attack.random_start, generator)
+            for m in members]
+
+
+def loss_terms(members: Sequence[Member], x: torch.Tensor, y: torch.Tensor, cfg: Config,
+               generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The training objective of cfg.method, split into named terms; terms['loss'] is what to minimise.
+
+    independent     sum_i CE(f_i(x))
+    independent-at  sum_i (1-mix) CE(f_i(x)) + mix CE(f_i(x_i^adv)), x_i^adv = PGD on member i
+    red / ps-red    CE part as above (or clean CE without adversarial training)
+                    + l_sim * L_sim  (gradients at the points the CE is taken at)
+                    + l_lip * L_lip  (on [clean half; PGD-against-the-averaged-ensemble half])
+    """
+    adv = cfg.adversarial
+    terms: dict[str, torch.Tensor] = {}
+    x_adv = _attack_members(members, x, y, adv.attack, generator) if adv.enabled else None
+
+    ce_total = x.new_zeros(())
+    grads: list[torch.Tensor] = []
+    want_sim = cfg.method in ("red", "ps-red") and cfg.loss.l_sim > 0
+    for i, member in enumerate(members):
+        point = x_adv[i] if x_adv is not None else x
+        if want_sim:
+            ce_point, g = input_gradients(member, point, y)
+            grads.append(g)
+        else:
+            ce_point = F.cross_entropy(member(point), y)
+        if x_adv is not None and adv.mix < 1.0:
+            ce_point = (1 - adv.mix) * F.cross_entropy(member(x), y) + adv.mix * ce_point
+        ce_total = ce_total + ce_point
+    terms["ce"] = ce_total
+    loss = ce_total
+
+    if want_sim:
+        terms["sim"] = gradient_similarity(grads)
+        loss = loss + cfg.loss.l_sim * terms["sim"]
+    if cfg.method in ("red", "ps-red") and cfg.loss.l_lip > 0:
+        half = x.shape[0] // 2
+        lip = cfg.loss.lip_attack
+        x_far = pgd(ensemble_ce(members), x[half:], y[half:], lip.eps, _step_size(lip), lip.steps,
+                    lip.random_start, generator)
+        x_lip = torch.cat([x[:half], x_far])
+        lip_grads = [input_gradients(m, x_lip, y)[1] for m in members]
+        terms["lip"] = lipschitz_penalty(lip_grads)
+        loss = loss + cfg.loss.l_lip * terms["lip"]
+    terms["loss"] = loss
+    return terms
+
+
+@torch.no_grad()
+def accuracy(members: Sequence[Member], images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+             batch_size: int = 1000) -> dict[str, object]:
+    """Clean accuracy of each member, of a uniformly random draw (the mean over members) and of the
+    averaged ensemble (argmax of the mean softmax)."""
+    correct = torch.zeros(len(members))
+    correct_ens = 0
+    for start in range(0, len(images), batch_size):
+        x = to_unit(images[start:start + batch_size]).to(device)
+        y = labels[start:start + batch_size].to(device)
+        logits = [m(x) for m in members]
+        for i, z in enumerate(logits):
+            correct[i] += (z.argmax(1) == y).sum().item()
+        correct_ens += (ensemble_log_probs(logits).argmax(1) == y).sum().item()
+    member_acc = (correct / len(images)).tolist()
+    return {
+        "memberAccuracy": [round(a, 6) for a in member_acc],
+        "randomDrawAccuracy": round(sum(member_acc) / len(member_acc), 6),
+        "ensembleAccuracy": round(correct_ens / len(images), 6),
+        "examples": len(images),
+    }
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _subset(split_images: torch.Tensor, split_labels: torch.Tensor, limit: int | None):
+    if limit is None:
+        return split_images, split_labels
+    return split_images[:limit], split_labels[:limit]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    epochs_done: int
+    seconds: float
+    evaluation: dict
+
+
+def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, progress: bool = True) -> RunResult:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    cfg_path = run_dir / "config.yaml"
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device()
+    data = dataset or load_dataset(cfg.data.name, cfg.data.root)
+    train_x, train_y = _subset(data.train.images, data.train.labels, cfg.data.train_limit)
+    test_x, test_y = _subset(data.test.images, data.test.labels, cfg.data.test_limit)
+
+    seed_everything(cfg.seed)
+    ensemble = build_ensemble(cfg, len(data.labels)).to(device)
+    params = [p for p in ensemble.parameters() if p.requires_grad]
+    o = cfg.optim
+    if o.optimizer == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    steps_per_epoch = (len(train_x) + o.batch_size - 1) // o.batch_size
+    total_steps = steps_per_epoch * o.epochs
+    schedule = (lambda s: 0.5 * (1 + np.cos(np.pi * s / total_steps))) if o.schedule == "cosine" else (lambda s: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    start_epoch, seconds, history = 0, 0.0, []
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state["config"] != cfg.to_dict():
+            raise UserError(
+                f"{run_dir} holds a run with a different config; resume with the same config or choose another --out"
+            )
+        ensemble.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, seconds, history = state["epoch"], state["seconds"], state["history"]
+        torch.set_rng_state(state["rng"])
+        if progress:
+            print(f"resuming {run_dir} after epoch {start_epoch}/{o.epochs}")
+    else:
+        _atomic_write_text(cfg_path, yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+
+    members = ensemble.members()
+    for epoch in range(start_epoch, o.epochs):
+        ensemble.train()
+        started = time.time()
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        attack_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{o.epochs}", disable=not progress,
+                   mininterval=2.0, dynamic_ncols=True)
+        sums: dict[str, float] = {}
+        for step in bar:
+            idx = order[step * o.batch_size:(step + 1) * o.batch_size]
+            x, y = to_unit(train_x[idx]).to(device), train_y[idx].to(device)
+            terms = loss_terms(members, x, y, cfg, attack_gen)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            scheduler.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            bar.set_postfix({k: f"{v / (step + 1):.3f}" for k, v in sums.items()}, refresh=False)
+        bar.close()
+        ensemble.eval()
+        evaluation = accuracy(ensemble.members(), test_x, test_y, device)
+        seconds += time.time() - started
+        record = {"epoch": epoch + 1, "seconds": round(seconds, 1),
+                  **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}, **evaluation}
+        history.append(record)
+        with open(run_dir / "history.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if progress:
+            print(f"epoch {epoch + 1}: random-draw acc {evaluation['randomDrawAccuracy']:.4f}, "
+                  f"ensemble acc {evaluation['ensembleAccuracy']:.4f}, {seconds:.0f} s so far", flush=True)
+        _atomic_save({"config": cfg.to_dict(), "epoch": epoch + 1, "seconds": seconds, "history": history,
+                      "model": ensemble.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                      "classes": len(data.labels), "commit": git_commit(), "device": str(device)}, ckpt_path)
+
+    ensemble.eval()
+    evaluation = history[-1] if history else accuracy(ensemble.members(), test_x, test_y, device)
+    summary = {"epochs": o.epochs, "seconds": round(seconds, 1), "device": str(device),
+               "threads": torch.get_num_threads(), "commit": git_commit(),
+               "evaluation": {k: evaluation[k] for k in ("memberAccuracy", "randomDrawAccuracy",
+                                                           "ensembleAccuracy", "examples")}}
+    _atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return RunResult(run_dir, o.epochs, seconds, summary["evaluation"])
+
+
+def load_run(run_dir: str | Path) -> tuple[Config, nn.Module, dict]:
+    """Load a finished run's config and trained ensemble (on CPU, eval mode) from its checkpoint."""
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoint.pt"
+    if not ckpt_path.is_file():
+        raise UserError(f"{run_dir} is not a training run: {ckpt_path} not found")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    cfg = config_from_dict(state["config"])
+    if state["epoch"] < cfg.optim.epochs:
+        raise UserError(f"{run_dir} is unfinished ({state['epoch']}/{cfg.optim.epochs} epochs); resume training first")
+    ensemble = build_ensemble(cfg, state["classes"])
+    ensemble.load_state_dict(state["model"])
+    ensemble.eval()
+    return cfg, ensemble, state
