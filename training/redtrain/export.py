@@ -1,0 +1,164 @@
+"""Export a finished run as a redserve model package (docs/model-format.md).
+
+Steps:
+  1. load the run's checkpoint and its dataset;
+  2. export every member to ONNX (opset 17, dynamic batch axis) in a temporary sibling folder;
+  3. check each ONNX member against PyTorch with onnxruntime (max abs logit difference <= 1e-4);
+  4. write golden images, tensors and logits, then measure clean test accuracy;
+  5. write manifest.json and validate the whole package against the format;
+  6. swap the temporary folder into place. Any failure before step 6 leaves the old package intact.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from PIL import Image
+from torch import nn
+
+from redtrain.config import Config
+from redtrain.data import Dataset, load_dataset, to_unit
+from redtrain.errors import UserError
+from redtrain.manifest import check_package, sha256_file
+from redtrain.models import count_parameters, input_shape
+from redtrain.train import accuracy, git_commit, load_run
+
+OPSET = 17
+PARITY_ATOL = 1e-4
+GOLDEN_ATOL = 1e-4
+GOLDEN_IMAGES = 4
+
+
+def export_onnx(module: nn.Module, shape: tuple[int, int, int], path: Path) -> None:
+    module = module.cpu().eval()
+    dummy = torch.zeros(1, *shape)
+    torch.onnx.export(
+        module, (dummy,), str(path), input_names=["input"], output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET, dynamo=False,
+    )
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"input": x.astype(np.float32)})[0]
+
+
+def check_parity(module: nn.Module, path: Path, x: torch.Tensor, label: str, atol: float = PARITY_ATOL) -> float:
+    """Max abs logit difference between PyTorch and onnxruntime; raises UserError above atol."""
+    with torch.no_grad():
+        expected = module(x).numpy()
+    got = onnx_logits(path, x.numpy())
+    diff = float(np.abs(expected - got).max()) if got.shape == expected.shape else float("inf")
+    if not diff <= atol:
+        raise UserError(
+            f"{label}: ONNX output differs from PyTorch by {diff:.3g} (allowed {atol:g}); package not written"
+        )
+    return diff
+
+
+def _parity_inputs(data: Dataset, shape: tuple[int, int, int]) -> torch.Tensor:
+    real = to_unit(data.test.images[:32])
+    noise = torch.rand(16, *shape, generator=torch.Generator().manual_seed(0))
+    return torch.cat([real, noise])
+
+
+def _write_golden(pkg: Path, data: Dataset, members: list[Callable[[torch.Tensor], torch.Tensor]]) -> None:
+    (pkg / "golden").mkdir()
+    images = []
+    for k in range(GOLDEN_IMAGES):
+        pixels = data.test.images[k]  # uint8 [C, H, W]
+        arr = pixels.numpy()
+        img = Image.fromarray(arr[0], mode="L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), "RGB")
+        img.save(pkg / "golden" / f"{k}.png")
+        x = to_unit(pixels.unsqueeze(0))
+        with torch.no_grad():
+            logits = [m(x)[0].tolist() for m in members]
+        images.append({"file": f"golden/{k}.png", "label": int(data.test.labels[k]),
+                       "input": [round(v, 8) for v in x.flatten().tolist()], "logits": logits})
+    (pkg / "golden.json").write_text(json.dumps({"images": images}) + "\n")
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def export_package(cfg: Config, ensemble: nn.Module, out: str | Path, data: Dataset, *, name: str | None = None,
+                   version: str = "1.0.0", training_record: dict | None = None,
+                   parity_atol: float = PARITY_ATOL) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        shape = input_shape(cfg.model.arch)
+        ensemble = ensemble.cpu().eval()
+        members = ensemble.members()
+        probe = _parity_inputs(data, shape)
+        member_entries = []
+        for i in range(len(members)):
+            module = ensemble.member_module(i)
+            path = tmp / f"member-{i}.onnx"
+            export_onnx(module, shape, path)
+            check_parity(module, path, probe, f"member {i}", parity_atol)
+            member_entries.append({"file": path.name, "sha256": sha256_file(path),
+                                   "parameters": count_parameters(module)})
+        _write_golden(tmp, data, members)
+        test_x, test_y = data.test.images, data.test.labels
+        if cfg.data.test_limit is not None:
+            test_x, test_y = test_x[:cfg.data.test_limit], test_y[:cfg.data.test_limit]
+        evaluation = {"split": "test", **accuracy(members, test_x, test_y, torch.device("cpu"))}
+        channels = "gray" if shape[0] == 1 else "rgb"
+        manifest = {
+            "format": "redserve-package",
+            "formatVersion": 1,
+            "name": name or cfg.name,
+            "version": version,
+            "kind": "ensemble",
+            "description": f"{cfg.method} ensemble of {cfg.members} {cfg.model.arch} members on {data.name}",
+            "input": {"name": "input", "shape": list(shape), "channels": channels, "scale": 1 / 255,
+                      "mean": [0.0] * shape[0], "std": [1.0] * shape[0],
+                      "resize": {"fit": "contain", "kernel": "linear", "background": 0}},
+            "output": {"name": "logits", "classes": len(data.labels)},
+            "labels": list(data.labels),
+            "members": member_entries,
+            "golden": {"file": "golden.json", "sha256": sha256_file(tmp / "golden.json"), "atol": GOLDEN_ATOL},
+            "training": {"method": cfg.method, "seed": cfg.seed, "dataset": data.name,
+                         "commit": git_commit(), "config": json.loads(json.dumps(cfg.to_dict())),
+                         **(training_record or {})},
+            "evaluation": evaluation,
+            "export": {"opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__,
+                       "onnxruntime": ort.__version__, "commit": git_commit(),
+                       "createdAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        check_package(tmp)
+        _swap_into_place(tmp, out)
+        return out
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def export_run(run_dir: str | Path, out: str | Path, *, name: str | None = None, version: str = "1.0.0") -> Path:
+    cfg, ensemble, state = load_run(run_dir)
+    data = load_dataset(cfg.data.name, cfg.data.root)
+    record = {"epochs": state["epoch"], "trainSeconds": round(state["seconds"], 1),
+              "trainDevice": state.get("device", "cpu"), "trainCommit": state.get("commit", "unknown")}
+    return export_package(cfg, ensemble, out, data, name=name, version=version, training_record=record)
