@@ -1,0 +1,57 @@
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from redtrain.config import config_from_dict, load_config
+from redtrain.errors import UserError
+
+
+def test_shipped_configs_load():
+    for name in ("fmnist-red", "fmnist-baseline"):
+        cfg = load_config(f"training/configs/{name}.yaml" if not __file__.startswith("/") else
+                          __file__.rsplit("/tests/", 1)[0] + f"/configs/{name}.yaml")
+        assert cfg.members == 5 and cfg.adversarial.enabled and cfg.adversarial.attack.eps == 0.1
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(UserError, match="unknown config key 'loss.l_simm'"):
+        config_from_dict({"name": "x", "loss": {"l_simm": 1.0}})
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(UserError, match="'optim.epochs': expected int, got str"):
+        config_from_dict({"name": "x", "optim": {"epochs": "five"}})
+
+
+def test_int_is_accepted_for_float_but_bool_is_not_an_int():
+    assert config_from_dict({"name": "x", "loss": {"l_sim": 1}}).loss.l_sim == 1.0
+    with pytest.raises(UserError, match="got bool"):
+        config_from_dict({"name": "x", "members": True})
+
+
+def test_inconsistent_method_is_refused():
+    with pytest.raises(UserError, match="independent-at needs adversarial.enabled"):
+        config_from_dict({"name": "x", "method": "independent-at"})
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(textwrap.dedent("""
+        name: x
+        optim: {epochs: 1, batchsize: 4}
+    """))
+    proc = subprocess.run([sys.executable, "-m", "redtrain", "train", "--config", str(bad), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown config key 'optim.batchsize'" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_missing_dataset_exits_2(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"name: x\ndata: {{root: {tmp_path / 'nothing'}}}\n")
+    proc = subprocess.run([sys.executable, "-m", "redtrain", "train", "--config", str(cfg), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "dataset-fashion-mnist" in proc.stderr and "Traceback" not in proc.stderr
