@@ -1,4 +1,4 @@
-"""Command line: python -m redtrain {train,export} ...
+"""Command line: python -m redtrain {train,export,validate} ...
 
 User errors (bad config, missing data, broken package) print one line and exit 2.
 """
@@ -31,6 +31,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from redtrain.manifest import check_package
+
+    manifest = check_package(args.package)
+    print(f"{args.package}: valid {manifest['kind']} package '{manifest['name']}' "
+          f"with {len(manifest['members'])} members")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="redtrain", description="Train and export RED / PS-RED model packages.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="package name (default: the config's name)")
     p.add_argument("--version", default="1.0.0", help="package version (default 1.0.0)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("validate", help="check a model package against docs/model-format.md")
+    p.add_argument("package", help="package folder, e.g. models/fmnist-red")
+    p.set_defaults(func=_validate)
     return parser
 
 

@@ -88,6 +88,25 @@ def _write_golden(pkg: Path, data: Dataset, members: list[Callable[[torch.Tensor
     (pkg / "golden.json").write_text(json.dumps({"images": images}) + "\n")
 
 
+def objective(cfg: Config) -> str:
+    """The training loss in words, with the values that shape it, for humans reading a manifest."""
+    adv, a = cfg.adversarial, cfg.adversarial.attack
+    if adv.enabled:
+        ce = (f"sum over members of (1 - {adv.mix:g}) * CE(clean) + {adv.mix:g} * CE(PGD on that member: "
+              f"Linf eps {a.eps:g}, {a.steps} steps of {a.eps * a.step_ratio:g}"
+              f"{', random start' if a.random_start else ''})")
+    else:
+        ce = "sum over members of CE(clean)"
+    if cfg.method not in ("red", "ps-red"):
+        return ce
+    lip = cfg.loss.lip_attack
+    where = "the PGD points" if adv.enabled else "the clean points"
+    return (f"{ce} + {cfg.loss.l_sim:g} * L_sim (mean over member pairs of batch-mean |cos| of input gradients "
+            f"at {where}) + {cfg.loss.l_lip:g} * L_lip (member mean of batch-mean 2*||input gradient||^2 on half "
+            f"clean, half PGD against the averaged ensemble: eps {lip.eps:g}, {lip.steps} steps of "
+            f"{lip.eps * lip.step_ratio:g})")
+
+
 def _swap_into_place(tmp: Path, out: Path) -> None:
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
@@ -140,11 +159,11 @@ def export_package(cfg: Config, ensemble: nn.Module, out: str | Path, data: Data
             "members": member_entries,
             "golden": {"file": "golden.json", "sha256": sha256_file(tmp / "golden.json"), "atol": GOLDEN_ATOL},
             "training": {"method": cfg.method, "seed": cfg.seed, "dataset": data.name,
-                         "commit": git_commit(), "config": json.loads(json.dumps(cfg.to_dict())),
-                         **(training_record or {})},
+                         "commit": git_commit(), "objective": objective(cfg),
+                         "config": json.loads(json.dumps(cfg.to_dict())), **(training_record or {})},
             "evaluation": evaluation,
             "export": {"opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__,
-                       "onnxruntime": ort.__version__, "commit": git_commit(),
+                       "onnxruntime": ort.__version__,
                        "createdAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -159,6 +178,8 @@ def export_package(cfg: Config, ensemble: nn.Module, out: str | Path, data: Data
 def export_run(run_dir: str | Path, out: str | Path, *, name: str | None = None, version: str = "1.0.0") -> Path:
     cfg, ensemble, state = load_run(run_dir)
     data = load_dataset(cfg.data.name, cfg.data.root)
+    # training.commit (set by export_package) is the code that exported; trainCommit is the code
+    # the run started with.
     record = {"epochs": state["epoch"], "trainSeconds": round(state["seconds"], 1),
               "trainDevice": state.get("device", "cpu"), "trainCommit": state.get("commit", "unknown")}
     return export_package(cfg, ensemble, out, data, name=name, version=version, training_record=record)

@@ -158,9 +158,23 @@ def validate_manifest(m: object) -> list[str]:
             problems.append("evaluation.memberAccuracy: expected a list of numbers in [0, 1]")
         elif isinstance(members, list) and len(accs) != len(members):
             problems.append(f"evaluation.memberAccuracy: {len(accs)} values for {len(members)} members")
+    if isinstance(evaluation, dict):
+        if evaluation.get("split") != "test":
+            problems.append(f"evaluation.split: expected 'test', got {evaluation.get('split')!r}")
+        n = evaluation.get("examples")
+        if not (isinstance(n, int) and not isinstance(n, bool) and n > 0):
+            problems.append("evaluation.examples: expected a positive integer")
     export = m.get("export")
-    if isinstance(export, dict) and not (isinstance(export.get("opset"), int) and export["opset"] >= 17):
-        problems.append("export.opset: expected an integer >= 17")
+    if isinstance(export, dict):
+        if not (isinstance(export.get("opset"), int) and export["opset"] >= 17):
+            problems.append("export.opset: expected an integer >= 17")
+        for key in ("torch", "onnx", "onnxruntime", "createdAt"):
+            if not (isinstance(export.get(key), str) and export[key]):
+                problems.append(f"export.{key}: expected a non-empty string")
+    if kind == "ensemble":
+        for key in ("hypernet", "target"):
+            if key in m:
+                problems.append(f"{key}: only allowed in kind 'ps-red' packages")
     return problems
 
 

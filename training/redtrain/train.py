@@ -38,10 +38,13 @@ def pick_device() -> torch.device:
 
 def git_commit() -> str:
     """The commit that produced an artefact, with '-dirty' when the tree had uncommitted changes."""
+    # Only training/ is checked for changes: other parts of the tree (the service) do not affect
+    # the numbers, and someone working on them must not make every package look dirty.
     try:
         root = Path(__file__).resolve().parents[2]
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "training"], cwd=root,
+                               capture_output=True, text=True)
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -207,7 +210,9 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
     schedule = (lambda s: 0.5 * (1 + np.cos(np.pi * s / total_steps))) if o.schedule == "cosine" else (lambda s: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-    start_epoch, seconds, history = 0, 0.0, []
+    # The commit is taken once, when the run starts: later epochs run the code loaded then,
+    # whatever HEAD has moved to since.
+    start_epoch, seconds, history, commit = 0, 0.0, [], git_commit()
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         if state["config"] != cfg.to_dict():
@@ -218,6 +223,7 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, seconds, history = state["epoch"], state["seconds"], state["history"]
+        commit = state.get("commit", commit)
         torch.set_rng_state(state["rng"])
         if progress:
             print(f"resuming {run_dir} after epoch {start_epoch}/{o.epochs}")
@@ -259,12 +265,12 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
         _atomic_save({"config": cfg.to_dict(), "epoch": epoch + 1, "seconds": seconds, "history": history,
                       "model": ensemble.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                      "classes": len(data.labels), "commit": git_commit(), "device": str(device)}, ckpt_path)
+                      "classes": len(data.labels), "commit": commit, "device": str(device)}, ckpt_path)
 
     ensemble.eval()
     evaluation = history[-1] if history else accuracy(ensemble.members(), test_x, test_y, device)
     summary = {"epochs": o.epochs, "seconds": round(seconds, 1), "device": str(device),
-               "threads": torch.get_num_threads(), "commit": git_commit(),
+               "threads": torch.get_num_threads(), "commit": commit,
                "evaluation": {k: evaluation[k] for k in ("memberAccuracy", "randomDrawAccuracy",
                                                            "ensembleAccuracy", "examples")}}
     _atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

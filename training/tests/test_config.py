@@ -55,3 +55,11 @@ def test_cli_missing_dataset_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "redtrain", "train", "--config", str(cfg), "--out", str(tmp_path / "r")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "dataset-fashion-mnist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_validate_lists_problems_on_one_line(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"format": "redserve-package", "formatVersion": 2}')
+    proc = subprocess.run([sys.executable, "-m", "redtrain", "validate", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "formatVersion: expected 1" in proc.stderr and "members: missing" in proc.stderr

@@ -83,6 +83,9 @@ def test_export_parity_golden_and_manifest(tmp_path, trained):
     pkg = export_package(cfg, ensemble, tmp_path / "pkg", data)
     manifest = check_package(pkg)
     assert manifest["kind"] == "ensemble" and len(manifest["members"]) == cfg.members
+    assert set(manifest["export"]) == {"opset", "torch", "onnx", "onnxruntime", "createdAt"}
+    assert "0.5 * L_sim" in manifest["training"]["objective"]
+    assert manifest["training"]["config"]["adversarial"]["mix"] == cfg.adversarial.mix
     golden = json.loads((pkg / "golden.json").read_text())
     for item in golden["images"]:
         pixels = np.asarray(Image.open(pkg / item["file"]), dtype=np.float32) / 255.0
@@ -125,6 +128,16 @@ def test_manifest_validation_reports_every_problem(tmp_path, trained):
     assert any("labels: 3 labels for 10 classes" in p for p in problems)
     assert any("members[1].sha256" in p for p in problems)
     assert any("colour: unknown key" in p for p in problems)
+
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["evaluation"]["split"] = "train"
+    del m["export"]["onnxruntime"]
+    m["hypernet"] = {}
+    problems = validate_manifest(m)
+    assert len(problems) == 3
+    assert any("evaluation.split" in p for p in problems)
+    assert any("export.onnxruntime" in p for p in problems)
+    assert any("hypernet: only allowed in kind 'ps-red'" in p for p in problems)
 
     m = json.loads((pkg / "manifest.json").read_text())
     (pkg / "member-2.onnx").write_bytes(b"tampered")
