@@ -1,0 +1,135 @@
+/**
+ * Service configuration: read once at start-up from flags and environment variables (flags win),
+ * validated, frozen, and passed down. Nothing else reads process.env or process.argv.
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { ConfigError } from './errors.js';
+
+export type Device = { readonly kind: 'auto' | 'cpu' } | { readonly kind: 'cuda'; readonly id: number };
+export type Sampling =
+  | { readonly mode: 'random' }
+  | { readonly mode: 'fixed'; readonly member: number }
+  | { readonly mode: 'mean' };
+
+export interface Config {
+  readonly modelDir: string;
+  readonly port: number;
+  readonly host: string;
+  readonly device: Device;
+  readonly sampling: Sampling;
+  readonly workers: number;
+  /** onnxruntime intra-op threads per worker. */
+  readonly threadsPerWorker: number;
+  readonly maxBodyBytes: number;
+  readonly maxImagesPerRequest: number;
+  /** Decoded pixel limit per image (width * height), the guard against decompression bombs. */
+  readonly maxInputPixels: number;
+  /** Inference jobs waiting for a worker before new requests get 503. */
+  readonly maxQueue: number;
+  readonly logLevel: string;
+}
+
+export const DEFAULTS = {
+  modelDir: 'models/fmnist-red',
+  port: 8080,
+  host: '0.0.0.0',
+  maxBodyBytes: 8 * 1024 * 1024,
+  maxImagesPerRequest: 64,
+  maxInputPixels: 4096 * 4096,
+  maxQueue: 256,
+  logLevel: 'info',
+} as const;
+
+/** Each option: its flag, its environment variable, and its help line. */
+const OPTIONS = {
+  model: { env: 'REDSERVE_MODEL', help: `model package folder (default ${DEFAULTS.modelDir})` },
+  port: { env: 'PORT', help: `TCP port (default ${DEFAULTS.port})` },
+  host: { env: 'HOST', help: `bind address (default ${DEFAULTS.host})` },
+  device: { env: 'REDSERVE_DEVICE', help: 'auto | cpu | cuda[:id] (default auto: CUDA if available, else CPU)' },
+  sampling: { env: 'REDSERVE_SAMPLING', help: 'random | fixed:K | mean (default random)' },
+  workers: { env: 'REDSERVE_WORKERS', help: 'inference worker threads (default: CPU cores, at most 4)' },
+  'threads-per-worker': { env: 'REDSERVE_THREADS_PER_WORKER', help: 'onnxruntime threads per worker (default 1)' },
+  'max-body-bytes': { env: 'REDSERVE_MAX_BODY_BYTES', help: `request body limit (default ${DEFAULTS.maxBodyBytes})` },
+  'max-images': { env: 'REDSERVE_MAX_IMAGES', help: `images per request (default ${DEFAULTS.maxImagesPerRequest})` },
+  'max-input-pixels': { env: 'REDSERVE_MAX_INPUT_PIXELS', help: `decoded pixels per image (default ${DEFAULTS.maxInputPixels})` },
+  'max-queue': { env: 'REDSERVE_MAX_QUEUE', help: `queued inference jobs before 503 (default ${DEFAULTS.maxQueue})` },
+  'log-level': { env: 'LOG_LEVEL', help: `pino level (default ${DEFAULTS.logLevel})` },
+} as const;
+
+type OptionName = keyof typeof OPTIONS;
+
+export function usage(): string {
+  const lines = Object.entries(OPTIONS).map(([flag, o]) => `  --${flag.padEnd(20)} ${o.env.padEnd(28)} ${o.help}`);
+  return `usage: npm start -- [flags]\n  flag                   environment variable\n${lines.join('\n')}`;
+}
+
+function integer(name: string, raw: string, min: number, max: number): number {
+  if (!/^\d+$/.test(raw.trim())) throw new ConfigError(`--${name}: '${raw}' is not an integer in [${min}, ${max}]`);
+  const v = Number(raw);
+  if (v < min || v > max) throw new ConfigError(`--${name}: ${v} is out of range [${min}, ${max}]`);
+  return v;
+}
+
+export function parseDevice(raw: string): Device {
+  if (raw === 'auto' || raw === 'cpu') return { kind: raw };
+  const m = /^cuda(?::(\d+))?$/.exec(raw);
+  if (m) return { kind: 'cuda', id: m[1] === undefined ? 0 : Number(m[1]) };
+  throw new ConfigError(`--device: '${raw}' is not one of auto, cpu, cuda, cuda:<id>`);
+}
+
+export function parseSampling(raw: string): Sampling {
+  if (raw === 'random' || raw === 'mean') return { mode: raw };
+  const m = /^fixed:(\d+)$/.exec(raw);
+  if (m) return { mode: 'fixed', member: Number(m[1]) };
+  throw new ConfigError(`--sampling: '${raw}' is not one of random, fixed:<member index>, mean`);
+}
+
+/** Build the frozen config from argv (without node and script) and an environment. */
+export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Config {
+  let values: Partial<Record<OptionName, string>>;
+  try {
+    const options = Object.fromEntries(Object.keys(OPTIONS).map((k) => [k, { type: 'string' as const }]));
+    values = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false }).values as typeof values;
+  } catch (err) {
+    throw new ConfigError(`${(err as Error).message}\n${usage()}`);
+  }
+  const get = (name: OptionName): string | undefined => values[name] ?? env[OPTIONS[name].env] ?? undefined;
+  const num = (name: OptionName, fallback: number, min: number, max: number): number => {
+    const raw = get(name);
+    return raw === undefined ? fallback : integer(name, raw, min, max);
+  };
+  const cores = os.availableParallelism();
+  const config: Config = {
+    modelDir: path.resolve(get('model') ?? DEFAULTS.modelDir),
+    port: num('port', DEFAULTS.port, 0, 65535),
+    host: get('host') ?? DEFAULTS.host,
+    device: parseDevice(get('device') ?? 'auto'),
+    sampling: parseSampling(get('sampling') ?? 'random'),
+    workers: num('workers', Math.min(cores, 4), 1, 64),
+    threadsPerWorker: num('threads-per-worker', 1, 1, 64),
+    maxBodyBytes: num('max-body-bytes', DEFAULTS.maxBodyBytes, 1024, 1024 * 1024 * 1024),
+    maxImagesPerRequest: num('max-images', DEFAULTS.maxImagesPerRequest, 1, 4096),
+    maxInputPixels: num('max-input-pixels', DEFAULTS.maxInputPixels, 1, 2 ** 31),
+    maxQueue: num('max-queue', DEFAULTS.maxQueue, 1, 1_000_000),
+    logLevel: get('log-level') ?? DEFAULTS.logLevel,
+  };
+  const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+  if (!levels.includes(config.logLevel)) {
+    throw new ConfigError(`--log-level: '${config.logLevel}' is not one of ${levels.join(', ')}`);
+  }
+  return Object.freeze(config);
+}
+
+/** A config for tests and benchmarks: defaults plus overrides, frozen. */
+export function testConfig(overrides: Partial<Config> & { modelDir: string }): Config {
+  return Object.freeze({
+    ...loadConfig([], {}),
+    host: '127.0.0.1',
+    port: 0,
+    workers: 2,
+    logLevel: 'silent',
+    ...overrides,
+  });
+}

@@ -1,0 +1,100 @@
+/**
+ * The only module that imports onnxruntime-node. It runs inside worker threads (see worker.ts):
+ * `session.run` is synchronous underneath and would block the event loop of the HTTP thread.
+ */
+import * as ort from 'onnxruntime-node';
+import type { Device } from '../config.js';
+
+export type Provider = 'cpu' | 'cuda';
+
+export interface MemberSession {
+  readonly inputName: string;
+  readonly outputName: string;
+  /** Logits [n, classes] for n images laid out as NCHW float32 in `data`. */
+  run(data: Float32Array, n: number): Promise<Float32Array>;
+  release(): Promise<void>;
+}
+
+export interface SessionSpec {
+  readonly inputName: string;
+  readonly outputName: string;
+  /** [C, H, W] */
+  readonly shape: readonly number[];
+  readonly classes: number;
+}
+
+function options(provider: Provider, device: Device, threads: number): ort.InferenceSession.SessionOptions {
+  const executionProviders: ort.InferenceSession.ExecutionProviderConfig[] =
+    provider === 'cuda' ? [{ name: 'cuda', deviceId: device.kind === 'cuda' ? device.id : 0 }] : ['cpu'];
+  // A failed CUDA attempt under `auto` is expected on CPU machines: keep onnxruntime's own log quiet
+  // (severity 4 = fatal only); we log the fallback once, with its reason.
+  const logSeverityLevel = provider === 'cuda' ? 4 : 2;
+  return { executionProviders, intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all', logSeverityLevel };
+}
+
+/** Check a session's declared input/output against the manifest; returns problems, one per mismatch. */
+function checkSignature(session: ort.InferenceSession, spec: SessionSpec, label: string): string[] {
+  const problems: string[] = [];
+  if (session.inputNames.length !== 1 || session.inputNames[0] !== spec.inputName) {
+    problems.push(`${label}: inputs are [${session.inputNames.join(', ')}], the manifest says [${spec.inputName}]`);
+  }
+  if (session.outputNames.length !== 1 || session.outputNames[0] !== spec.outputName) {
+    problems.push(`${label}: outputs are [${session.outputNames.join(', ')}], the manifest says [${spec.outputName}]`);
+  }
+  const meta = session.inputMetadata.find((m) => m.name === spec.inputName);
+  if (meta && meta.isTensor) {
+    const dims = meta.shape.slice(1);
+    const fixedOk = dims.length === spec.shape.length && dims.every((d, i) => d === spec.shape[i]);
+    if (!fixedOk) problems.push(`${label}: input shape is [${meta.shape.join(', ')}], the manifest says [batch, ${spec.shape.join(', ')}]`);
+    if (meta.type !== 'float32') problems.push(`${label}: input type is ${meta.type}, expected float32`);
+  }
+  return problems;
+}
+
+export interface CreatedSession {
+  readonly session: MemberSession;
+  readonly provider: Provider;
+  /** Set when `auto` fell back to the CPU: why CUDA could not be used. */
+  readonly fallbackReason?: string;
+}
+
+/**
+ * Create a session for one member on the requested device. `auto` tries CUDA and falls back to the
+ * CPU (reporting why); `cuda` fails when the CUDA execution provider cannot be created.
+ */
+export async function createSession(bytes: Uint8Array, spec: SessionSpec, device: Device, threads: number,
+  label: string): Promise<CreatedSession> {
+  let session: ort.InferenceSession;
+  let provider: Provider = device.kind === 'cpu' ? 'cpu' : 'cuda';
+  let fallbackReason: string | undefined;
+  try {
+    session = await ort.InferenceSession.create(bytes, options(provider, device, threads));
+  } catch (err) {
+    const reason = (err as Error).message.split('\n')[0].slice(0, 300);
+    if (device.kind !== 'auto') throw new Error(`${label}: cannot create a ${provider} session: ${reason}`);
+    provider = 'cpu';
+    fallbackReason = reason;
+    session = await ort.InferenceSession.create(bytes, options('cpu', device, threads));
+  }
+  const problems = checkSignature(session, spec, label);
+  if (problems.length) {
+    await session.release();
+    throw new Error(problems.join('; '));
+  }
+  const [c, h, w] = spec.shape;
+  const wrapped: MemberSession = {
+    inputName: spec.inputName,
+    outputName: spec.outputName,
+    async run(data: Float32Array, n: number): Promise<Float32Array> {
+      const input = new ort.Tensor('float32', data, [n, c, h, w]);
+      const out = await session.run({ [spec.inputName]: input });
+      const logits = out[spec.outputName];
+      if (logits.type !== 'float32' || logits.dims.length !== 2 || logits.dims[0] !== n || logits.dims[1] !== spec.classes) {
+        throw new Error(`${label}: output has shape [${logits.dims.join(', ')}], expected [${n}, ${spec.classes}]`);
+      }
+      return logits.data as Float32Array;
+    },
+    release: () => session.release(),
+  };
+  return { session: wrapped, provider, fallbackReason };
+}

@@ -1,0 +1,88 @@
+/**
+ * Inference worker thread. It creates one onnxruntime session per member, checks each against the
+ * package's golden logits (which also warms it up), reports `ready`, then runs jobs:
+ * `{ id, members, data, n }` -> logits of each listed member for the n images in `data`.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import type { Device } from '../config.js';
+import { createSession, type MemberSession, type Provider, type SessionSpec } from './runtime.js';
+
+export interface WorkerInit {
+  readonly memberBytes: readonly Uint8Array[];
+  readonly spec: SessionSpec;
+  readonly device: Device;
+  readonly threads: number;
+  readonly golden: { readonly inputs: readonly (readonly number[])[]; readonly logits: readonly (readonly (readonly number[])[])[] };
+  readonly atol: number;
+}
+
+export interface RunJob {
+  readonly type: 'run';
+  readonly id: number;
+  readonly members: readonly number[];
+  readonly data: Float32Array;
+  readonly n: number;
+}
+
+export type WorkerMessage =
+  | { type: 'ready'; provider: Provider; fallbackReason?: string; maxGoldenError: number }
+  | { type: 'failed'; message: string }
+  | { type: 'result'; id: number; logits: Float32Array[] }
+  | { type: 'error'; id: number; message: string };
+
+/** Run every member on the golden inputs; returns the largest abs logit error, or throws naming the member. */
+async function checkGolden(sessions: readonly MemberSession[], init: WorkerInit): Promise<number> {
+  const { inputs, logits } = init.golden;
+  const size = init.spec.shape.reduce((a, b) => a * b, 1);
+  const data = new Float32Array(inputs.length * size);
+  inputs.forEach((x, i) => data.set(x, i * size));
+  let worst = 0;
+  for (const [m, session] of sessions.entries()) {
+    const out = await session.run(data.slice(), inputs.length);
+    for (let i = 0; i < inputs.length; i++) {
+      for (let k = 0; k < init.spec.classes; k++) {
+        const err = Math.abs(out[i * init.spec.classes + k] - logits[i][m][k]);
+        if (!(err <= init.atol)) {
+          throw new Error(`member ${m}: logits on golden image ${i} differ from the package's golden values by `
+            + `${err.toPrecision(3)} (allowed ${init.atol})`);
+        }
+        worst = Math.max(worst, err);
+      }
+    }
+  }
+  return worst;
+}
+
+async function main(): Promise<void> {
+  const port = parentPort;
+  if (!port) throw new Error('worker.ts must run in a worker thread');
+  const init = workerData as WorkerInit;
+  const sessions: MemberSession[] = [];
+  let provider: Provider = 'cpu';
+  let fallbackReason: string | undefined;
+  try {
+    for (const [m, bytes] of init.memberBytes.entries()) {
+      const created = await createSession(bytes, init.spec, init.device, init.threads, `member ${m}`);
+      sessions.push(created.session);
+      provider = created.provider;
+      fallbackReason ??= created.fallbackReason;
+    }
+    const maxGoldenError = await checkGolden(sessions, init);
+    port.postMessage({ type: 'ready', provider, fallbackReason, maxGoldenError } satisfies WorkerMessage);
+  } catch (err) {
+    port.postMessage({ type: 'failed', message: (err as Error).message } satisfies WorkerMessage);
+    return;
+  }
+
+  port.on('message', async (job: RunJob) => {
+    try {
+      const logits: Float32Array[] = [];
+      for (const m of job.members) logits.push(await sessions[m].run(job.data, job.n));
+      port.postMessage({ type: 'result', id: job.id, logits } satisfies WorkerMessage, logits.map((l) => l.buffer as ArrayBuffer));
+    } catch (err) {
+      port.postMessage({ type: 'error', id: job.id, message: (err as Error).message } satisfies WorkerMessage);
+    }
+  });
+}
+
+void main();
