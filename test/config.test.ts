@@ -1,0 +1,30 @@
+import t from 'tap';
+import { loadConfig } from '../src/config.js';
+
+t.test('defaults', async (t) => {
+  const c = loadConfig([], {});
+  t.equal(c.port, 8080);
+  t.match(c.modelDir, /models\/fmnist-red$/);
+  t.same(c.device, { kind: 'auto' });
+  t.same(c.sampling, { mode: 'random' });
+  t.ok(Object.isFrozen(c));
+});
+
+t.test('flags win over environment variables', async (t) => {
+  const c = loadConfig(['--port', '9000', '--sampling', 'fixed:2', '--device', 'cuda:1'], { PORT: '7000', REDSERVE_SAMPLING: 'mean', REDSERVE_WORKERS: '3' });
+  t.equal(c.port, 9000);
+  t.same(c.sampling, { mode: 'fixed', member: 2 });
+  t.same(c.device, { kind: 'cuda', id: 1 });
+  t.equal(c.workers, 3);
+  t.same(loadConfig([], { REDSERVE_DEVICE: 'cpu', REDSERVE_MODEL: '/x' }).device, { kind: 'cpu' });
+  t.equal(loadConfig([], { REDSERVE_MODEL: '/x' }).modelDir, '/x');
+});
+
+t.test('bad values name the flag and the allowed range', async (t) => {
+  t.throws(() => loadConfig(['--port', '70000'], {}), /--port: 70000 is out of range \[0, 65535\]/);
+  t.throws(() => loadConfig(['--workers', 'two'], {}), /--workers: 'two' is not an integer/);
+  t.throws(() => loadConfig(['--device', 'tpu'], {}), /--device: 'tpu' is not one of auto, cpu, cuda/);
+  t.throws(() => loadConfig(['--sampling', 'fixed:x'], {}), /--sampling: 'fixed:x' is not one of random/);
+  t.throws(() => loadConfig(['--colour', 'red'], {}), /Unknown option '--colour'/);
+  t.throws(() => loadConfig([], { LOG_LEVEL: 'loud' }), /--log-level: 'loud'/);
+});

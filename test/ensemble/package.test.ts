@@ -1,0 +1,71 @@
+import { rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import t from 'tap';
+import { readPackage, validateManifest } from '../../src/ensemble/manifest.js';
+import { copyPackage, editManifest, goldenOf, manifestOf, startApp, TINY } from '../helpers.js';
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+
+const sha = async (file: string) => createHash('sha256').update(await readFile(file)).digest('hex');
+
+t.test('the fixture package is valid', async (t) => {
+  t.same(validateManifest(await manifestOf(TINY)), []);
+  const pkg = await readPackage(TINY);
+  t.equal(pkg.memberBytes.length, 3);
+  t.equal(pkg.golden.length, (await goldenOf(TINY)).length);
+});
+
+t.test('validation reports every problem at once, naming each key', async (t) => {
+  const m: any = await manifestOf(TINY);
+  m.input.std = [0];
+  m.input.resize.fit = 'squash';
+  m.labels = ['a'];
+  m.members[1].sha256 = 'nope';
+  delete m.golden;
+  m.colour = 'blue';
+  const problems = validateManifest(m);
+  for (const expected of ['input.std', 'input.resize.fit', 'labels: 1 labels for 10 classes', 'members[1].sha256', 'golden: missing', 'colour: unknown key']) {
+    t.ok(problems.some((p) => p.includes(expected)), `reports ${expected}`);
+  }
+  t.ok(problems.length >= 6);
+});
+
+t.test('bad packages stop start-up with a message naming the problem', async (t) => {
+  const cases: [string, (dir: string) => Promise<void>, RegExp][] = [
+    ['missing manifest', (dir) => rm(path.join(dir, 'manifest.json')), /manifest.json not found/],
+    ['manifest not JSON', (dir) => writeFile(path.join(dir, 'manifest.json'), '{ nope'), /not valid JSON/],
+    ['tampered member', (dir) => writeFile(path.join(dir, 'member-1.onnx'), 'garbage'), /members\[1\]: sha256 of member-1.onnx does not match/],
+    ['missing member file', (dir) => rm(path.join(dir, 'member-2.onnx')), /members\[2\]: file member-2.onnx not found/],
+    ['wrong input name', (dir) => editManifest(dir, (m) => { m.input.name = 'pixels'; }), /member 0: inputs are \[input\], the manifest says \[pixels\]/],
+    ['wrong input shape', (dir) => editManifest(dir, (m) => { m.input.shape = [3, 28, 28]; m.input.channels = 'rgb'; m.input.mean = [0, 0, 0]; m.input.std = [1, 1, 1]; }), /golden.json images\[0\].input: expected 2352 numbers|input shape is/],
+    ['unknown kind', (dir) => editManifest(dir, (m) => { m.kind = 'forest'; }), /kind: "forest" is not 'ensemble' or 'ps-red'/],
+  ];
+  for (const [name, breakIt, message] of cases) {
+    const dir = await copyPackage();
+    await breakIt(dir);
+    await t.rejects(startApp({ modelDir: dir }), message, name);
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+t.test('a member that misses its golden logits is refused, naming the member', async (t) => {
+  const dir = await copyPackage();
+  const goldenFile = path.join(dir, 'golden.json');
+  const golden = JSON.parse(await readFile(goldenFile, 'utf8'));
+  golden.images[1].logits[2][4] += 0.01;
+  await writeFile(goldenFile, JSON.stringify(golden));
+  const digest = await sha(goldenFile);
+  await editManifest(dir, (m) => { m.golden.sha256 = digest; });
+  await t.rejects(startApp({ modelDir: dir }), /member 2: logits on golden image 1 differ/);
+  await rm(dir, { recursive: true, force: true });
+});
+
+t.test('cuda refuses to start without the CUDA execution provider', async (t) => {
+  await t.rejects(startApp({ device: { kind: 'cuda', id: 0 } }), /cannot create a cuda session/);
+});
+
+t.test('auto falls back to the CPU and reports it', async (t) => {
+  const app = await startApp({ device: { kind: 'auto' } });
+  t.equal((await app.server.inject({ url: '/models' })).json().provider, 'cpu');
+  await app.close();
+});

@@ -1,0 +1,56 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import t from 'tap';
+import { goldenOf, startApp, TINY } from '../helpers.js';
+
+t.test('health answers while inference saturates every worker', async (t) => {
+  const app = await startApp({ workers: 2, maxQueue: 10_000, maxImagesPerRequest: 64 });
+  t.teardown(() => app.close());
+  const golden = await goldenOf(TINY);
+  const b64 = (await readFile(path.join(TINY, golden[0].file))).toString('base64');
+  let finished = 0;
+  const load = Array.from({ length: 40 }, () => app.server
+    .inject({ method: 'POST', url: '/classify', payload: { images: Array(64).fill(b64) } })
+    .then((res) => { finished++; return res.statusCode; }));
+  const ens = await app.modelReady;
+  // Wait until every worker is busy and jobs are queued behind them.
+  while (!(ens.pool.busy === ens.pool.workers && ens.pool.queued > 0)) await new Promise((r) => setTimeout(r, 1));
+  const health = await app.server.inject({ url: '/healthz' });
+  const pendingAtHealth = 40 - finished;
+  t.equal(health.statusCode, 200);
+  t.ok(pendingAtHealth > 0, `healthz answered while ${pendingAtHealth} of 40 classify requests were still running`);
+  t.same(new Set(await Promise.all(load)), new Set([200]), 'every classify request succeeded');
+});
+
+t.test('past the queue bound, requests get 503 with Retry-After at once, and the server recovers', async (t) => {
+  const app = await startApp({ workers: 1, maxQueue: 2 });
+  t.teardown(() => app.close());
+  const golden = await goldenOf(TINY);
+  const b64 = (await readFile(path.join(TINY, golden[0].file))).toString('base64');
+  const results = await Promise.all(Array.from({ length: 30 }, () =>
+    app.server.inject({ method: 'POST', url: '/classify', payload: { images: Array(32).fill(b64) } })));
+  const shed = results.filter((r) => r.statusCode === 503);
+  t.ok(shed.length > 0, `${shed.length} of 30 requests were shed`);
+  t.equal(shed[0].json().error, 'overloaded');
+  t.equal(shed[0].headers['retry-after'], '1');
+  t.ok(results.some((r) => r.statusCode === 200), 'the rest were served');
+  const after = await app.server.inject({ method: 'POST', url: '/classify', payload: { images: [b64] } });
+  t.equal(after.statusCode, 200, 'serving again after the burst');
+});
+
+t.test('a killed worker fails its request with 503, never hangs, and is replaced', async (t) => {
+  const app = await startApp({ workers: 1 });
+  t.teardown(() => app.close());
+  const ens = await app.modelReady;
+  const golden = await goldenOf(TINY);
+  const b64 = (await readFile(path.join(TINY, golden[0].file))).toString('base64');
+  const inflight = app.server.inject({ method: 'POST', url: '/classify', payload: { images: Array(64).fill(b64) } });
+  while (ens.pool.busy === 0) await new Promise((r) => setTimeout(r, 1));
+  await ens.pool.killOne();
+  const res = await inflight;
+  t.equal(res.statusCode, 503);
+  t.equal(res.json().error, 'worker_failed');
+  while (ens.pool.workers === 0) await new Promise((r) => setTimeout(r, 10));
+  const again = await app.server.inject({ method: 'POST', url: '/classify', payload: { images: [b64] } });
+  t.equal(again.statusCode, 200, 'the replacement worker serves');
+});
