@@ -30,6 +30,10 @@ t.test('health, readiness and model metadata', async (t) => {
   t.same(m.input.shape, [1, 28, 28]);
   t.equal(m.provider, 'cpu');
   t.equal(m.sampling, 'random');
+  const docs = await inject({ url: '/docs/json' });
+  t.equal(docs.statusCode, 200, 'OpenAPI document served');
+  t.ok(docs.json().paths['/classify'], 'documents /classify');
+  t.ok([200, 302].includes((await inject({ url: '/docs' })).statusCode), 'Swagger UI at /docs');
 });
 
 t.test('one PNG body -> top-5 predictions by default, probabilities of one member', async (t) => {
