@@ -64,6 +64,9 @@ export interface CreatedSession {
  */
 export async function createSession(bytes: Uint8Array, spec: SessionSpec, device: Device, threads: number,
   label: string): Promise<CreatedSession> {
+  // onnxruntime prints its own error when the CUDA provider library is missing, before any session
+  // option applies; under `auto` that is the expected path on CPU machines, and we log the fallback.
+  if (device.kind === 'auto') ort.env.logLevel = 'fatal';
   let session: ort.InferenceSession;
   let provider: Provider = device.kind === 'cpu' ? 'cpu' : 'cuda';
   let fallbackReason: string | undefined;

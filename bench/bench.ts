@@ -1,0 +1,114 @@
+/**
+ * `npm run bench [-- --model DIR --requests N --concurrency C]`: latency and throughput, measured
+ * side by side in one run on this machine:
+ *
+ *   raw member   one member's onnxruntime session run in-process (batch 1), no HTTP
+ *   bare route   a Fastify route that returns a constant, over HTTP on loopback
+ *   random       POST /classify (one 28x28 PNG) with --sampling random: one member per request
+ *   mean         POST /classify with --sampling mean: every member per request
+ *
+ * Prints p50/p99 latency of sequential requests, throughput at the given concurrency, and the
+ * ratios the service is judged by. Timings are noisy on a shared machine: compare the ratios.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import Fastify from 'fastify';
+import { buildApp } from '../src/app.js';
+import { testConfig, type Sampling } from '../src/config.js';
+import { readPackage } from '../src/ensemble/manifest.js';
+import { createSession } from '../src/ensemble/runtime.js';
+
+const { values } = parseArgs({
+  options: {
+    model: { type: 'string', default: 'models/fmnist-red' },
+    requests: { type: 'string', default: '2000' },
+    concurrency: { type: 'string', default: '16' },
+    workers: { type: 'string', default: '2' },
+  },
+});
+const modelDir = path.resolve(values.model!);
+const N = Number(values.requests);
+const C = Number(values.concurrency);
+const WORKERS = Number(values.workers);
+
+interface Figures { p50: number; p99: number; rps: number }
+
+function percentile(sorted: number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+/** Sequential latency over n calls (after a warm-up), then throughput at concurrency c. */
+async function measure(call: () => Promise<void>, n: number, c: number): Promise<Figures> {
+  for (let i = 0; i < Math.min(200, n); i++) await call();
+  const lat: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    await call();
+    lat.push(performance.now() - t0);
+  }
+  lat.sort((a, b) => a - b);
+  let next = 0;
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: c }, async () => {
+    while (next++ < n) await call();
+  }));
+  const seconds = (performance.now() - t0) / 1000;
+  return { p50: percentile(lat, 0.5), p99: percentile(lat, 0.99), rps: n / seconds };
+}
+
+async function post(url: string, body: Uint8Array, type: string): Promise<void> {
+  const res = await fetch(url, { method: 'POST', body: body as unknown as BodyInit, headers: { 'content-type': type } });
+  if (res.status !== 200) throw new Error(`${url}: HTTP ${res.status} ${await res.text()}`);
+  await res.arrayBuffer();
+}
+
+async function main(): Promise<void> {
+  const pkg = await readPackage(modelDir);
+  const { manifest } = pkg;
+  const png = await readFile(path.join(modelDir, pkg.golden[0].file));
+  const results: Record<string, Figures> = {};
+
+  // 1. raw member: in-process onnxruntime, batch 1, the first member.
+  const spec = { inputName: manifest.input.name, outputName: manifest.output.name, shape: manifest.input.shape, classes: manifest.output.classes };
+  const { session } = await createSession(pkg.memberBytes[0], spec, { kind: 'cpu' }, 1, 'member 0');
+  const x = Float32Array.from(pkg.golden[0].input);
+  results['raw member'] = await measure(async () => { await session.run(x, 1); }, N, 1);
+  await session.release();
+
+  // 2. bare Fastify route over HTTP.
+  const bare = Fastify({ logger: false });
+  bare.post('/bare', async () => ({ ok: true }));
+  bare.addContentTypeParser('image/png', { parseAs: 'buffer' }, (_r, b, done) => done(null, b));
+  const bareUrl = await bare.listen({ port: 0, host: '127.0.0.1' });
+  results['bare route'] = await measure(() => post(`${bareUrl}/bare`, png, 'image/png'), N, C);
+  await bare.close();
+
+  // 3-4. redserve /classify under random and mean sampling.
+  for (const sampling of [{ mode: 'random' }, { mode: 'mean' }] as Sampling[]) {
+    const app = buildApp(testConfig({ modelDir, sampling, workers: WORKERS, maxQueue: 100_000 }), { logger: false });
+    await app.modelReady;
+    const url = await app.server.listen({ port: 0, host: '127.0.0.1' });
+    results[`classify ${sampling.mode}`] = await measure(() => post(`${url}/classify`, png, 'image/png'), N, C);
+    await app.close();
+  }
+
+  const rows = Object.entries(results).map(([name, f]) =>
+    `| ${name.padEnd(16)} | ${f.p50.toFixed(3).padStart(8)} | ${f.p99.toFixed(3).padStart(8)} | ${f.rps.toFixed(0).padStart(8)} |`);
+  const r = results;
+  const latencyRatio = r['classify random'].p50 / (r['bare route'].p50 + r['raw member'].p50);
+  const throughputRatio = r['classify random'].rps / r['classify mean'].rps;
+  process.stdout.write([
+    `model ${manifest.name} (${manifest.members.length} members), ${N} requests, concurrency ${C}, ${WORKERS} workers`,
+    '',
+    '| path             | p50 ms   | p99 ms   | req/s    |',
+    '|------------------|----------|----------|----------|',
+    ...rows,
+    '',
+    `random p50 / (bare route p50 + raw member p50) = ${latencyRatio.toFixed(2)}  (target <= 1.2)`,
+    `random throughput / mean throughput            = ${throughputRatio.toFixed(2)}  (target >= 3.5)`,
+    '',
+  ].join('\n'));
+}
+
+await main();
