@@ -34,7 +34,10 @@ async function explainDecodeFailure(bytes: Uint8Array, err: Error, limits: Prepr
   } catch {
     meta = null;
   }
-  if (meta === null || !meta.format) {
+  if (meta?.format && !FORMATS.has(meta.format)) {
+    return unsupportedMediaType(`${what}: image format '${meta.format}' is not accepted (png, jpeg, webp, gif, tiff)`);
+  }
+  if (meta === null || !meta.format || !sniffFormat(bytes)) {
     return sniffFormat(bytes)
       ? badRequest('truncated_image', `${what}: the ${sniffFormat(bytes)} data is truncated or corrupt`)
       : badRequest('not_an_image', `${what}: the bytes are not a PNG, JPEG, WebP, GIF or TIFF image`);
@@ -60,16 +63,14 @@ export async function imageToTensor(bytes: Uint8Array, spec: InputSpec, limits: 
   const pipeline = sharp(bytes, options).rotate().flatten({ background });
   (spec.channels === 'gray' ? pipeline.grayscale() : pipeline.toColourspace('srgb'))
     .resize(w, h, { fit: spec.resize.fit, kernel: spec.resize.kernel, background });
-  let raw: { data: Buffer; info: OutputInfo & { format?: string } };
-  let format: string | undefined;
+  // The magic number decides the format (sharp would also decode SVG, HEIF, ...; only these are accepted).
+  const format = sniffFormat(bytes);
+  if (!format) throw await explainDecodeFailure(bytes, new Error('unknown format'), limits, what);
+  let raw: { data: Buffer; info: OutputInfo };
   try {
     raw = await pipeline.raw().toBuffer({ resolveWithObject: true });
-    format = (await pipeline.metadata()).format;
   } catch (err) {
     throw await explainDecodeFailure(bytes, err as Error, limits, what);
-  }
-  if (!format || !FORMATS.has(format)) {
-    throw unsupportedMediaType(`${what}: image format '${format ?? 'unknown'}' is not accepted (png, jpeg, webp, gif, tiff)`);
   }
   const { data, info } = raw;
   if (info.width !== w || info.height !== h) {

@@ -112,6 +112,8 @@ t.test('bad input gets a 4xx that names the problem, and the service keeps servi
   isErr(t, bombRes, 413, 'image_too_large');
   t.match(bombRes.json().message, /2000x2000 = 4000000 pixels exceeds the limit of 1000000/);
   isErr(t, await post({ 'content-type': 'text/plain' }, 'hello'), 415, 'unsupported_media_type');
+  const svg = Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="28" height="28"><rect width="28" height="28"/></svg>');
+  isErr(t, await post({ 'content-type': 'image/png' }, svg), 415, 'unsupported_media_type');
   isErr(t, await post({ 'content-type': 'image/png' }, Buffer.alloc(300 * 1024, 1)), 413, 'body_too_large');
   isErr(t, await post({ 'content-type': 'application/json' }, { tensors: [[[1, 2, 3]]] }), 400, 'bad_tensor');
   const nanTensor = [Array.from({ length: 28 }, () => new Array(28).fill(0))];
