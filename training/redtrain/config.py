@@ -87,7 +87,7 @@ class HypernetConfig:
 
     member_dim: int = 16
     chunk_dim: int = 16
-    chunk_size: int = 256
+    chunk_size: int = 128
     hidden: int = 64
 
 

@@ -1,0 +1,78 @@
+import torch
+
+from conftest import synthetic_dataset, tiny_config
+from redtrain.config import config_from_dict
+from redtrain.export import export_package
+from redtrain.manifest import check_package
+from redtrain.models import build_member, count_parameters
+from redtrain.psred import HyperEnsemble
+from redtrain.train import build_ensemble, load_run, loss_terms, train
+
+
+def shipped_like(members=5):
+    return config_from_dict({"name": "p", "method": "ps-red", "members": members,
+                             "model": {"arch": "cnn-small", "widths": [12, 24, 48], "hidden": 64}})
+
+
+def test_generated_tensors_match_the_member_architecture():
+    cfg = shipped_like()
+    hyper = HyperEnsemble(cfg, 10)
+    reference = dict(build_member(cfg.model, 10).named_parameters())
+    for i in range(cfg.members):
+        params = hyper.generate(i)
+        assert set(params) == set(reference)
+        for name, p in reference.items():
+            assert params[name].shape == p.shape, name
+
+
+def test_parameter_count_is_under_ten_percent_of_independent_members():
+    cfg = shipped_like()
+    hyper = HyperEnsemble(cfg, 10)
+    report = hyper.parameter_report()
+    member = count_parameters(build_member(cfg.model, 10))
+    assert report["independentMembers"] == 5 * member
+    assert report["total"] == count_parameters(hyper)
+    assert report["total"] <= 0.10 * report["independentMembers"], report
+    # one more member costs its embedding and its biases only
+    six = HyperEnsemble(shipped_like(members=6), 10).parameter_report()
+    assert six["total"] - report["total"] == cfg.hypernet.member_dim + report["directPerMember"]
+
+
+def test_members_differ_and_start_at_a_sane_scale():
+    torch.manual_seed(0)
+    hyper = HyperEnsemble(shipped_like(), 10)
+    x = torch.rand(8, 1, 28, 28)
+    outs = [m(x) for m in hyper.members()]
+    assert not torch.allclose(outs[0], outs[1])
+    assert all(torch.isfinite(o).all() and o.abs().max() < 100 for o in outs)
+
+
+def test_gradients_reach_the_shared_generator_and_embeddings():
+    hyper = HyperEnsemble(shipped_like(), 10)
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    torch.nn.functional.cross_entropy(hyper.members()[2](x), y).backward()
+    assert hyper.generator[0].weight.grad.abs().sum() > 0
+    assert hyper.chunk_embedding.grad.abs().sum() > 0
+    assert hyper.member_embedding.grad[2].abs().sum() > 0
+    assert hyper.member_embedding.grad[0].abs().sum() == 0  # member 0 took no part
+
+
+def test_standalone_member_equals_the_generated_one():
+    hyper = HyperEnsemble(shipped_like(), 10).eval()
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        for i in range(5):
+            assert torch.allclose(hyper.member_module(i)(x), hyper.forward_member(i, x), atol=1e-6)
+
+
+def test_ps_red_trains_with_the_red_losses_and_exports(tmp_path):
+    cfg = tiny_config(method="ps-red")
+    data = synthetic_dataset(n_train=64, n_test=32)
+    ens = build_ensemble(cfg, 10)
+    x, y = data.train.images[:16].float() / 255, data.train.labels[:16]
+    terms = loss_terms(ens.members(), x, y, cfg, torch.Generator().manual_seed(0))
+    assert {"ce", "sim", "lip", "loss"} <= set(terms)
+    train(cfg, tmp_path / "run", dataset=data, progress=False)
+    _, ensemble, _ = load_run(tmp_path / "run")
+    pkg = export_package(cfg, ensemble, tmp_path / "pkg", data)
+    assert len(check_package(pkg)["members"]) == cfg.members
