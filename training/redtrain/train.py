@@ -177,6 +177,18 @@ def _subset(split_images: torch.Tensor, split_labels: torch.Tensor, limit: int |
     return split_images[:limit], split_labels[:limit]
 
 
+def _resume_identity(config: dict) -> dict:
+    """The parts of a config a resumed run must share with the run it continues.
+
+    `threads` changes speed, not the objective; the hypernet section means nothing outside ps-red,
+    so a later change of its defaults must not strand runs of the other methods.
+    """
+    identity = {k: v for k, v in config.items() if k != "threads"}
+    if identity.get("method") != "ps-red":
+        identity.pop("hypernet", None)
+    return identity
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -215,7 +227,7 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
     start_epoch, seconds, history, commit = 0, 0.0, [], git_commit()
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state["config"] != cfg.to_dict():
+        if _resume_identity(state["config"]) != _resume_identity(cfg.to_dict()):
             raise UserError(
                 f"{run_dir} holds a run with a different config; resume with the same config or choose another --out"
             )

@@ -48,6 +48,14 @@ def test_resume_refuses_a_different_config(tmp_path, trained):
         train(tiny_config(seed=7), copy, dataset=data, progress=False)
 
 
+def test_resume_ignores_threads_and_unused_sections(tmp_path, trained):
+    cfg, data, run, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    result = train(tiny_config(threads=2, hypernet={"chunk_size": 64}), copy, dataset=data, progress=False)
+    assert result.epochs_done == 1
+
+
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     import redtrain.train as train_mod
 
