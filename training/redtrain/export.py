@@ -107,6 +107,24 @@ def objective(cfg: Config) -> str:
             f"{lip.eps * lip.step_ratio:g})")
 
 
+def _write_members(cfg: Config, ensemble: nn.Module, shape: tuple[int, int, int], pkg: Path, probe: torch.Tensor,
+                   atol: float) -> dict:
+    """Write the members' ONNX files into `pkg` after checking each against PyTorch; return the
+    manifest fragment (kind, members, and for ps-red the hypernet and target entries)."""
+    if cfg.method == "ps-red":
+        from redtrain.psred_export import write_psred  # noqa: PLC0415
+
+        return write_psred(ensemble, shape, pkg, probe, atol)
+    entries = []
+    for i in range(len(ensemble.members())):
+        module = ensemble.member_module(i)
+        path = pkg / f"member-{i}.onnx"
+        export_onnx(module, shape, path)
+        check_parity(module, path, probe, f"member {i}", atol)
+        entries.append({"file": path.name, "sha256": sha256_file(path), "parameters": count_parameters(module)})
+    return {"kind": "ensemble", "members": entries}
+
+
 def _swap_into_place(tmp: Path, out: Path) -> None:
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
@@ -130,14 +148,7 @@ def export_package(cfg: Config, ensemble: nn.Module, out: str | Path, data: Data
         ensemble = ensemble.cpu().eval()
         members = ensemble.members()
         probe = _parity_inputs(data, shape)
-        member_entries = []
-        for i in range(len(members)):
-            module = ensemble.member_module(i)
-            path = tmp / f"member-{i}.onnx"
-            export_onnx(module, shape, path)
-            check_parity(module, path, probe, f"member {i}", parity_atol)
-            member_entries.append({"file": path.name, "sha256": sha256_file(path),
-                                   "parameters": count_parameters(module)})
+        stored = _write_members(cfg, ensemble, shape, tmp, probe, parity_atol)
         _write_golden(tmp, data, members)
         test_x, test_y = data.test.images, data.test.labels
         if cfg.data.test_limit is not None:
@@ -149,14 +160,14 @@ def export_package(cfg: Config, ensemble: nn.Module, out: str | Path, data: Data
             "formatVersion": 1,
             "name": name or cfg.name,
             "version": version,
-            "kind": "ensemble",
+            "kind": stored.pop("kind"),
             "description": f"{cfg.method} ensemble of {cfg.members} {cfg.model.arch} members on {data.name}",
             "input": {"name": "input", "shape": list(shape), "channels": channels, "scale": 1 / 255,
                       "mean": [0.0] * shape[0], "std": [1.0] * shape[0],
                       "resize": {"fit": "contain", "kernel": "linear", "background": 0}},
             "output": {"name": "logits", "classes": len(data.labels)},
             "labels": list(data.labels),
-            "members": member_entries,
+            **stored,
             "golden": {"file": "golden.json", "sha256": sha256_file(tmp / "golden.json"), "atol": GOLDEN_ATOL},
             "training": {"method": cfg.method, "seed": cfg.seed, "dataset": data.name,
                          "commit": git_commit(), "objective": objective(cfg),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 
@@ -80,6 +81,48 @@ def _check_input(inp: object, problems: list[str]) -> None:
     unknown = set(inp) - {"name", "shape", "channels", "scale", "mean", "std", "resize"}
     if unknown:
         problems.append(f"input: unknown keys {', '.join(sorted(unknown))}")
+
+
+def _check_psred(m: dict, problems: list[str]) -> None:
+    """The ps-red entries: members by index, the hypernetwork, and the weightless target with its tensor map."""
+    members = m.get("members")
+    if isinstance(members, list):
+        for i, mem in enumerate(members):
+            if not (isinstance(mem, dict) and mem.get("index") == i):
+                problems.append(f"members[{i}]: expected {{ index: {i}, parameters }}")
+            elif not (isinstance(mem.get("parameters"), int) and mem["parameters"] > 0):
+                problems.append(f"members[{i}].parameters: expected a positive integer")
+    for key in ("hypernet", "target"):
+        entry = m.get(key)
+        if not (isinstance(entry, dict) and _plain_file(entry.get("file"))
+                and isinstance(entry.get("sha256"), str) and SHA_RE.match(entry["sha256"])):
+            problems.append(f"{key}: expected {{ file, sha256 (64 hex), ... }}")
+    hypernet = m.get("hypernet")
+    if isinstance(hypernet, dict) and not (isinstance(hypernet.get("input"), str) and hypernet["input"]):
+        problems.append("hypernet.input: expected the name of the member-index input")
+    target = m.get("target")
+    if not isinstance(target, dict):
+        return
+    if not _plain_file(target.get("externalData")):
+        problems.append("target.externalData: expected a plain file name")
+    tensors = target.get("tensors")
+    if not (isinstance(tensors, list) and tensors):
+        problems.append("target.tensors: expected a non-empty list of { name, shape, offset, length }")
+        return
+    offset = 0
+    for i, t in enumerate(tensors):
+        ok = (isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("shape"), list)
+              and all(isinstance(d, int) and d > 0 for d in t["shape"])
+              and isinstance(t.get("offset"), int) and isinstance(t.get("length"), int))
+        if not ok:
+            problems.append(f"target.tensors[{i}]: expected {{ name, shape, offset, length }}")
+            return
+        expected = 4 * math.prod(t["shape"])
+        if t["length"] != expected:
+            problems.append(f"target.tensors[{i}] ({t['name']}): length {t['length']} != 4 * prod(shape) = {expected}")
+        if t["offset"] != offset:
+            problems.append(f"target.tensors[{i}] ({t['name']}): offset {t['offset']}, expected {offset} (contiguous)")
+        offset = t["offset"] + t["length"]
 
 
 def validate_manifest(m: object) -> list[str]:
@@ -171,6 +214,8 @@ def validate_manifest(m: object) -> list[str]:
         for key in ("torch", "onnx", "onnxruntime", "createdAt"):
             if not (isinstance(export.get(key), str) and export[key]):
                 problems.append(f"export.{key}: expected a non-empty string")
+    if kind == "ps-red":
+        _check_psred(m, problems)
     if kind == "ensemble":
         for key in ("hypernet", "target"):
             if key in m:

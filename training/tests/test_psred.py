@@ -76,3 +76,49 @@ def test_ps_red_trains_with_the_red_losses_and_exports(tmp_path):
     _, ensemble, _ = load_run(tmp_path / "run")
     pkg = export_package(cfg, ensemble, tmp_path / "pkg", data)
     assert len(check_package(pkg)["members"]) == cfg.members
+
+
+def test_ps_red_package_hypernet_and_target_match_pytorch(tmp_path):
+    import json
+
+    import numpy as np
+
+    from redtrain.psred_export import member_weights, target_logits
+
+    cfg = tiny_config(method="ps-red")
+    data = synthetic_dataset(n_train=64, n_test=32)
+    train(cfg, tmp_path / "run", dataset=data, progress=False)
+    _, hyper, _ = load_run(tmp_path / "run")
+    pkg = export_package(cfg, hyper, tmp_path / "pkg", data)
+    manifest = check_package(pkg)
+    assert manifest["kind"] == "ps-red" and sorted(p.name for p in pkg.glob("*.onnx")) == ["hypernet.onnx", "target.onnx"]
+    assert not (pkg / manifest["target"]["externalData"]).exists()  # weights are generated, never shipped
+    layout = manifest["target"]["tensors"]
+    golden = json.loads((pkg / "golden.json").read_text())
+    for i in range(cfg.members):
+        weights = member_weights(pkg / "hypernet.onnx", i, layout)
+        for item in golden["images"]:
+            x = np.array(item["input"], dtype=np.float32).reshape(1, 1, 28, 28)
+            assert np.abs(target_logits(pkg / "target.onnx", weights, x)[0] - item["logits"][i]).max() <= 1e-4
+    report = manifest["hypernet"]["parameterReport"]
+    assert report["total"] == manifest["hypernet"]["parameters"]
+
+
+def test_ps_red_manifest_problems_are_named(tmp_path):
+    from redtrain.manifest import validate_manifest
+
+    cfg = tiny_config(method="ps-red")
+    data = synthetic_dataset(n_train=32, n_test=16)
+    train(cfg, tmp_path / "run", dataset=data, progress=False)
+    _, hyper, _ = load_run(tmp_path / "run")
+    pkg = export_package(cfg, hyper, tmp_path / "pkg", data)
+    import json
+
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["target"]["tensors"][1]["offset"] += 4
+    m["members"][0]["index"] = 3
+    del m["hypernet"]["input"]
+    problems = validate_manifest(m)
+    assert any("target.tensors[1]" in p and "contiguous" in p for p in problems)
+    assert any(p.startswith("members[0]") for p in problems)
+    assert any(p.startswith("hypernet.input") for p in problems)
