@@ -76,7 +76,8 @@ async function main(): Promise<void> {
 
   // 1. raw member: in-process onnxruntime, batch 1, the first member.
   const spec = { inputName: manifest.input.name, outputName: manifest.output.name, shape: manifest.input.shape, classes: manifest.output.classes };
-  const { session } = await createSession(pkg.memberBytes[0], spec, { kind: 'cpu' }, 1, 'member 0');
+  if (manifest.kind !== 'ensemble') throw new Error('the raw-member row needs an ensemble package');
+  const { session } = await createSession(pkg.members[0], spec, { kind: 'cpu' }, 1, 'member 0');
   const x = Float32Array.from(pkg.golden[0].input);
   results['raw member'] = await measure(async () => { await session.run(x, 1); }, N, 1);
   await session.release();

@@ -27,6 +27,20 @@ export interface MemberFile {
   readonly parameters: number;
 }
 
+/** A generated tensor's place in the target's external-data file (kind ps-red). */
+export interface TensorSlot {
+  readonly name: string;
+  readonly shape: readonly number[];
+  /** Byte offset and length (float32, little-endian). */
+  readonly offset: number;
+  readonly length: number;
+}
+
+export interface PsRedEntries {
+  readonly hypernet: { readonly file: string; readonly sha256: string; readonly input: string; readonly parameters: number };
+  readonly target: { readonly file: string; readonly sha256: string; readonly externalData: string; readonly tensors: readonly TensorSlot[] };
+}
+
 export interface Manifest {
   readonly format: 'redserve-package';
   readonly formatVersion: 1;
@@ -37,7 +51,10 @@ export interface Manifest {
   readonly input: InputSpec;
   readonly output: { readonly name: string; readonly classes: number };
   readonly labels: readonly string[];
+  /** kind ensemble: files; kind ps-red: `{ index, parameters }` (see `hypernet`, `target`). */
   readonly members: readonly MemberFile[];
+  readonly hypernet?: PsRedEntries['hypernet'];
+  readonly target?: PsRedEntries['target'];
   readonly golden: { readonly file: string; readonly sha256: string; readonly atol: number };
   readonly training: Record<string, unknown>;
   readonly evaluation: Record<string, unknown>;
@@ -51,11 +68,20 @@ export interface GoldenImage {
   readonly logits: readonly (readonly number[])[];
 }
 
-/** A package read from disk and checked: manifest, member bytes, golden values. */
+/** What a session is created from: ONNX bytes, plus generated initializer bytes for ps-red members. */
+export interface MemberSource {
+  readonly model: Uint8Array;
+  readonly externalData?: { readonly path: string; readonly data: Uint8Array };
+}
+
+/** A package read from disk and checked. `members` holds one source per member for kind
+ * ensemble; for kind ps-red it is empty until `materialise` (ensemble.ts) generates them. */
 export interface ModelPackage {
   readonly dir: string;
   readonly manifest: Manifest;
-  readonly memberBytes: readonly Uint8Array[];
+  readonly members: readonly MemberSource[];
+  readonly hypernetBytes?: Uint8Array;
+  readonly targetBytes?: Uint8Array;
   readonly golden: readonly GoldenImage[];
 }
 
@@ -117,6 +143,42 @@ function checkInput(inp: unknown, problems: string[]): void {
   if (unknown.length) problems.push(`input: unknown keys ${unknown.sort().join(', ')}`);
 }
 
+function checkPsRed(m: Record<string, unknown>, problems: string[]): void {
+  (m.members as unknown[]).forEach((mem, i) => {
+    if (!isObject(mem) || mem.index !== i) problems.push(`members[${i}]: expected { index: ${i}, parameters }`);
+    else if (!(Number.isInteger(mem.parameters) && (mem.parameters as number) > 0)) {
+      problems.push(`members[${i}].parameters: expected a positive integer`);
+    }
+  });
+  for (const key of ['hypernet', 'target'] as const) {
+    const e = m[key];
+    if (!(isObject(e) && isPlainFile(e.file) && typeof e.sha256 === 'string' && SHA_RE.test(e.sha256))) {
+      problems.push(`${key}: expected { file, sha256 (64 hex), ... }`);
+    }
+  }
+  const h = m.hypernet;
+  if (isObject(h) && !(typeof h.input === 'string' && h.input !== '')) problems.push('hypernet.input: expected the name of the member-index input');
+  const tg = m.target;
+  if (!isObject(tg)) return;
+  if (!isPlainFile(tg.externalData)) problems.push('target.externalData: expected a plain file name');
+  if (!Array.isArray(tg.tensors) || tg.tensors.length === 0) {
+    problems.push('target.tensors: expected a non-empty list of { name, shape, offset, length }');
+    return;
+  }
+  let offset = 0;
+  tg.tensors.forEach((t: unknown, i: number) => {
+    if (!(isObject(t) && typeof t.name === 'string' && Array.isArray(t.shape)
+      && t.shape.every((d) => Number.isInteger(d) && d > 0) && Number.isInteger(t.offset) && Number.isInteger(t.length))) {
+      problems.push(`target.tensors[${i}]: expected { name, shape, offset, length }`);
+      return;
+    }
+    const expected = 4 * (t.shape as number[]).reduce((a, b) => a * b, 1);
+    if (t.length !== expected) problems.push(`target.tensors[${i}] (${t.name}): length ${t.length} != 4 * prod(shape) = ${expected}`);
+    if (t.offset !== offset) problems.push(`target.tensors[${i}] (${t.name}): offset ${t.offset}, expected ${offset} (contiguous)`);
+    offset = (t.offset as number) + (t.length as number);
+  });
+}
+
 /** Every way `m` departs from docs/model-format.md; an empty list means valid. */
 export function validateManifest(m: unknown): string[] {
   if (!isObject(m)) return ['manifest: expected a JSON object'];
@@ -134,7 +196,6 @@ export function validateManifest(m: unknown): string[] {
   if ('kind' in m && m.kind !== 'ensemble' && m.kind !== 'ps-red') {
     problems.push(`kind: ${JSON.stringify(m.kind)} is not 'ensemble' or 'ps-red'`);
   }
-  if (m.kind === 'ps-red') problems.push('kind: ps-red packages are not supported by this version of redserve');
   if ('input' in m) checkInput(m.input, problems);
   let classes: number | undefined;
   if ('output' in m) {
@@ -155,7 +216,10 @@ export function validateManifest(m: unknown): string[] {
   if ('members' in m) {
     if (!Array.isArray(m.members) || m.members.length === 0) {
       problems.push('members: expected a non-empty list');
+    } else if (m.kind === 'ps-red') {
+      checkPsRed(m, problems);
     } else if (m.kind === 'ensemble') {
+      for (const key of ['hypernet', 'target']) if (key in m) problems.push(`${key}: only allowed in kind 'ps-red' packages`);
       m.members.forEach((mem: unknown, i: number) => {
         if (!isObject(mem)) {
           problems.push(`members[${i}]: expected an object`);
@@ -241,12 +305,24 @@ export async function readPackage(dir: string): Promise<ModelPackage> {
   if (problems.length) throw new PackageError(dir, problems);
   const manifest = raw as Manifest;
 
-  const memberBytes: Uint8Array[] = [];
-  for (const [i, member] of manifest.members.entries()) {
-    const bytes = await readOrNull(path.join(dir, member.file));
-    if (bytes === null) problems.push(`members[${i}]: file ${member.file} not found`);
-    else if (sha256(bytes) !== member.sha256) problems.push(`members[${i}]: sha256 of ${member.file} does not match the manifest`);
-    else memberBytes.push(bytes);
+  const readChecked = async (where: string, file: string, digest: string): Promise<Uint8Array | undefined> => {
+    const bytes = await readOrNull(path.join(dir, file));
+    if (bytes === null) problems.push(`${where}: file ${file} not found`);
+    else if (sha256(bytes) !== digest) problems.push(`${where}: sha256 of ${file} does not match the manifest`);
+    else return bytes;
+    return undefined;
+  };
+  const members: MemberSource[] = [];
+  let hypernetBytes: Uint8Array | undefined;
+  let targetBytes: Uint8Array | undefined;
+  if (manifest.kind === 'ensemble') {
+    for (const [i, member] of manifest.members.entries()) {
+      const bytes = await readChecked(`members[${i}]`, member.file, member.sha256);
+      if (bytes) members.push({ model: bytes });
+    }
+  } else {
+    hypernetBytes = await readChecked('hypernet', manifest.hypernet!.file, manifest.hypernet!.sha256);
+    targetBytes = await readChecked('target', manifest.target!.file, manifest.target!.sha256);
   }
   let golden: GoldenImage[] = [];
   const goldenBytes = await readOrNull(path.join(dir, manifest.golden.file));
@@ -262,5 +338,5 @@ export async function readPackage(dir: string): Promise<ModelPackage> {
     }
   }
   if (problems.length) throw new PackageError(dir, problems);
-  return Object.freeze({ dir, manifest, memberBytes, golden });
+  return Object.freeze({ dir, manifest, members, hypernetBytes, targetBytes, golden });
 }

@@ -4,6 +4,7 @@
  */
 import * as ort from 'onnxruntime-node';
 import type { Device } from '../config.js';
+import type { MemberSource, TensorSlot } from './manifest.js';
 
 export type Provider = 'cpu' | 'cuda';
 
@@ -62,8 +63,11 @@ export interface CreatedSession {
  * Create a session for one member on the requested device. `auto` tries CUDA and falls back to the
  * CPU (reporting why); `cuda` fails when the CUDA execution provider cannot be created.
  */
-export async function createSession(bytes: Uint8Array, spec: SessionSpec, device: Device, threads: number,
+export async function createSession(source: MemberSource, spec: SessionSpec, device: Device, threads: number,
   label: string): Promise<CreatedSession> {
+  const bytes = source.model;
+  const withData = (o: ort.InferenceSession.SessionOptions): ort.InferenceSession.SessionOptions =>
+    (source.externalData ? { ...o, externalData: [source.externalData] } : o);
   // onnxruntime prints its own error when the CUDA provider library is missing, before any session
   // option applies; under `auto` that is the expected path on CPU machines, and we log the fallback.
   if (device.kind === 'auto') ort.env.logLevel = 'fatal';
@@ -71,13 +75,13 @@ export async function createSession(bytes: Uint8Array, spec: SessionSpec, device
   let provider: Provider = device.kind === 'cpu' ? 'cpu' : 'cuda';
   let fallbackReason: string | undefined;
   try {
-    session = await ort.InferenceSession.create(bytes, options(provider, device, threads));
+    session = await ort.InferenceSession.create(bytes, withData(options(provider, device, threads)));
   } catch (err) {
     const reason = (err as Error).message.split('\n')[0].slice(0, 300);
     if (device.kind !== 'auto') throw new Error(`${label}: cannot create a ${provider} session: ${reason}`);
     provider = 'cpu';
     fallbackReason = reason;
-    session = await ort.InferenceSession.create(bytes, options('cpu', device, threads));
+    session = await ort.InferenceSession.create(bytes, withData(options('cpu', device, threads)));
   }
   const problems = checkSignature(session, spec, label);
   if (problems.length) {
@@ -100,4 +104,38 @@ export async function createSession(bytes: Uint8Array, spec: SessionSpec, device
     release: () => session.release(),
   };
   return { session: wrapped, provider, fallbackReason };
+}
+
+/**
+ * PS-RED: run the hypernetwork once per member and lay each member's generated tensors out as the
+ * target's external-data file (`slots`: name, shape, byte range). Runs at start-up only. Throws an
+ * error naming the tensor when the hypernetwork's outputs do not match the target's names or shapes.
+ */
+export async function generateMembers(hypernet: Uint8Array, inputName: string, members: number,
+  slots: readonly TensorSlot[]): Promise<Uint8Array[]> {
+  const session = await ort.InferenceSession.create(hypernet, { executionProviders: ['cpu'] });
+  try {
+    const missing = slots.filter((s) => !session.outputNames.includes(s.name)).map((s) => s.name);
+    if (missing.length) throw new Error(`hypernet has no output for target tensor(s) ${missing.join(', ')}`);
+    if (!session.inputNames.includes(inputName)) throw new Error(`hypernet has no input named ${inputName}`);
+    const total = slots.reduce((n, s) => n + s.length, 0);
+    const out: Uint8Array[] = [];
+    for (let m = 0; m < members; m++) {
+      const result = await session.run({ [inputName]: new ort.Tensor('int64', BigInt64Array.from([BigInt(m)]), [1]) });
+      const buffer = new Uint8Array(total);
+      for (const slot of slots) {
+        const t = result[slot.name];
+        if (t.type !== 'float32' || t.dims.length !== slot.shape.length || t.dims.some((d, i) => d !== slot.shape[i])) {
+          throw new Error(`member ${m}: hypernet output ${slot.name} is ${t.type} [${t.dims.join(', ')}], `
+            + `the target expects float32 [${slot.shape.join(', ')}]`);
+        }
+        const data = t.data as Float32Array;
+        buffer.set(new Uint8Array(data.buffer, data.byteOffset, slot.length), slot.offset);
+      }
+      out.push(buffer);
+    }
+    return out;
+  } finally {
+    await session.release();
+  }
 }

@@ -5,10 +5,11 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type { Device } from '../config.js';
+import type { MemberSource } from './manifest.js';
 import { createSession, type MemberSession, type Provider, type SessionSpec } from './runtime.js';
 
 export interface WorkerInit {
-  readonly memberBytes: readonly Uint8Array[];
+  readonly members: readonly MemberSource[];
   readonly spec: SessionSpec;
   readonly device: Device;
   readonly threads: number;
@@ -61,8 +62,8 @@ async function main(): Promise<void> {
   let provider: Provider = 'cpu';
   let fallbackReason: string | undefined;
   try {
-    for (const [m, bytes] of init.memberBytes.entries()) {
-      const created = await createSession(bytes, init.spec, init.device, init.threads, `member ${m}`);
+    for (const [m, source] of init.members.entries()) {
+      const created = await createSession(source, init.spec, init.device, init.threads, `member ${m}`);
       sessions.push(created.session);
       provider = created.provider;
       fallbackReason ??= created.fallbackReason;

@@ -11,7 +11,7 @@ const sha = async (file: string) => createHash('sha256').update(await readFile(f
 t.test('the fixture package is valid', async (t) => {
   t.same(validateManifest(await manifestOf(TINY)), []);
   const pkg = await readPackage(TINY);
-  t.equal(pkg.memberBytes.length, 3);
+  t.equal(pkg.members.length, 3);
   t.equal(pkg.golden.length, (await goldenOf(TINY)).length);
 });
 
