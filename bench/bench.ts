@@ -11,6 +11,7 @@
  * Prints p50/p99 latency of sequential requests, throughput at the given concurrency, and the
  * ratios the service is judged by. Timings are noisy on a shared machine: compare the ratios.
  */
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -23,6 +24,8 @@ import { createSession } from '../src/ensemble/runtime.js';
 const { values } = parseArgs({
   options: {
     model: { type: 'string', default: 'models/fmnist-red' },
+    // A PS-RED package to compare with --model: load time and /classify random latency.
+    psred: { type: 'string', default: 'models/fmnist-psred' },
     requests: { type: 'string', default: '2000' },
     concurrency: { type: 'string', default: '16' },
     workers: { type: 'string', default: '2' },
@@ -91,14 +94,31 @@ async function main(): Promise<void> {
   await bare.close();
 
   // 3-4. redserve /classify under random and mean sampling.
+  const loadMs: Record<string, number> = {};
   for (const sampling of [{ mode: 'random' }, { mode: 'mean' }] as Sampling[]) {
+    const loadStarted = performance.now();
     const app = buildApp(testConfig({ modelDir, sampling, workers: WORKERS, maxQueue: 100_000 }), { logger: false });
     await app.modelReady;
+    loadMs[manifest.name] = performance.now() - loadStarted;
     const url = await app.server.listen({ port: 0, host: '127.0.0.1' });
     results[`classify ${sampling.mode}`] = await measure(() => post(`${url}/classify`, png, 'image/png'), N, C);
     // Compute-bound: 64 pre-processed images per request, so member runs outweigh HTTP and decoding.
     results[`batch64 ${sampling.mode}`] = await measure(() => post(`${url}/classify`, batchBody, 'application/json'),
       Math.ceil(N / 16), C);
+    await app.close();
+  }
+
+  // 5. the PS-RED package, when present: generation + materialisation time, and random latency.
+  const psredDir = path.resolve(values.psred!);
+  if (existsSync(psredDir)) {
+    const psred = await readPackage(psredDir);
+    const loadStarted = performance.now();
+    const app = buildApp(testConfig({ modelDir: psredDir, workers: WORKERS, maxQueue: 100_000 }), { logger: false });
+    await app.modelReady;
+    loadMs[psred.manifest.name] = performance.now() - loadStarted;
+    const url = await app.server.listen({ port: 0, host: '127.0.0.1' });
+    const psredPng = await readFile(path.join(psredDir, psred.golden[0].file));
+    results[`${psred.manifest.name} random`] = await measure(() => post(`${url}/classify`, psredPng, 'image/png'), N, C);
     await app.close();
   }
 
@@ -118,6 +138,9 @@ async function main(): Promise<void> {
     `random p50 / (bare route p50 + raw member p50) = ${latencyRatio.toFixed(2)}  (target <= 1.2)`,
     `random throughput / mean throughput            = ${throughputRatio.toFixed(2)}  (target >= 3.5)`,
     `same, 64 images per request (compute-bound)    = ${batchRatio.toFixed(2)}`,
+    ...Object.entries(loadMs).map(([name, ms]) => `load ${name} (read, generate, ${WORKERS} workers warm) = ${ms.toFixed(0)} ms`),
+    ...Object.keys(results).filter((k) => k.endsWith(' random') && !k.startsWith('classify') && !k.startsWith('batch64')).map((k) =>
+      `${k} p50 / classify random p50 = ${(results[k].p50 / results['classify random'].p50).toFixed(2)}  (target within 1.1)`),
     '',
   ].join('\n'));
 }
