@@ -1,11 +1,16 @@
+import json
+
+import numpy as np
+import pytest
 import torch
 
 from conftest import synthetic_dataset, tiny_config
 from redtrain.config import config_from_dict
 from redtrain.export import export_package
-from redtrain.manifest import check_package
+from redtrain.manifest import check_package, validate_manifest
 from redtrain.models import build_member, count_parameters
 from redtrain.psred import HyperEnsemble
+from redtrain.psred_export import member_weights, target_logits
 from redtrain.train import build_ensemble, load_run, loss_terms, train
 
 
@@ -65,33 +70,32 @@ def test_standalone_member_equals_the_generated_one():
             assert torch.allclose(hyper.member_module(i)(x), hyper.forward_member(i, x), atol=1e-6)
 
 
-def test_ps_red_trains_with_the_red_losses_and_exports(tmp_path):
+@pytest.fixture(scope="module")
+def psred_package(tmp_path_factory):
+    """A tiny PS-RED run, trained for one epoch and exported: (config, package folder)."""
+    tmp = tmp_path_factory.mktemp("psred")
     cfg = tiny_config(method="ps-red")
     data = synthetic_dataset(n_train=64, n_test=32)
+    train(cfg, tmp / "run", dataset=data, progress=False)
+    _, hyper, _ = load_run(tmp / "run")
+    return cfg, export_package(cfg, hyper, tmp / "pkg", data)
+
+
+def test_ps_red_trains_with_the_red_losses(dataset):
+    cfg = tiny_config(method="ps-red")
     ens = build_ensemble(cfg, 10)
-    x, y = data.train.images[:16].float() / 255, data.train.labels[:16]
+    x, y = dataset.train.images[:16].float() / 255, dataset.train.labels[:16]
     terms = loss_terms(ens.members(), x, y, cfg, torch.Generator().manual_seed(0))
     assert {"ce", "sim", "lip", "loss"} <= set(terms)
-    train(cfg, tmp_path / "run", dataset=data, progress=False)
-    _, ensemble, _ = load_run(tmp_path / "run")
-    pkg = export_package(cfg, ensemble, tmp_path / "pkg", data)
-    assert len(check_package(pkg)["members"]) == cfg.members
+    terms["loss"].backward()
+    assert ens.generator[0].weight.grad is not None
 
 
-def test_ps_red_package_hypernet_and_target_match_pytorch(tmp_path):
-    import json
-
-    import numpy as np
-
-    from redtrain.psred_export import member_weights, target_logits
-
-    cfg = tiny_config(method="ps-red")
-    data = synthetic_dataset(n_train=64, n_test=32)
-    train(cfg, tmp_path / "run", dataset=data, progress=False)
-    _, hyper, _ = load_run(tmp_path / "run")
-    pkg = export_package(cfg, hyper, tmp_path / "pkg", data)
+def test_ps_red_package_hypernet_and_target_match_pytorch(psred_package):
+    cfg, pkg = psred_package
     manifest = check_package(pkg)
-    assert manifest["kind"] == "ps-red" and sorted(p.name for p in pkg.glob("*.onnx")) == ["hypernet.onnx", "target.onnx"]
+    assert manifest["kind"] == "ps-red" and len(manifest["members"]) == cfg.members
+    assert sorted(p.name for p in pkg.glob("*.onnx")) == ["hypernet.onnx", "target.onnx"]
     assert not (pkg / manifest["target"]["externalData"]).exists()  # weights are generated, never shipped
     layout = manifest["target"]["tensors"]
     golden = json.loads((pkg / "golden.json").read_text())
@@ -104,16 +108,8 @@ def test_ps_red_package_hypernet_and_target_match_pytorch(tmp_path):
     assert report["total"] == manifest["hypernet"]["parameters"]
 
 
-def test_ps_red_manifest_problems_are_named(tmp_path):
-    from redtrain.manifest import validate_manifest
-
-    cfg = tiny_config(method="ps-red")
-    data = synthetic_dataset(n_train=32, n_test=16)
-    train(cfg, tmp_path / "run", dataset=data, progress=False)
-    _, hyper, _ = load_run(tmp_path / "run")
-    pkg = export_package(cfg, hyper, tmp_path / "pkg", data)
-    import json
-
+def test_ps_red_manifest_problems_are_named(psred_package):
+    _, pkg = psred_package
     m = json.loads((pkg / "manifest.json").read_text())
     m["target"]["tensors"][1]["offset"] += 4
     m["members"][0]["index"] = 3
