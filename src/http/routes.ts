@@ -88,13 +88,12 @@ export function registerRoutes(app: FastifyInstance, config: Config, state: Mode
   });
 
   app.post<{ Querystring: { topK?: string }; Body: unknown }>('/classify', { schema: classifySchema },
-    async (req, reply) => {
+    async (req) => {
       const ensemble = requireReady(state);
       const { manifest } = ensemble;
       const k = parseTopK(req.query.topK, manifest.output.classes);
       const contentType = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
       const limits = { maxInputPixels: config.maxInputPixels };
-      const started = performance.now();
 
       let data: Float32Array;
       let n: number;
@@ -136,9 +135,7 @@ export function registerRoutes(app: FastifyInstance, config: Config, state: Mode
             imageToTensor(bytes, manifest.input, limits, data.subarray(i * size, (i + 1) * size), `images[${i}]`)));
         }
       }
-      const preprocessMs = performance.now() - started;
       const probs = await ensemble.classify(data!, n!);
-      reply.header('x-preprocess-ms', preprocessMs.toFixed(2));
       const results = probs.map((p) => ({ predictions: topK(p, manifest.labels, k) }));
       return single ? { model: manifest.name, predictions: results[0].predictions } : { model: manifest.name, results };
     });
