@@ -6,6 +6,7 @@
  *   bare route   a Fastify route that returns a constant, over HTTP on loopback
  *   random       POST /classify (one 28x28 PNG) with --sampling random: one member per request
  *   mean         POST /classify with --sampling mean: every member per request
+ *   tensor       random, one image sent as a pre-processed JSON tensor (no decoding)
  *   batch64      the same two modes with 64 pre-processed images (JSON tensors) per request
  *
  * Prints p50/p99 latency of sequential requests, throughput at the given concurrency, and the
@@ -76,6 +77,7 @@ async function main(): Promise<void> {
   const tensor = Array.from({ length: c }, (_, ch) => Array.from({ length: h }, (_, y) =>
     pkg.golden[0].input.slice(ch * h * w + y * w, ch * h * w + (y + 1) * w)));
   const batchBody = new TextEncoder().encode(JSON.stringify({ tensors: Array(64).fill(tensor) }));
+  const oneTensorBody = new TextEncoder().encode(JSON.stringify({ tensors: [tensor] }));
 
   // 1. raw member: in-process onnxruntime, batch 1, the first member.
   const spec = { inputName: manifest.input.name, outputName: manifest.output.name, shape: manifest.input.shape, classes: manifest.output.classes };
@@ -102,6 +104,10 @@ async function main(): Promise<void> {
     loadMs[manifest.name] = performance.now() - loadStarted;
     const url = await app.server.listen({ port: 0, host: '127.0.0.1' });
     results[`classify ${sampling.mode}`] = await measure(() => post(`${url}/classify`, png, 'image/png'), N, C);
+    if (sampling.mode === 'random') {
+      // The same image already pre-processed (JSON tensor): the service's cost without decoding.
+      results['tensor random'] = await measure(() => post(`${url}/classify`, oneTensorBody, 'application/json'), N, C);
+    }
     // Compute-bound: 64 pre-processed images per request, so member runs outweigh HTTP and decoding.
     results[`batch64 ${sampling.mode}`] = await measure(() => post(`${url}/classify`, batchBody, 'application/json'),
       Math.ceil(N / 16), C);
@@ -136,10 +142,11 @@ async function main(): Promise<void> {
     ...rows,
     '',
     `random p50 / (bare route p50 + raw member p50) = ${latencyRatio.toFixed(2)}  (target <= 1.2)`,
+    `same, tensor input (no image decoding)         = ${(r['tensor random'].p50 / (r['bare route'].p50 + r['raw member'].p50)).toFixed(2)}`,
     `random throughput / mean throughput            = ${throughputRatio.toFixed(2)}  (target >= 3.5)`,
     `same, 64 images per request (compute-bound)    = ${batchRatio.toFixed(2)}`,
     ...Object.entries(loadMs).map(([name, ms]) => `load ${name} (read, generate, ${WORKERS} workers warm) = ${ms.toFixed(0)} ms`),
-    ...Object.keys(results).filter((k) => k.endsWith(' random') && !k.startsWith('classify') && !k.startsWith('batch64')).map((k) =>
+    ...Object.keys(results).filter((k) => k.endsWith(' random') && !['classify', 'batch64', 'tensor'].some((p) => k.startsWith(p))).map((k) =>
       `${k} p50 / classify random p50 = ${(results[k].p50 / results['classify random'].p50).toFixed(2)}  (target within 1.1)`),
     '',
   ].join('\n'));
