@@ -100,6 +100,7 @@ export function tensorsToBatch(tensors: readonly unknown[], spec: InputSpec): Fl
     const flat: unknown[] = [];
     const shape: number[] = [];
     const walk = (v: unknown, depth: number): void => {
+      if (depth > 4) throw badRequest('bad_tensor', `tensors[${i}]: nested deeper than [1, ${c}, ${h}, ${w}]`);
       if (Array.isArray(v)) {
         if (shape[depth] === undefined) shape[depth] = v.length;
         else if (shape[depth] !== v.length) throw badRequest('bad_tensor', `tensors[${i}]: ragged nested arrays`);

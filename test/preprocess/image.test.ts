@@ -81,5 +81,8 @@ t.test('tensors: [C,H,W] and [1,C,H,W] are accepted; wrong shapes and non-finite
   t.same(Array.from(tensorsToBatch([[[[1, 2], [3, 4]]], [[[[5, 6], [7, 8]]]]], spec)), [1, 2, 3, 4, 5, 6, 7, 8]);
   t.throws(() => tensorsToBatch([[[1, 2], [3, 4]]], spec), /tensors\[0\]: shape \[2, 2\] does not match the model input \[1, 2, 2\]/);
   t.throws(() => tensorsToBatch([[[[1, 2], [3]]]], spec), /ragged/);
+  let deep: unknown = [1];
+  for (let d = 0; d < 100_000; d++) deep = [deep];
+  t.throws(() => tensorsToBatch([deep], spec), /nested deeper than \[1, 1, 2, 2\]/, 'deep nesting is refused, not a stack overflow');
   t.throws(() => tensorsToBatch([[[[1, 2], [3, null]]]], spec), /element 3 is null/);
 });
