@@ -1,7 +1,8 @@
-"""Linf PGD in pixel space [0, 1] (Madry et al. 2018), against one member or the averaged ensemble."""
+"""Linf attacks in pixel space [0, 1]: PGD (Madry et al. 2018) for training, APGD-CE/DLR for evaluation."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -40,3 +41,132 @@ def member_ce(member: Callable[[torch.Tensor], torch.Tensor]) -> LossFn:
 def ensemble_ce(members: Sequence[Callable[[torch.Tensor], torch.Tensor]]) -> LossFn:
     """CE of the averaged ensemble, log(mean softmax): what RED's L_lip batch is attacked with."""
     return lambda x, y: F.nll_loss(ensemble_log_probs([m(x) for m in members]), y, reduction="none")
+
+
+# --- Evaluation attacks: APGD (Croce & Hein 2020) on a loss averaged over members -------------------
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Difference-of-logits-ratio loss, per example: -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3).
+
+    Scale-invariant in the logits, so a member cannot hide behind large or small logits.
+    """
+    if logits.shape[1] < 3:
+        raise ValueError(f"DLR needs at least 3 classes, got {logits.shape[1]}")
+    ordered, _ = logits.sort(dim=1, descending=True)
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.clone()
+    others.scatter_(1, y[:, None], float("-inf"))
+    return -(z_y - others.max(dim=1).values) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """Iterations at which APGD may halve its step: p_0 = 0, p_1 = 0.22,
+    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), scaled by the budget and rounded up."""
+    p = [0.0, 0.22]
+    while p[-1] < 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({math.ceil(round(q * steps, 6)) for q in p if q <= 1.0})
+
+
+StackedLogits = Callable[[torch.Tensor], torch.Tensor]  # x -> logits of every member [M, B, C]
+
+
+class WorstCase:
+    """Per example, the perturbed input with the fewest members right (ties: the highest loss)."""
+
+    def __init__(self, x: torch.Tensor, members: int) -> None:
+        self.x = x.clone()
+        self.correct = torch.full((x.shape[0],), members + 1, dtype=torch.long)
+        self.loss = torch.full((x.shape[0],), float("-inf"))
+
+    def update(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        correct = (logits.argmax(dim=2) == y[None]).sum(dim=0).cpu()
+        loss = loss.detach().cpu()
+        better = (correct < self.correct) | ((correct == self.correct) & (loss > self.loss))
+        self.x[better] = x.detach()[better.to(x.device)].to(self.x.device)
+        self.correct = torch.where(better, correct, self.correct)
+        self.loss = torch.where(better, loss, self.loss)
+
+
+def _mean_member_loss(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    per_member = {"ce": lambda z, y: F.cross_entropy(z, y, reduction="none"), "dlr": dlr_loss}[kind]
+    return lambda logits, y: torch.stack([per_member(z, y) for z in logits]).mean(dim=0)
+
+
+def apgd(stacked: StackedLogits, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
+         loss: str = "ce", generator: Optional[torch.Generator] = None, rho: float = 0.75,
+         momentum: float = 0.75) -> torch.Tensor:
+    """Linf APGD maximising the member-averaged CE or DLR (the exact expectation over a uniform
+    draw, i.e. EOT with no sampling noise). Returns, per example, the iterate that left the fewest
+    members right."""
+    loss_fn = _mean_member_loss(loss)
+    x = x.detach()
+    n = x.shape[0]
+    checkpoints = set(apgd_checkpoints(steps)[1:])
+
+    def value_and_grad(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = z.clone().requires_grad_(True)
+        logits = stacked(z)
+        values = loss_fn(logits, y)
+        (grad,) = torch.autograd.grad(values.sum(), z)
+        return values.detach(), grad.detach(), logits.detach()
+
+    noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+    x_k = project(x + (2 * noise - 1) * eps, x, eps)
+    f_k, g_k, logits = value_and_grad(x_k)
+    worst = WorstCase(x, logits.shape[0])
+    worst.update(x_k, logits, y, f_k)
+    step = torch.full((n, 1, 1, 1), 2.0 * eps, device=x.device)
+    x_best, f_best, g_best = x_k.clone(), f_k.clone(), g_k.clone()
+    x_prev = x_k.clone()
+    increases = torch.zeros(n, device=x.device)
+    f_best_at_checkpoint = f_best.clone()
+    step_reduced_at_checkpoint = torch.ones(n, dtype=torch.bool, device=x.device)
+    last_checkpoint = 0
+
+    for k in range(steps):
+        z = project(x_k + step * g_k.sign(), x, eps)
+        if k == 0:
+            x_next = z
+        else:
+            x_next = project(x_k + momentum * (z - x_k) + (1 - momentum) * (x_k - x_prev), x, eps)
+        f_next, g_next, logits = value_and_grad(x_next)
+        worst.update(x_next, logits, y, f_next)
+        increases += (f_next > f_k).float()
+        improved = f_next > f_best
+        x_best[improved], f_best[improved], g_best[improved] = x_next[improved], f_next[improved], g_next[improved]
+        x_prev, x_k, f_k, g_k = x_k, x_next, f_next, g_next
+
+        if k + 1 in checkpoints:
+            window = k + 1 - last_checkpoint
+            few_increases = increases < rho * window
+            stalled = (~step_reduced_at_checkpoint) & (f_best_at_checkpoint >= f_best)
+            halve = few_increases | stalled
+            step[halve] /= 2.0
+            # Restart the halved examples from their best point so far.
+            x_k[halve], f_k[halve], g_k[halve] = x_best[halve], f_best[halve], g_best[halve]
+            step_reduced_at_checkpoint = halve
+            f_best_at_checkpoint = f_best.clone()
+            increases.zero_()
+            last_checkpoint = k + 1
+    return worst.x.to(x.device)
+
+
+def pgd_worst(stacked: StackedLogits, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
+              step_size: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """PGD with random start on the member-averaged CE; keeps the worst iterate per example."""
+    loss_fn = _mean_member_loss("ce")
+    x = x.detach()
+    noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+    x_adv = project(x + (2 * noise - 1) * eps, x, eps)
+    worst = None
+    for _ in range(steps + 1):
+        z = x_adv.clone().requires_grad_(True)
+        logits = stacked(z)
+        values = loss_fn(logits, y)
+        (grad,) = torch.autograd.grad(values.sum(), z)
+        if worst is None:
+            worst = WorstCase(x, logits.shape[0])
+        worst.update(x_adv, logits.detach(), y, values.detach())
+        x_adv = project(x_adv + step_size * grad.sign(), x, eps)
+    return worst.x.to(x.device)

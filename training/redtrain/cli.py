@@ -1,4 +1,4 @@
-"""Command line: python -m redtrain {train,export,validate} ...
+"""Command line: python -m redtrain {train,export,validate,evaluate} ...
 
 User errors (bad config, missing data, broken package) print one line and exit 2.
 """
@@ -40,6 +40,30 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import shlex
+
+    import torch
+
+    from redtrain.evaluate import Settings, run_evaluation
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in ("limit", "steps", "pgd_steps", "curve_steps", "transfer_steps", "batch_size", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if not 0 < args.eps <= 1:
+        raise UserError(f"--eps must be in (0, 1] (pixel scale), got {args.eps}")
+    settings = Settings(eps=args.eps, limit=args.limit, apgd_steps=args.steps, pgd_steps=args.pgd_steps,
+                        curve_steps=args.curve_steps, transfer_steps=args.transfer_steps,
+                        batch_size=args.batch_size, seed=args.seed, data_root=args.data_root)
+    command = "python -m redtrain " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    path = run_evaluation(args.package, args.out, settings, command, progress=not args.quiet)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="redtrain", description="Train and export RED / PS-RED model packages.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a model package against docs/model-format.md")
     p.add_argument("package", help="package folder, e.g. models/fmnist-red")
     p.set_defaults(func=_validate)
+
+    p = sub.add_parser("evaluate", help="white-box robustness of packages (adaptive and weak protocols)")
+    p.add_argument("--package", action="append", default=[], required=True,
+                   help="package folder; repeat for several; PATH:K evaluates member K alone")
+    p.add_argument("--out", default="reports", help="folder for robustness.md, robustness.json and plots")
+    p.add_argument("--limit", type=int, help="evaluate the first N test images (default: all)")
+    p.add_argument("--eps", type=float, default=0.1, help="Linf radius in pixel scale [0, 1] (default 0.1)")
+    p.add_argument("--steps", type=int, default=100, help="APGD-CE / APGD-DLR iterations (default 100)")
+    p.add_argument("--pgd-steps", type=int, default=50, help="PGD iterations (default 50)")
+    p.add_argument("--curve-steps", type=int, default=50, help="APGD-CE iterations per eps of the curve (default 50)")
+    p.add_argument("--transfer-steps", type=int, default=20, help="PGD iterations for the transfer matrix (default 20)")
+    p.add_argument("--batch-size", type=int, default=500, help="examples attacked together (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random starts and the weak protocol's draws")
+    p.add_argument("--data-root", help="dataset folder (default: the one recorded in the package)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_evaluate)
     return parser
 
 
