@@ -59,7 +59,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                         curve_steps=args.curve_steps, transfer_steps=args.transfer_steps,
                         batch_size=args.batch_size, seed=args.seed, data_root=args.data_root)
     command = "python -m redtrain " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    path = run_evaluation(args.package, args.out, settings, command, progress=not args.quiet)
+    path = run_evaluation(args.package, args.out, settings, command, progress=not args.quiet, reuse=args.reuse)
     print(f"wrote {path}")
     return 0
 
@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of random starts and the weak protocol's draws")
     p.add_argument("--data-root", help="dataset folder (default: the one recorded in the package)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep results already in --out for unchanged packages evaluated with the same settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
     return parser

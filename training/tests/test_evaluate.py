@@ -180,3 +180,22 @@ def test_evaluate_cli_errors_are_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("redtrain evaluate: error:")
     assert main(["evaluate", "--package", str(FIXTURES / "tiny-ensemble"), "--limit", "0"]) == 2
     assert "--limit must be at least 1" in capsys.readouterr().err
+
+
+def test_reuse_keeps_unchanged_results_and_names_their_run(tmp_path):
+    data = synthetic_dataset(n_train=8, n_test=8)
+    settings = Settings(limit=8, apgd_steps=2, pgd_steps=1, weak_steps=1, transfer_steps=1, curve_steps=1,
+                        curve_eps=(0.1,), batch_size=8)
+    single = f"{FIXTURES / 'tiny-ensemble'}:0"
+    run_evaluation([single], tmp_path, settings, "first run", progress=False, data=data)
+    first = json.loads((tmp_path / "robustness.json").read_text())["results"][0]
+    run_evaluation([single, str(FIXTURES / "tiny-single")], tmp_path, settings, "second run", progress=False,
+                   data=data, reuse=True)
+    report = json.loads((tmp_path / "robustness.json").read_text())
+    assert report["results"][0] == first
+    assert report["results"][1]["command"] == "second run"
+    assert "- tiny-ensemble member 0 alone: `first run`" in (tmp_path / "robustness.md").read_text()
+    # Other settings: nothing is reused.
+    run_evaluation([single], tmp_path, Settings(**{**settings.__dict__, "pgd_steps": 2}), "third run",
+                   progress=False, data=data, reuse=True)
+    assert json.loads((tmp_path / "robustness.json").read_text())["results"][0]["command"] == "third run"
