@@ -8,7 +8,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { AttackError, TargetClient } from './client.js';
+import { AttackError, parseTargetUrl, TargetClient } from './client.js';
 import { ATTACK_KINDS, runAttacks, type AttackKind, type AttackSpec } from './harness.js';
 import { FASHION_MNIST_DIR, fashionMnistImages, readImageDir, writeFashionMnist } from './images.js';
 import { Progress } from './progress.js';
@@ -98,6 +98,13 @@ async function writeFmnist(values: ReturnType<typeof parse>['values']): Promise<
 async function attack(argv: readonly string[], values: ReturnType<typeof parse>['values']): Promise<void> {
   const urls = values.url ?? [];
   if (urls.length === 0) throw new UsageError('--url is required (a running redserve service, e.g. http://localhost:8080)');
+  for (const url of urls) {
+    try {
+      parseTargetUrl(url);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+  }
   if (values.out !== undefined || values.count !== undefined) {
     throw new UsageError('--out and --count belong to the write-fmnist subcommand');
   }

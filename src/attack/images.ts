@@ -39,8 +39,9 @@ export async function readIdx(file: string, expectDims: number): Promise<{ dims:
   if (buf.length < 4 || buf[0] !== 0 || buf[1] !== 0 || buf[2] !== 0x08 || buf[3] !== expectDims) {
     throw new AttackError(`${file}: not an unsigned-byte IDX file with ${expectDims} dimension(s)`);
   }
-  const dims = Array.from({ length: expectDims }, (_, k) => buf.readUInt32BE(4 + 4 * k));
   const offset = 4 + 4 * expectDims;
+  if (buf.length < offset) throw new AttackError(`${file}: the IDX header is truncated`);
+  const dims = Array.from({ length: expectDims }, (_, k) => buf.readUInt32BE(4 + 4 * k));
   const size = dims.reduce((a, b) => a * b, 1);
   if (buf.length !== offset + size) {
     throw new AttackError(`${file}: ${buf.length - offset} data bytes, the header promises ${size}`);
@@ -71,7 +72,7 @@ export async function fashionMnistImages(dir: string, count: number, offset = 0)
     const index = offset + k;
     const label = labels.data[index];
     const raw = Buffer.from(images.data.subarray(index * size, (index + 1) * size));
-    const bytes = await sharp(raw, { raw: { width: cols, height: rows, channels: 1 } }).png().toBuffer();
+    const bytes = await sharp(raw, { raw: { width: cols, height: rows, channels: 1 } }).toColourspace('b-w').png().toBuffer();
     return { name: `fmnist-test-${String(index).padStart(5, '0')}-label${label}.png`, label, bytes };
   }));
 }
