@@ -9,8 +9,10 @@ import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import type { Config } from './config.js';
 import { loadEnsemble, type Ensemble } from './ensemble/ensemble.js';
 import { HttpError } from './errors.js';
+import { toHttpError } from './http/error-handler.js';
 import { registerRoutes, type ModelState } from './http/routes.js';
 import { openapiInfo } from './http/openapi.js';
+import { registerV2Routes } from './http/v2.js';
 
 export interface App {
   readonly server: FastifyInstance;
@@ -18,20 +20,6 @@ export interface App {
   readonly modelReady: Promise<Ensemble>;
   close(): Promise<void>;
 }
-
-/** Fastify's own 4xx codes, renamed to ours. */
-const FASTIFY_CODES: Record<string, string> = {
-  FST_ERR_CTP_BODY_TOO_LARGE: 'body_too_large',
-  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_media_type',
-  FST_ERR_CTP_EMPTY_JSON_BODY: 'empty_body',
-  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'bad_request',
-  FST_ERR_CTP_EMPTY_TYPE: 'unsupported_media_type',
-  FST_ERR_CTP_INVALID_TYPE: 'unsupported_media_type',
-  FST_REQ_FILE_TOO_LARGE: 'body_too_large',
-  FST_FILES_LIMIT: 'too_many_images',
-  FST_PARTS_LIMIT: 'too_many_images',
-  FST_INVALID_MULTIPART_CONTENT_TYPE: 'bad_multipart',
-};
 
 /** The Fastify instance with every plugin and route, serving whatever `state` holds. */
 export function createServer(config: Config, state: ModelState, options: { logger?: boolean | object } = {}): FastifyInstance {
@@ -44,20 +32,8 @@ export function createServer(config: Config, state: ModelState, options: { logge
   });
 
   server.setErrorHandler((err: FastifyError | HttpError, req, reply) => {
-    if (err instanceof HttpError) {
-      if (err.statusCode >= 500) req.log.warn({ code: err.code }, err.message);
-      return reply.code(err.statusCode).headers(err.headers).send({ error: err.code, message: err.message });
-    }
-    const fe = err as FastifyError;
-    if (fe.validation) {
-      return reply.code(400).send({ error: 'bad_request', message: `${fe.validationContext ?? 'request'}: ${fe.message}` });
-    }
-    const status = fe.statusCode ?? 500;
-    if (status >= 400 && status < 500) {
-      return reply.code(status).send({ error: FASTIFY_CODES[fe.code] ?? 'bad_request', message: fe.message });
-    }
-    req.log.error({ err }, 'request failed');
-    return reply.code(500).send({ error: 'internal', message: 'internal server error' });
+    const e = toHttpError(err, req.log);
+    return reply.code(e.statusCode).headers(e.headers).send({ error: e.code, message: e.message });
   });
   server.setNotFoundHandler((req, reply) =>
     reply.code(404).send({ error: 'not_found', message: `no route for ${req.method} ${req.url.split('?')[0]}` }));
@@ -69,6 +45,7 @@ export function createServer(config: Config, state: ModelState, options: { logge
     limits: { fileSize: config.maxBodyBytes, files: config.maxImagesPerRequest + 1, fields: 16, parts: config.maxImagesPerRequest + 16 },
   });
   server.register(async (scope) => registerRoutes(scope, config, state));
+  server.register(async (scope) => registerV2Routes(scope, config, state), { prefix: '/v2' });
   return server;
 }
 

@@ -1,6 +1,6 @@
 /**
  * Typed errors. Every error a client can cause is an HttpError with a status, a machine-readable
- * code and a message that names the problem and the allowed range. One handler (src/http/errors.ts)
+ * code and a message that names the problem and the allowed range. src/http/error-handler.ts
  * renders them as `{ error, message }`; anything else becomes a 500 without internals.
  */
 export class HttpError extends Error {

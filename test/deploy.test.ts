@@ -35,7 +35,10 @@ t.test('openapi.yaml is exactly what the routes generate (run `npm run openapi` 
   const committed = YAML.parse(await read('openapi.yaml'));
   const generated = YAML.parse(await openapiDocument());
   t.same(committed, generated);
-  for (const p of ['/classify', '/healthz', '/readyz', '/models']) t.ok(committed.paths[p], `documents ${p}`);
+  for (const p of ['/classify', '/healthz', '/readyz', '/models', '/v2', '/v2/health/live', '/v2/health/ready',
+    '/v2/models/{name}', '/v2/models/{name}/ready', '/v2/models/{name}/infer', '/v2/models/{name}/versions/{version}/infer']) {
+    t.ok(committed.paths[p], `documents ${p}`);
+  }
   const content = committed.paths['/classify'].post.requestBody.content;
   for (const type of ['image/png', 'image/jpeg', 'image/webp', 'image/gif', 'image/tiff', 'multipart/form-data', 'application/json']) {
     t.ok(content[type], `documents ${type} bodies`);

@@ -33,7 +33,8 @@ function parseTopK(raw: string | undefined, classes: number): number {
   return k;
 }
 
-function requireReady(state: ModelState): Ensemble {
+/** The loaded model, or 503 not_ready (with Retry-After) while it loads or after it failed. */
+export function requireReady(state: ModelState): Ensemble {
   if (state.ensemble) return state.ensemble;
   throw new HttpError(503, 'not_ready', state.failure ? 'the model failed to load' : 'the model is still loading',
     { 'retry-after': '1' });
