@@ -1,6 +1,6 @@
 /**
- * Builds the Fastify application: logger, error handling, OpenAPI, routes and the model. Every
- * plugin and route is registered here, explicitly, so `grep` finds who registers what.
+ * Builds the Fastify application: logger, error handling, metrics, OpenAPI, routes and the model.
+ * Every plugin and route is registered here, explicitly, so `grep` finds who registers what.
  */
 import multipart from '@fastify/multipart';
 import swagger from '@fastify/swagger';
@@ -13,16 +13,28 @@ import { toHttpError } from './http/error-handler.js';
 import { registerRoutes, type ModelState } from './http/routes.js';
 import { openapiInfo } from './http/openapi.js';
 import { registerV2Routes } from './http/v2.js';
+import { Metrics } from './metrics.js';
 
 export interface App {
   readonly server: FastifyInstance;
+  /** GET /metrics on its own port (config.metricsPort); null when metrics are off. */
+  readonly metricsServer: FastifyInstance | null;
+  readonly metrics: Metrics;
   /** Resolves when the model is loaded, warm and serving; rejects when it cannot be loaded. */
   readonly modelReady: Promise<Ensemble>;
   close(): Promise<void>;
 }
 
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The machine code of the error this request was answered with (for metrics), or null. */
+    errorCode: string | null;
+  }
+}
+
 /** The Fastify instance with every plugin and route, serving whatever `state` holds. */
-export function createServer(config: Config, state: ModelState, options: { logger?: boolean | object } = {}): FastifyInstance {
+export function createServer(config: Config, state: ModelState,
+  options: { logger?: boolean | object; metrics?: Metrics } = {}): FastifyInstance {
   const server = Fastify({
     logger: options.logger ?? { level: config.logLevel },
     bodyLimit: config.maxBodyBytes,
@@ -31,12 +43,23 @@ export function createServer(config: Config, state: ModelState, options: { logge
     ajv: { customOptions: { strict: false, removeAdditional: false } },
   });
 
+  server.decorateRequest('errorCode', null);
   server.setErrorHandler((err: FastifyError | HttpError, req, reply) => {
     const e = toHttpError(err, req.log);
+    req.errorCode = e.code;
     return reply.code(e.statusCode).headers(e.headers).send({ error: e.code, message: e.message });
   });
-  server.setNotFoundHandler((req, reply) =>
-    reply.code(404).send({ error: 'not_found', message: `no route for ${req.method} ${req.url.split('?')[0]}` }));
+  server.setNotFoundHandler((req, reply) => {
+    req.errorCode = 'not_found';
+    return reply.code(404).send({ error: 'not_found', message: `no route for ${req.method} ${req.url.split('?')[0]}` });
+  });
+  const { metrics } = options;
+  if (metrics) {
+    // The route pattern, never the raw URL, keeps label values bounded.
+    server.addHook('onResponse', async (req, reply) => {
+      metrics.observeRequest(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000, req.errorCode);
+    });
+  }
 
   server.register(swagger, { openapi: openapiInfo(config) });
   server.register(swaggerUi, { routePrefix: '/docs' });
@@ -52,9 +75,16 @@ export function createServer(config: Config, state: ModelState, options: { logge
 /** The service: the server plus the model, loading in the background (/readyz tells when it is warm). */
 export function buildApp(config: Config, options: { logger?: boolean | object } = {}): App {
   const state: ModelState = { ensemble: null, failure: null };
-  const server = createServer(config, state, options);
+  const metrics = new Metrics({
+    workers: () => state.ensemble?.pool.workers ?? 0,
+    busyWorkers: () => state.ensemble?.pool.busy ?? 0,
+    queuedJobs: () => state.ensemble?.pool.queued ?? 0,
+    ready: () => state.ensemble !== null,
+  });
+  const server = createServer(config, state, { ...options, metrics });
+  const metricsServer = config.metricsPort === null ? null : metrics.createServer();
 
-  const modelReady = loadEnsemble(config, server.log).then((ensemble) => {
+  const modelReady = loadEnsemble(config, server.log, metrics.observer).then((ensemble) => {
     state.ensemble = ensemble;
     return ensemble;
   }, (err: Error) => {
@@ -65,9 +95,12 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
 
   return {
     server,
+    metricsServer,
+    metrics,
     modelReady,
     async close() {
       await server.close();
+      await metricsServer?.close();
       await state.ensemble?.close();
     },
   };

@@ -28,6 +28,8 @@ export interface Config {
   readonly maxInputPixels: number;
   /** Inference jobs waiting for a worker before new requests get 503. */
   readonly maxQueue: number;
+  /** Port of the Prometheus /metrics server; null: no metrics server. */
+  readonly metricsPort: number | null;
   readonly logLevel: string;
 }
 
@@ -39,6 +41,7 @@ export const DEFAULTS = {
   maxImagesPerRequest: 64,
   maxInputPixels: 4096 * 4096,
   maxQueue: 256,
+  metricsPort: 9464,
   logLevel: 'info',
 } as const;
 
@@ -55,6 +58,7 @@ const OPTIONS = {
   'max-images': { env: 'REDSERVE_MAX_IMAGES', help: `images per request (default ${DEFAULTS.maxImagesPerRequest})` },
   'max-input-pixels': { env: 'REDSERVE_MAX_INPUT_PIXELS', help: `decoded pixels per image (default ${DEFAULTS.maxInputPixels})` },
   'max-queue': { env: 'REDSERVE_MAX_QUEUE', help: `queued inference jobs before 503 (default ${DEFAULTS.maxQueue})` },
+  'metrics-port': { env: 'REDSERVE_METRICS_PORT', help: `Prometheus /metrics port, or off (default ${DEFAULTS.metricsPort}; keep it internal)` },
   'log-level': { env: 'LOG_LEVEL', help: `pino level (default ${DEFAULTS.logLevel})` },
 } as const;
 
@@ -113,6 +117,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
     maxImagesPerRequest: num('max-images', DEFAULTS.maxImagesPerRequest, 1, 4096),
     maxInputPixels: num('max-input-pixels', DEFAULTS.maxInputPixels, 1, 2 ** 31),
     maxQueue: num('max-queue', DEFAULTS.maxQueue, 1, 1_000_000),
+    metricsPort: get('metrics-port') === 'off' ? null : num('metrics-port', DEFAULTS.metricsPort, 0, 65535),
     logLevel: get('log-level') ?? DEFAULTS.logLevel,
   };
   const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];

@@ -8,6 +8,9 @@ t.test('defaults', async (t) => {
   t.same(c.device, { kind: 'auto' });
   t.same(c.sampling, { mode: 'random' });
   t.ok(Object.isFrozen(c));
+  t.equal(c.metricsPort, 9464);
+  t.equal(loadConfig(['--metrics-port', 'off'], {}).metricsPort, null);
+  t.equal(loadConfig([], { REDSERVE_METRICS_PORT: '9100' }).metricsPort, 9100);
 });
 
 t.test('flags win over environment variables', async (t) => {

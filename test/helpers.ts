@@ -64,3 +64,28 @@ export function chiSquare(counts: readonly number[]): number {
 
 /** Upper 0.1% critical values of chi-square for 1..9 degrees of freedom. */
 export const CHI2_CRIT_0_001 = [0, 10.83, 13.82, 16.27, 18.47, 20.52, 22.46, 24.32, 26.12, 27.88];
+
+/** Prometheus text format -> { 'name{labels}': value }. */
+export function parseMetrics(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const at = line.lastIndexOf(' ');
+    out.set(line.slice(0, at), Number(line.slice(at + 1)));
+  }
+  return out;
+}
+
+/** Sum of every sample of `name` whose labels include all of `labels`. */
+export function sample(m: Map<string, number>, name: string, labels: Record<string, string> = {}): number {
+  let sum = 0;
+  let found = false;
+  for (const [key, v] of m) {
+    const brace = key.indexOf('{');
+    if ((brace < 0 ? key : key.slice(0, brace)) !== name) continue;
+    if (!Object.entries(labels).every(([k, val]) => key.includes(`${k}="${val}"`))) continue;
+    sum += v;
+    found = true;
+  }
+  return found ? sum : Number.NaN;
+}

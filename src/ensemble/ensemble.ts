@@ -12,6 +12,7 @@ import { randomInt } from 'node:crypto';
 import type { Config, Sampling } from '../config.js';
 import { ConfigError, PackageError } from '../errors.js';
 import { readPackage, type Manifest, type MemberSource, type ModelPackage } from './manifest.js';
+import { NO_OBSERVER, type InferenceObserver } from './observer.js';
 import { WorkerPool, type PoolLogger } from './pool.js';
 import { generateMembers, type Provider } from './runtime.js';
 
@@ -65,7 +66,7 @@ async function materialise(pkg: ModelPackage, log: EnsembleLogger): Promise<read
   return weights.map((data) => ({ model: pkg.targetBytes!, externalData: { path: target!.externalData, data } }));
 }
 
-export async function loadEnsemble(config: Config, log: EnsembleLogger): Promise<Ensemble> {
+export async function loadEnsemble(config: Config, log: EnsembleLogger, observer: InferenceObserver = NO_OBSERVER): Promise<Ensemble> {
   const started = performance.now();
   const pkg = await readPackage(config.modelDir);
   const { manifest } = pkg;
@@ -84,7 +85,7 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger): Promise
     threads: config.threadsPerWorker,
     golden: { inputs: pkg.golden.map((g) => g.input), logits: pkg.golden.map((g) => g.logits) },
     atol: manifest.golden.atol,
-  }, config.workers, config.maxQueue, log);
+  }, config.workers, config.maxQueue, log, observer);
   const info = await pool.start();
   if (info.fallbackReason) {
     log.warn({ reason: info.fallbackReason }, 'CUDA execution provider unavailable; falling back to CPU');
@@ -119,6 +120,7 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger): Promise
     log.debug({ draws }, 'members drawn');
     const groups = new Map<number, number[]>();
     draws.forEach((m, i) => groups.set(m, [...(groups.get(m) ?? []), i]));
+    for (const [m, indices] of groups) observer.drawn(m, indices.length);
     await Promise.all([...groups].map(([m, indices]) => runGroup(m, indices, data, out)));
     return out;
   }

@@ -7,6 +7,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import { HttpError, overloaded } from '../errors.js';
+import { NO_OBSERVER, type InferenceObserver } from './observer.js';
 import type { Provider } from './runtime.js';
 import type { RunJob, WorkerInit, WorkerMessage } from './worker.js';
 
@@ -16,13 +17,15 @@ interface Job {
   readonly members: readonly number[];
   readonly data: Float32Array;
   readonly n: number;
+  /** performance.now() when it entered the pool. */
+  readonly enqueuedAt: number;
   resolve(logits: Float32Array[]): void;
   reject(err: Error): void;
 }
 
 interface Slot {
   worker: Worker;
-  job: (Job & { id: number }) | null;
+  job: (Job & { id: number; startedAt: number }) | null;
 }
 
 export interface PoolInfo {
@@ -45,12 +48,14 @@ export class WorkerPool {
   private readonly size: number;
   private readonly maxQueue: number;
   private readonly log: PoolLogger;
+  private readonly observer: InferenceObserver;
 
-  constructor(init: WorkerInit, size: number, maxQueue: number, log: PoolLogger) {
+  constructor(init: WorkerInit, size: number, maxQueue: number, log: PoolLogger, observer: InferenceObserver = NO_OBSERVER) {
     this.init = init;
     this.size = size;
     this.maxQueue = maxQueue;
     this.log = log;
+    this.observer = observer;
   }
 
   /** Start every worker; resolves once all are ready (sessions created, golden values checked). */
@@ -75,7 +80,7 @@ export class WorkerPool {
   run(members: readonly number[], data: Float32Array, n: number): Promise<Float32Array[]> {
     if (this.closing) return Promise.reject(new HttpError(503, 'shutting_down', 'the server is shutting down'));
     return new Promise((resolve, reject) => {
-      const job: Job = { members, data, n, resolve, reject };
+      const job: Job = { members, data, n, enqueuedAt: performance.now(), resolve, reject };
       const idle = this.slots.find((s) => s.job === null);
       if (idle) {
         this.dispatch(idle, job);
@@ -101,7 +106,9 @@ export class WorkerPool {
 
   private dispatch(slot: Slot, job: Job): void {
     const id = this.nextId++;
-    slot.job = { ...job, id };
+    const startedAt = performance.now();
+    this.observer.queueWait((startedAt - job.enqueuedAt) / 1000);
+    slot.job = { ...job, id, startedAt };
     const message: RunJob = { type: 'run', id, members: job.members, data: job.data, n: job.n };
     slot.worker.postMessage(message);
   }
@@ -128,8 +135,15 @@ export class WorkerPool {
           reject(new Error(msg.message));
         } else if (slot.job && slot.job.id === msg.id) {
           const job = slot.job;
-          if (msg.type === 'result') job.resolve(msg.logits);
-          else job.reject(new Error(msg.message));
+          if (msg.type === 'result') {
+            const busySeconds = (performance.now() - job.startedAt) / 1000;
+            for (const member of job.members) {
+              this.observer.batchRun({ member, images: job.n, jobs: 1, computeSeconds: msg.computeSeconds / job.members.length, busySeconds: busySeconds / job.members.length });
+            }
+            job.resolve(msg.logits);
+          } else {
+            job.reject(new Error(msg.message));
+          }
           this.next(slot);
         }
       });
@@ -148,6 +162,7 @@ export class WorkerPool {
         slot.job = null;
         if (this.closing) return;
         this.log.warn({ code }, 'inference worker exited; starting a replacement');
+        this.observer.workerReplaced();
         this.spawn().catch((err: Error) => this.log.error({ err }, 'replacement worker failed to start'));
       });
     });

@@ -28,7 +28,7 @@ export interface RunJob {
 export type WorkerMessage =
   | { type: 'ready'; provider: Provider; fallbackReason?: string; maxGoldenError: number }
   | { type: 'failed'; message: string }
-  | { type: 'result'; id: number; logits: Float32Array[] }
+  | { type: 'result'; id: number; logits: Float32Array[]; computeSeconds: number }
   | { type: 'error'; id: number; message: string };
 
 /** Run every member on the golden inputs; returns the largest abs logit error, or throws naming the member. */
@@ -78,8 +78,11 @@ async function main(): Promise<void> {
   port.on('message', async (job: RunJob) => {
     try {
       const logits: Float32Array[] = [];
+      const started = performance.now();
       for (const m of job.members) logits.push(await sessions[m].run(job.data, job.n));
-      port.postMessage({ type: 'result', id: job.id, logits } satisfies WorkerMessage, logits.map((l) => l.buffer as ArrayBuffer));
+      const computeSeconds = (performance.now() - started) / 1000;
+      port.postMessage({ type: 'result', id: job.id, logits, computeSeconds } satisfies WorkerMessage,
+        logits.map((l) => l.buffer as ArrayBuffer));
     } catch (err) {
       port.postMessage({ type: 'error', id: job.id, message: (err as Error).message } satisfies WorkerMessage);
     }

@@ -48,10 +48,13 @@ function modelFor(state: ModelState, params: ModelParams): Ensemble {
 export function registerV2Routes(app: FastifyInstance, config: Config, state: ModelState): void {
   app.setErrorHandler((err: Error, req, reply) => {
     const e = toHttpError(err, req.log);
+    req.errorCode = e.code;
     return reply.code(e.statusCode).headers(e.headers).send({ error: e.message, code: e.code });
   });
-  app.setNotFoundHandler((req, reply) =>
-    reply.code(404).send({ error: `no route for ${req.method} ${req.url.split('?')[0]}`, code: 'not_found' }));
+  app.setNotFoundHandler((req, reply) => {
+    req.errorCode = 'not_found';
+    return reply.code(404).send({ error: `no route for ${req.method} ${req.url.split('?')[0]}`, code: 'not_found' });
+  });
 
   // Any Content-Type: Triton's client sends binary requests without one. The JSON header is parsed
   // with Fastify's own (prototype-poisoning safe) parser; the bytes after it wait on the request.

@@ -1,0 +1,104 @@
+/**
+ * Prometheus metrics (prom-client), served by their own small server on --metrics-port.
+ *
+ * They are not on the public port on purpose: with little traffic, a client that can read
+ * `redserve_member_draws_total` before and after its own request learns which member answered it,
+ * the one thing RED keeps secret. Scrape the metrics port from inside the cluster only.
+ */
+import Fastify, { type FastifyInstance } from 'fastify';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { InferenceObserver } from './ensemble/observer.js';
+
+/** Seconds: 50 us to 10 s. */
+const TIME_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+const COUNT_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
+
+/** What the metrics read from the running service at scrape time. */
+export interface ServiceGauges {
+  workers(): number;
+  busyWorkers(): number;
+  queuedJobs(): number;
+  ready(): boolean;
+}
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly requests: Counter<'method' | 'route' | 'status'>;
+  private readonly errors: Counter<'route' | 'status' | 'code'>;
+  private readonly duration: Histogram<'method' | 'route'>;
+  readonly observer: InferenceObserver;
+
+  constructor(gauges: ServiceGauges, options: { defaultMetrics?: boolean } = {}) {
+    const registers = [this.registry];
+    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+    this.requests = new Counter({
+      name: 'redserve_http_requests_total', help: 'HTTP requests answered, by route pattern and status',
+      labelNames: ['method', 'route', 'status'], registers,
+    });
+    this.errors = new Counter({
+      name: 'redserve_http_errors_total', help: 'HTTP error answers by route pattern, status and error code (overloaded, timeout, bad_tensor, ...)',
+      labelNames: ['route', 'status', 'code'], registers,
+    });
+    this.duration = new Histogram({
+      name: 'redserve_http_request_duration_seconds', help: 'time from request received to response sent',
+      labelNames: ['method', 'route'], buckets: TIME_BUCKETS, registers,
+    });
+    const queueWait = new Histogram({
+      name: 'redserve_inference_queue_seconds', help: 'time an inference job waited before a worker started it',
+      buckets: TIME_BUCKETS, registers,
+    });
+    const compute = new Histogram({
+      name: 'redserve_inference_compute_seconds', help: 'onnxruntime time of one member run (one batch) in a worker',
+      buckets: TIME_BUCKETS, registers,
+    });
+    const batchImages = new Histogram({
+      name: 'redserve_inference_batch_images', help: 'images in one member run', buckets: COUNT_BUCKETS, registers,
+    });
+    const batchJobs = new Histogram({
+      name: 'redserve_inference_batch_requests', help: 'inference jobs (requests, or one member of a mean request) batched into one member run',
+      buckets: COUNT_BUCKETS, registers,
+    });
+    const draws = new Counter({
+      name: 'redserve_member_draws_total', help: 'images answered by each member under random or fixed sampling',
+      labelNames: ['member'], registers,
+    });
+    const busy = new Counter({
+      name: 'redserve_worker_busy_seconds_total',
+      help: 'seconds workers spent on jobs, summed over workers; utilisation = rate(this) / redserve_workers', registers,
+    });
+    const restarts = new Counter({ name: 'redserve_worker_restarts_total', help: 'workers that died and were replaced', registers });
+    new Gauge({ name: 'redserve_workers', help: 'inference workers alive and ready', registers, collect() { this.set(gauges.workers()); } });
+    new Gauge({ name: 'redserve_workers_busy', help: 'workers running a job now', registers, collect() { this.set(gauges.busyWorkers()); } });
+    new Gauge({ name: 'redserve_inference_queue_jobs', help: 'inference jobs waiting for a worker', registers, collect() { this.set(gauges.queuedJobs()); } });
+    new Gauge({ name: 'redserve_ready', help: '1 when the model is loaded, checked and serving', registers, collect() { this.set(gauges.ready() ? 1 : 0); } });
+
+    this.observer = {
+      drawn: (member, images) => draws.inc({ member: String(member) }, images),
+      queueWait: (seconds) => queueWait.observe(seconds),
+      batchRun: (run) => {
+        compute.observe(run.computeSeconds);
+        batchImages.observe(run.images);
+        batchJobs.observe(run.jobs);
+        busy.inc(run.busySeconds);
+      },
+      workerReplaced: () => restarts.inc(),
+    };
+  }
+
+  /** One HTTP answer. `route` is the route's pattern (bounded cardinality), never the raw URL. */
+  observeRequest(method: string, route: string, status: number, seconds: number, errorCode: string | null): void {
+    this.requests.inc({ method, route, status: String(status) });
+    this.duration.observe({ method, route }, seconds);
+    if (errorCode) this.errors.inc({ route, status: String(status), code: errorCode });
+  }
+
+  /** The metrics server: GET /metrics in Prometheus text format, nothing else. */
+  createServer(): FastifyInstance {
+    const server = Fastify({ logger: false });
+    server.get('/metrics', async (_req, reply) => {
+      reply.type(this.registry.contentType);
+      return this.registry.metrics();
+    });
+    return server;
+  }
+}
