@@ -12,7 +12,8 @@
  *
  * The Linf variant is the one implemented: the binary search moves along Linf balls (clamping to
  * [x0 - r, x0 + r]), the update is the sign of the estimate, and distances are Linf. The attack
- * stops as soon as the boundary point is within eps (success) or the budget is spent. Parameters
+ * stops as soon as the boundary point is within eps (success) or the budget is spent; then the
+ * closest boundary point seen is the one projected into the eps ball and verified. Parameters
  * follow the paper: theta = gamma / d^2, delta = d * theta * dist (0.1 of the range at t = 1),
  * B_t = B0 * sqrt(t) capped at 10 000.
  *
@@ -100,6 +101,8 @@ export interface HsjOptions {
   /** Uniform-noise draws tried for a misclassified starting point. */
   readonly initTries?: number;
   readonly maxStepHalvings?: number;
+  /** Called after every iteration (diagnostics): iteration, boundary distance, whether a step was found. */
+  readonly onIteration?: (t: number, dist: number, stepFound: boolean) => void;
 }
 
 export async function hopSkipJump(oracle: Oracle, x0: Float64Array, o: HsjOptions): Promise<AttackResult> {
@@ -110,6 +113,15 @@ export async function hopSkipJump(oracle: Oracle, x0: Float64Array, o: HsjOption
   const finalPoint = (x: Float64Array | null) => (x ? clampAround(x, x0, o.eps) : Float64Array.from(x0));
   let best: Float64Array | null = null;
   let dist = Infinity;
+  // The walk may step to a farther boundary point (noisy estimates); the closest one seen is kept.
+  let closest: Float64Array | null = null;
+  let closestDist = Infinity;
+  const remember = () => {
+    if (dist < closestDist) {
+      closest = best;
+      closestDist = dist;
+    }
+  };
   try {
     for (let k = 0; k < (o.initTries ?? 100) && !best; k++) {
       const noise = new Float64Array(d);
@@ -119,6 +131,7 @@ export async function hopSkipJump(oracle: Oracle, x0: Float64Array, o: HsjOption
     if (!best) return { x: finalPoint(null), stop: 'no-start', loss: Infinity };
     dist = linfDistance(best, x0);
     ({ x: best, radius: dist } = await boundarySearch(decide, x0, best, theta * dist));
+    remember();
 
     for (let t = 1; dist > o.eps; t++) {
       const delta = t === 1 ? 0.1 * (o.hi - o.lo) : d * theta * dist;
@@ -131,13 +144,16 @@ export async function hopSkipJump(oracle: Oracle, x0: Float64Array, o: HsjOption
         for (let i = 0; i < d; i++) step[i] = Math.min(Math.max(best[i] + xi * Math.sign(grad[i]), o.lo), o.hi);
         found = await decide(step);
       }
-      if (!found) continue; // no adversarial step along this estimate; the next uses more probes
-      const next = await boundarySearch(decide, x0, step, theta * linfDistance(step, x0));
-      best = next.x;
-      dist = next.radius;
+      if (found) {
+        const next = await boundarySearch(decide, x0, step, theta * linfDistance(step, x0));
+        best = next.x;
+        dist = next.radius;
+        remember();
+      } // else: no adversarial step along this estimate; the next iteration uses more probes
+      o.onIteration?.(t, dist, found);
     }
   } catch (err) {
-    if (err instanceof StopAttack) return { x: finalPoint(best), stop: err.reason, loss: dist };
+    if (err instanceof StopAttack) return { x: finalPoint(closest), stop: err.reason, loss: closestDist };
     throw err;
   }
   return { x: finalPoint(best), stop: 'success', loss: dist };
