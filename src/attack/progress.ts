@@ -8,12 +8,19 @@ export interface ProgressState {
   readonly detail: string;
 }
 
+/** Where progress goes: stderr, or anything with write (isTTY and columns when it is a terminal). */
+export interface ProgressStream {
+  write(text: string): unknown;
+  readonly isTTY?: boolean;
+  readonly columns?: number;
+}
+
 export class Progress {
   private lastDraw = 0;
   private readonly started = Date.now();
   private readonly tty: boolean;
 
-  constructor(private readonly stream: NodeJS.WriteStream | null) {
+  constructor(private readonly stream: ProgressStream | null) {
     this.tty = Boolean(stream?.isTTY);
   }
 

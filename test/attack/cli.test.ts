@@ -9,6 +9,7 @@ import t from 'tap';
 import sharp from 'sharp';
 import { buildApp } from '../../src/app.js';
 import { fashionMnistImages, readIdx, readImageDir, toPixels, writeFashionMnist } from '../../src/attack/images.js';
+import { runCli } from '../../src/attack/main.js';
 import { testConfig } from '../../src/config.js';
 import type { InputSpec } from '../../src/ensemble/manifest.js';
 import { manifestOf, ROOT, TINY_SINGLE } from '../helpers.js';
@@ -16,10 +17,13 @@ import { manifestOf, ROOT, TINY_SINGLE } from '../helpers.js';
 const CLI = path.join(ROOT, 'dist', 'src', 'attack', 'cli.js');
 const run = promisify(execFile);
 
-/** Run the CLI; never throws, returns the exit code and output. */
+/**
+ * Run the CLI as its own process; never throws, returns the exit code and output. Without tap's
+ * NODE_OPTIONS (its process-info hook), which would make every child start several times slower.
+ */
 async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, [CLI, ...args], { timeout: 60_000 });
+    const { stdout, stderr } = await run(process.execPath, [CLI, ...args], { timeout: 60_000, env: { ...process.env, NODE_OPTIONS: '' } });
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code: number; stdout: string; stderr: string };
@@ -79,6 +83,18 @@ t.test('image folders: labels from file names, and a missing label is named', as
   await t.rejects(readImageDir(path.join(dir, 'nope'), 5), /--images-dir: cannot read the folder/);
 });
 
+/** Run the command line in this process (fast), capturing its output. */
+async function inProcess(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const code = await runCli(args, {
+    stdout: { write: (s: string) => (stdout += s) },
+    stderr: { write: (s: string) => (stderr += s) },
+    env: {},
+  });
+  return { code, stdout, stderr };
+}
+
 t.test('bad command lines: one line naming the problem, exit status 2', async (t) => {
   for (const [args, message] of [
     [[], /--url is required/],
@@ -90,20 +106,27 @@ t.test('bad command lines: one line naming the problem, exit status 2', async (t
     [['--url', 'http://127.0.0.1:1', '--eot', '1,,4'], /--eot: '1,,4' has an empty item/],
     [['--url', 'http://127.0.0.1:1', '--eot', '20', '--queries', '10'], /--eot: 20 answers per candidate exceed --queries 10/],
     [['--url', 'http://127.0.0.1:1', '--verify', 'x'], /--verify: 'x' is not an integer/],
+    [['--url', 'http://127.0.0.1:1', '--time-limit', '0'], /--time-limit: 0 is out of range \(0, /],
+    [['--url', 'http://127.0.0.1:1', '--images-dir', 'x', '--offset', '3'], /--images-dir cannot be combined with --fmnist or --offset/],
     [['--url', 'http://127.0.0.1:1', '--colour', 'red'], /Unknown option '--colour'/],
     [['--url', 'ftp://x'], /--url: 'ftp:\/\/x' must use http or https/],
     [['--url', 'not a url'], /--url: 'not a url' is not a URL/],
     [['attack-all'], /unexpected argument 'attack-all'/],
     [['write-fmnist'], /write-fmnist: --out DIR is required/],
+    [['write-fmnist', '--out', 'x', '--url', 'http://h:1'], /write-fmnist takes --out, --count, --offset and --fmnist, not --url/],
   ] as const) {
-    const r = await cli([...args]);
+    const r = await inProcess([...args]);
     t.equal(r.code, 2, `${args.join(' ')}: exit 2`);
     t.match(r.stderr, message);
-    t.equal(r.stderr.trim().split('\n').length, 1, 'one line');
+    t.match(r.stderr, /^redserve attack: [^\n]+\n$/, 'one line');
   }
-  const help = await cli(['--help']);
+  const help = await inProcess(['--help']);
   t.equal(help.code, 0);
   t.match(help.stdout, /--time-limit S/);
+  // The process itself exits with that status.
+  const proc = await cli(['--queries', 'many', '--url', 'http://127.0.0.1:1']);
+  t.equal(proc.code, 2);
+  t.equal(proc.stderr, "redserve attack: --queries: 'many' is not an integer in [1, 10000000]\n");
 });
 
 t.test('runtime failures: one line, exit status 1', async (t) => {
@@ -115,7 +138,7 @@ t.test('runtime failures: one line, exit status 1', async (t) => {
   const closed = await cli(['--url', `http://127.0.0.1:${port}`, '--images', '1', '--fmnist', (await tinyIdx()).dir]);
   t.equal(closed.code, 1);
   t.equal(closed.stderr, `redserve attack: cannot reach http://127.0.0.1:${port}/models: ECONNREFUSED\n`);
-  const missing = await cli(['--url', 'http://127.0.0.1:9', '--fmnist', '/nonexistent']);
+  const missing = await inProcess(['--url', 'http://127.0.0.1:9', '--fmnist', '/nonexistent']);
   t.equal(missing.code, 1);
   t.match(missing.stderr, /--fmnist: cannot read the folder \/nonexistent/);
 });
