@@ -39,6 +39,7 @@ export function createServer(config: Config, state: ModelState,
     logger: options.logger ?? { level: config.logLevel },
     bodyLimit: config.maxBodyBytes,
     requestIdHeader: 'x-request-id',
+    requestTimeout: config.requestTimeoutMs,
     // Reject unknown keys instead of silently dropping them; 'binary' is an OpenAPI-only format.
     ajv: { customOptions: { strict: false, removeAdditional: false } },
   });
@@ -52,6 +53,12 @@ export function createServer(config: Config, state: ModelState,
   server.setNotFoundHandler((req, reply) => {
     req.errorCode = 'not_found';
     return reply.code(404).send({ error: 'not_found', message: `no route for ${req.method} ${req.url.split('?')[0]}` });
+  });
+  // While draining, every answer closes its connection, so that keep-alive clients cannot hold the
+  // server open after their in-flight request (Fastify's close waits for every connection).
+  server.addHook('onSend', async (_req, reply, payload) => {
+    if (state.draining) reply.header('connection', 'close');
+    return payload;
   });
   const { metrics } = options;
   if (metrics) {
@@ -74,7 +81,7 @@ export function createServer(config: Config, state: ModelState,
 
 /** The service: the server plus the model, loading in the background (/readyz tells when it is warm). */
 export function buildApp(config: Config, options: { logger?: boolean | object } = {}): App {
-  const state: ModelState = { ensemble: null, failure: null };
+  const state: ModelState = { ensemble: null, failure: null, draining: false };
   const metrics = new Metrics({
     workers: () => state.ensemble?.pool.workers ?? 0,
     busyWorkers: () => state.ensemble?.pool.busy ?? 0,
@@ -99,6 +106,9 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
     metrics,
     modelReady,
     async close() {
+      // Readiness turns 503 first; Fastify then stops accepting, answers requests that arrive on
+      // open connections with 503, and resolves once every in-flight request has been answered.
+      state.draining = true;
       await server.close();
       await metricsServer?.close();
       await state.ensemble?.close();

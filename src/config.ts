@@ -28,6 +28,11 @@ export interface Config {
   readonly maxInputPixels: number;
   /** Inference jobs waiting for a worker before new requests get 503. */
   readonly maxQueue: number;
+  /** An inference request not answered this long after its body arrived gets 503 timeout; also
+   * the limit for receiving a request. */
+  readonly requestTimeoutMs: number;
+  /** On SIGTERM, how long in-flight requests may take to finish before the process exits anyway (code 1). */
+  readonly drainTimeoutMs: number;
   /** Port of the Prometheus /metrics server; null: no metrics server. */
   readonly metricsPort: number | null;
   readonly logLevel: string;
@@ -41,6 +46,8 @@ export const DEFAULTS = {
   maxImagesPerRequest: 64,
   maxInputPixels: 4096 * 4096,
   maxQueue: 256,
+  requestTimeoutMs: 30_000,
+  drainTimeoutMs: 25_000,
   metricsPort: 9464,
   logLevel: 'info',
 } as const;
@@ -58,6 +65,8 @@ const OPTIONS = {
   'max-images': { env: 'REDSERVE_MAX_IMAGES', help: `images per request (default ${DEFAULTS.maxImagesPerRequest})` },
   'max-input-pixels': { env: 'REDSERVE_MAX_INPUT_PIXELS', help: `decoded pixels per image (default ${DEFAULTS.maxInputPixels})` },
   'max-queue': { env: 'REDSERVE_MAX_QUEUE', help: `queued inference jobs before 503 (default ${DEFAULTS.maxQueue})` },
+  'request-timeout-ms': { env: 'REDSERVE_REQUEST_TIMEOUT_MS', help: `inference deadline per request, then 503 (default ${DEFAULTS.requestTimeoutMs})` },
+  'drain-timeout-ms': { env: 'REDSERVE_DRAIN_TIMEOUT_MS', help: `on SIGTERM, time allowed for in-flight requests (default ${DEFAULTS.drainTimeoutMs})` },
   'metrics-port': { env: 'REDSERVE_METRICS_PORT', help: `Prometheus /metrics port, or off (default ${DEFAULTS.metricsPort}; keep it internal)` },
   'log-level': { env: 'LOG_LEVEL', help: `pino level (default ${DEFAULTS.logLevel})` },
 } as const;
@@ -117,6 +126,8 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
     maxImagesPerRequest: num('max-images', DEFAULTS.maxImagesPerRequest, 1, 4096),
     maxInputPixels: num('max-input-pixels', DEFAULTS.maxInputPixels, 1, 2 ** 31),
     maxQueue: num('max-queue', DEFAULTS.maxQueue, 1, 1_000_000),
+    requestTimeoutMs: num('request-timeout-ms', DEFAULTS.requestTimeoutMs, 1, 3_600_000),
+    drainTimeoutMs: num('drain-timeout-ms', DEFAULTS.drainTimeoutMs, 0, 3_600_000),
     metricsPort: get('metrics-port') === 'off' ? null : num('metrics-port', DEFAULTS.metricsPort, 0, 65535),
     logLevel: get('log-level') ?? DEFAULTS.logLevel,
   };

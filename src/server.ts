@@ -1,6 +1,8 @@
 /**
- * Process entry point: read the config once, build the app, listen, load the model, and close
- * gracefully on SIGINT/SIGTERM. A bad config or package stops start-up with a clear message.
+ * Process entry point: read the config once, build the app, listen, load the model, and drain on
+ * SIGTERM/SIGINT: readiness turns 503, no new connections are accepted, in-flight requests finish,
+ * then the workers stop and the process exits 0 (1 if draining outlasts --drain-timeout-ms; a
+ * second signal exits at once). A bad config or package stops start-up with a clear message.
  */
 import { buildApp } from './app.js';
 import { loadConfig } from './config.js';
@@ -19,6 +21,31 @@ async function main(): Promise<number> {
   }
   const app = buildApp(config);
   const log = app.server.log;
+
+  let closing = false;
+  const shutdown = (signal: string) => {
+    if (closing) {
+      log.warn({ signal }, 'second signal: exiting without waiting for in-flight requests');
+      process.exit(1);
+    }
+    closing = true;
+    const started = performance.now();
+    log.info({ signal, drainTimeoutMs: config.drainTimeoutMs }, 'shutting down: finishing in-flight requests');
+    setTimeout(() => {
+      log.error({ drainTimeoutMs: config.drainTimeoutMs }, 'in-flight requests outlasted the drain timeout; exiting');
+      process.exit(1);
+    }, config.drainTimeoutMs).unref();
+    app.close().then(() => {
+      log.info({ drainMs: Math.round(performance.now() - started) }, 'drained; exiting');
+      process.exit(0);
+    }, (err) => {
+      log.error({ err }, 'error during shutdown');
+      process.exit(1);
+    });
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+
   // Listen first so /healthz answers while members load; /readyz turns 200 once they are warm.
   await app.server.listen({ port: config.port, host: config.host });
   if (app.metricsServer) {
@@ -28,22 +55,11 @@ async function main(): Promise<number> {
   try {
     await app.modelReady;
   } catch (err) {
+    if (closing) return -1; // a signal during start-up: shutdown() exits
     log.fatal({ model: config.modelDir }, `cannot serve the model package: ${(err as Error).message}`);
-    await app.server.close();
+    await app.close();
     return 1;
   }
-  let closing = false;
-  const shutdown = (signal: string) => {
-    if (closing) return;
-    closing = true;
-    log.info({ signal }, 'shutting down: finishing in-flight requests');
-    app.close().then(() => process.exit(0), (err) => {
-      log.error({ err }, 'error during shutdown');
-      process.exit(1);
-    });
-  };
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
-  process.on('SIGINT', () => shutdown('SIGINT'));
   return -1; // keep running
 }
 

@@ -85,7 +85,10 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger, observer
     threads: config.threadsPerWorker,
     golden: { inputs: pkg.golden.map((g) => g.input), logits: pkg.golden.map((g) => g.logits) },
     atol: manifest.golden.atol,
-  }, config.workers, config.maxQueue, log, observer);
+  }, {
+    size: config.workers, maxQueue: config.maxQueue, jobTimeoutMs: config.requestTimeoutMs,
+    maxBatchImages: 1, queueDelayUs: 0,
+  }, log, observer);
   const info = await pool.start();
   if (info.fallbackReason) {
     log.warn({ reason: info.fallbackReason }, 'CUDA execution provider unavailable; falling back to CPU');
@@ -98,15 +101,15 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger, observer
   async function runGroup(member: number, indices: readonly number[], data: Float32Array, out: Float32Array[]): Promise<void> {
     const batch = new Float32Array(indices.length * imageSize);
     indices.forEach((img, j) => batch.set(data.subarray(img * imageSize, (img + 1) * imageSize), j * imageSize));
-    const [logits] = await pool.run([member], batch, indices.length);
+    const logits = await pool.run(member, batch, indices.length);
     indices.forEach((img, j) => softmaxInto(logits, j * classes, classes, out[img]));
   }
 
   async function classify(data: Float32Array, n: number): Promise<Float32Array[]> {
     const out = Array.from({ length: n }, () => new Float32Array(classes));
     if (sampling.mode === 'mean') {
-      const all = Array.from({ length: nMembers }, (_, m) => m);
-      const logits = await pool.run(all, data, n);
+      // One job per member: they spread over the workers and batch with other requests' jobs.
+      const logits = await Promise.all(Array.from({ length: nMembers }, (_, m) => pool.run(m, data, n)));
       const p = new Float32Array(classes);
       for (let i = 0; i < n; i++) {
         for (const member of logits) {

@@ -1,9 +1,20 @@
 /**
- * A fixed pool of inference worker threads with a bounded FIFO queue.
+ * A fixed pool of inference worker threads with a bounded queue, per-job deadlines and dynamic
+ * batching.
  *
- * A job goes to an idle worker at once, or waits in the queue; past `maxQueue` waiting jobs,
- * `run` rejects immediately with 503 + Retry-After, so memory stays bounded under any load.
- * A worker that dies fails its job with 503 (never hangs) and is replaced.
+ * A job is one member run on n images. Waiting jobs are queued per member. When a worker is free it
+ * takes the member whose oldest job is oldest and runs that member's waiting jobs as one batch of
+ * at most `maxBatchImages` images (a larger job runs alone). With `queueDelayUs` > 0, a batch that
+ * is not full and would take the last idle worker waits until its oldest job has waited that long,
+ * so that concurrent requests that drew the same member can join it; a full batch goes at once.
+ * Under load, jobs queue behind busy workers and batches form without any delay. Which member a
+ * job runs is decided by its caller (each request's own draw); batching only groups jobs that
+ * already drew the same member.
+ *
+ * Past `maxQueue` waiting jobs, `run` rejects at once with 503 + Retry-After, so memory stays
+ * bounded under any load. A job not finished `jobTimeoutMs` after it arrived fails with 503
+ * `timeout` (and leaves the queue). A worker that dies fails its jobs with 503 `worker_failed`,
+ * never leaving them hanging, and is replaced.
  */
 import { Worker } from 'node:worker_threads';
 import { HttpError, overloaded } from '../errors.js';
@@ -13,19 +24,44 @@ import type { RunJob, WorkerInit, WorkerMessage } from './worker.js';
 
 const WORKER_URL = new URL('./worker.js', import.meta.url);
 
+export interface PoolOptions {
+  /** Worker threads. */
+  readonly size: number;
+  /** Jobs waiting (all members together) before new ones are refused with 503. */
+  readonly maxQueue: number;
+  /** A job not finished this long after it arrived fails with 503 timeout; 0: no deadline. */
+  readonly jobTimeoutMs: number;
+  /** Images in one batched member run; 1 turns batching off. */
+  readonly maxBatchImages: number;
+  /** How long a batch that is not full may wait for more jobs of its member, in microseconds. */
+  readonly queueDelayUs: number;
+  /** The worker script (tests use a scripted one). */
+  readonly workerUrl?: URL;
+}
+
 interface Job {
-  readonly members: readonly number[];
+  readonly member: number;
   readonly data: Float32Array;
   readonly n: number;
   /** performance.now() when it entered the pool. */
   readonly enqueuedAt: number;
-  resolve(logits: Float32Array[]): void;
+  state: 'queued' | 'running' | 'done';
+  timer: NodeJS.Timeout | null;
+  resolve(logits: Float32Array): void;
   reject(err: Error): void;
 }
 
+interface Batch {
+  readonly id: number;
+  readonly member: number;
+  readonly jobs: readonly Job[];
+  readonly n: number;
+  readonly startedAt: number;
+}
+
 interface Slot {
-  worker: Worker;
-  job: (Job & { id: number; startedAt: number }) | null;
+  readonly worker: Worker;
+  batch: Batch | null;
 }
 
 export interface PoolInfo {
@@ -39,64 +75,89 @@ export interface PoolLogger {
   error(obj: object, msg: string): void;
 }
 
+const shuttingDown = () => new HttpError(503, 'shutting_down', 'the server is shutting down; retry on another instance',
+  { 'retry-after': '1' });
+const workerFailed = () => new HttpError(503, 'worker_failed', 'the inference worker handling this request failed; retry',
+  { 'retry-after': '1' });
+const timedOut = (ms: number) => new HttpError(503, 'timeout', `inference did not finish within ${ms} ms; retry shortly`,
+  { 'retry-after': '1' });
+
 export class WorkerPool {
   private readonly slots: Slot[] = [];
-  private readonly queue: Job[] = [];
+  /** Waiting jobs, one FIFO per member. */
+  private readonly queues: Job[][];
+  private readonly queuedImages: number[];
+  private queuedJobs = 0;
   private nextId = 1;
   private closing = false;
+  private wakeTimer: NodeJS.Timeout | null = null;
+  private wakeImmediate: NodeJS.Immediate | null = null;
   private readonly init: WorkerInit;
-  private readonly size: number;
-  private readonly maxQueue: number;
+  private readonly options: PoolOptions;
+  private readonly classes: number;
   private readonly log: PoolLogger;
   private readonly observer: InferenceObserver;
 
-  constructor(init: WorkerInit, size: number, maxQueue: number, log: PoolLogger, observer: InferenceObserver = NO_OBSERVER) {
+  constructor(init: WorkerInit, options: PoolOptions, log: PoolLogger, observer: InferenceObserver = NO_OBSERVER) {
     this.init = init;
-    this.size = size;
-    this.maxQueue = maxQueue;
+    this.options = options;
+    this.classes = init.spec.classes;
+    this.queues = init.members.map(() => []);
+    this.queuedImages = init.members.map(() => 0);
     this.log = log;
     this.observer = observer;
   }
 
   /** Start every worker; resolves once all are ready (sessions created, golden values checked). */
   async start(): Promise<PoolInfo> {
-    const infos = await Promise.all(Array.from({ length: this.size }, () => this.spawn()));
-    return infos[0];
+    try {
+      const infos = await Promise.all(Array.from({ length: this.options.size }, () => this.spawn()));
+      return infos[0];
+    } catch (err) {
+      await this.close();
+      throw err;
+    }
   }
 
   get queued(): number {
-    return this.queue.length;
+    return this.queuedJobs;
   }
 
   get busy(): number {
-    return this.slots.filter((s) => s.job !== null).length;
+    return this.slots.filter((s) => s.batch !== null).length;
   }
 
   get workers(): number {
     return this.slots.length;
   }
 
-  /** Run the listed members on n images (NCHW float32); resolves with one logits array per member. */
-  run(members: readonly number[], data: Float32Array, n: number): Promise<Float32Array[]> {
-    if (this.closing) return Promise.reject(new HttpError(503, 'shutting_down', 'the server is shutting down'));
+  /** Run `member` on n images (NCHW float32); resolves with its logits [n, classes]. */
+  run(member: number, data: Float32Array, n: number): Promise<Float32Array> {
+    if (this.closing) return Promise.reject(shuttingDown());
+    if (this.queuedJobs >= this.options.maxQueue) {
+      return Promise.reject(overloaded(`inference queue is full (${this.options.maxQueue} jobs waiting); retry shortly`, 1));
+    }
     return new Promise((resolve, reject) => {
-      const job: Job = { members, data, n, enqueuedAt: performance.now(), resolve, reject };
-      const idle = this.slots.find((s) => s.job === null);
-      if (idle) {
-        this.dispatch(idle, job);
-      } else if (this.queue.length >= this.maxQueue) {
-        reject(overloaded(`inference queue is full (${this.maxQueue} jobs waiting); retry shortly`, 1));
-      } else {
-        this.queue.push(job);
-      }
+      const job: Job = { member, data, n, enqueuedAt: performance.now(), state: 'queued', timer: null, resolve, reject };
+      if (this.options.jobTimeoutMs > 0) job.timer = setTimeout(() => this.expire(job), this.options.jobTimeoutMs);
+      this.queues[member].push(job);
+      this.queuedImages[member] += n;
+      this.queuedJobs++;
+      this.pump();
     });
   }
 
   async close(): Promise<void> {
     this.closing = true;
-    for (const job of this.queue.splice(0)) job.reject(new HttpError(503, 'shutting_down', 'the server is shutting down'));
-    await Promise.all(this.slots.map((s) => s.worker.terminate()));
-    this.slots.length = 0;
+    this.clearWake();
+    for (const queue of this.queues) {
+      for (const job of queue.splice(0)) this.settle(job, shuttingDown());
+    }
+    this.queuedImages.fill(0);
+    this.queuedJobs = 0;
+    const slots = this.slots.splice(0);
+    for (const slot of slots) for (const job of slot.batch?.jobs ?? []) this.settle(job, shuttingDown());
+    await Promise.all(slots.map((s) => s.worker.terminate()));
   }
 
   /** For tests: terminate one worker as if it had crashed. */
@@ -104,47 +165,161 @@ export class WorkerPool {
     await this.slots[0]?.worker.terminate();
   }
 
-  private dispatch(slot: Slot, job: Job): void {
-    const id = this.nextId++;
-    const startedAt = performance.now();
-    this.observer.queueWait((startedAt - job.enqueuedAt) / 1000);
-    slot.job = { ...job, id, startedAt };
-    const message: RunJob = { type: 'run', id, members: job.members, data: job.data, n: job.n };
-    slot.worker.postMessage(message);
+  /** Settle a job once: with logits, or with an error. */
+  private settle(job: Job, result: Float32Array | Error): void {
+    if (job.state === 'done') return;
+    job.state = 'done';
+    if (job.timer) clearTimeout(job.timer);
+    if (result instanceof Error) job.reject(result);
+    else job.resolve(result);
   }
 
-  private next(slot: Slot): void {
-    slot.job = null;
-    const job = this.queue.shift();
-    if (job) this.dispatch(slot, job);
+  private expire(job: Job): void {
+    if (job.state === 'queued') this.dequeue(job);
+    // A running job's worker cannot be interrupted; its answer is dropped when it comes.
+    this.settle(job, timedOut(this.options.jobTimeoutMs));
+  }
+
+  private dequeue(job: Job): void {
+    const queue = this.queues[job.member];
+    const at = queue.indexOf(job);
+    if (at < 0) return;
+    queue.splice(at, 1);
+    this.queuedImages[job.member] -= job.n;
+    this.queuedJobs--;
+  }
+
+  /**
+   * The member to serve next, or null to wait. The oldest waiting job's member goes first once that
+   * job has waited the queue delay (so no member starves); before that, a member with a full batch
+   * goes at once; otherwise the batch waits for more jobs of its member.
+   */
+  private pick(delayApplies: boolean): number | null {
+    let oldest = -1;
+    let oldestFull = -1;
+    for (let m = 0; m < this.queues.length; m++) {
+      const head = this.queues[m][0];
+      if (!head) continue;
+      if (oldest < 0 || head.enqueuedAt < this.queues[oldest][0].enqueuedAt) oldest = m;
+      if (this.queuedImages[m] >= this.options.maxBatchImages
+        && (oldestFull < 0 || head.enqueuedAt < this.queues[oldestFull][0].enqueuedAt)) oldestFull = m;
+    }
+    if (oldest < 0) return null;
+    const waitedUs = (performance.now() - this.queues[oldest][0].enqueuedAt) * 1000;
+    if (!delayApplies || waitedUs >= this.options.queueDelayUs) return oldest;
+    if (oldestFull >= 0) return oldestFull;
+    this.wakeIn(this.options.queueDelayUs - waitedUs);
+    return null;
+  }
+
+  /** Hand waiting jobs to idle workers, as batches of one member's jobs. */
+  private pump(): void {
+    if (this.closing) return;
+    while (this.queuedJobs > 0) {
+      const idle = this.slots.filter((s) => s.batch === null);
+      if (idle.length === 0) return;
+      // The delay is only worth paying for the last idle worker: while another one is free, a batch
+      // that goes now delays nobody, and jobs that arrive meanwhile still find a worker.
+      const member = this.pick(idle.length === 1 && this.options.maxBatchImages > 1);
+      if (member === null) return;
+      const queue = this.queues[member];
+      const jobs: Job[] = [queue.shift()!];
+      let n = jobs[0].n;
+      while (queue.length > 0 && n + queue[0].n <= this.options.maxBatchImages) {
+        n += queue[0].n;
+        jobs.push(queue.shift()!);
+      }
+      this.queuedImages[member] -= n;
+      this.queuedJobs -= jobs.length;
+      this.dispatch(idle[0], member, jobs, n);
+    }
+  }
+
+  /**
+   * Call pump() again in `us` microseconds. Node's timers have millisecond resolution: shorter
+   * waits use setImmediate, which runs after the pending I/O (arriving requests) of this turn.
+   */
+  private wakeIn(us: number): void {
+    if (this.wakeTimer || this.wakeImmediate) return;
+    const wake = () => {
+      this.wakeTimer = null;
+      this.wakeImmediate = null;
+      this.pump();
+    };
+    if (us >= 1000) this.wakeTimer = setTimeout(wake, Math.floor(us / 1000));
+    else this.wakeImmediate = setImmediate(wake);
+  }
+
+  private clearWake(): void {
+    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    if (this.wakeImmediate) clearImmediate(this.wakeImmediate);
+    this.wakeTimer = null;
+    this.wakeImmediate = null;
+  }
+
+  private dispatch(slot: Slot, member: number, jobs: Job[], n: number): void {
+    const startedAt = performance.now();
+    for (const job of jobs) {
+      job.state = 'running';
+      this.observer.queueWait((startedAt - job.enqueuedAt) / 1000);
+    }
+    const batch: Batch = { id: this.nextId++, member, jobs, n, startedAt };
+    slot.batch = batch;
+    if (jobs.length === 1) {
+      // The caller may reuse its buffer (mean sends one buffer to every member): copy, not transfer.
+      slot.worker.postMessage({ type: 'run', id: batch.id, member, data: jobs[0].data, n } satisfies RunJob);
+      return;
+    }
+    const size = jobs[0].data.length / jobs[0].n;
+    const data = new Float32Array(n * size);
+    let offset = 0;
+    for (const job of jobs) {
+      data.set(job.data.subarray(0, job.n * size), offset);
+      offset += job.n * size;
+    }
+    slot.worker.postMessage({ type: 'run', id: batch.id, member, data, n } satisfies RunJob, [data.buffer]);
+  }
+
+  private finish(slot: Slot, msg: Extract<WorkerMessage, { type: 'result' | 'error' }>): void {
+    const batch = slot.batch;
+    if (!batch || batch.id !== msg.id) return;
+    slot.batch = null;
+    if (msg.type === 'result') {
+      this.observer.batchRun({
+        member: batch.member, images: batch.n, jobs: batch.jobs.length,
+        computeSeconds: msg.computeSeconds, busySeconds: (performance.now() - batch.startedAt) / 1000,
+      });
+      let offset = 0;
+      for (const job of batch.jobs) {
+        this.settle(job, msg.logits.subarray(offset * this.classes, (offset + job.n) * this.classes));
+        offset += job.n;
+      }
+    } else {
+      for (const job of batch.jobs) this.settle(job, new Error(msg.message));
+    }
+    this.pump();
   }
 
   private spawn(): Promise<PoolInfo> {
     return new Promise((resolve, reject) => {
-      const worker = new Worker(WORKER_URL, { workerData: this.init });
-      const slot: Slot = { worker, job: null };
+      const worker = new Worker(this.options.workerUrl ?? WORKER_URL, { workerData: this.init });
+      const slot: Slot = { worker, batch: null };
       let ready = false;
       worker.on('message', (msg: WorkerMessage) => {
         if (msg.type === 'ready') {
           ready = true;
-          this.slots.push(slot);
+          if (this.closing) {
+            void worker.terminate();
+          } else {
+            this.slots.push(slot);
+            this.pump();
+          }
           resolve({ provider: msg.provider, fallbackReason: msg.fallbackReason, maxGoldenError: msg.maxGoldenError });
-          this.next(slot);
         } else if (msg.type === 'failed') {
           void worker.terminate();
           reject(new Error(msg.message));
-        } else if (slot.job && slot.job.id === msg.id) {
-          const job = slot.job;
-          if (msg.type === 'result') {
-            const busySeconds = (performance.now() - job.startedAt) / 1000;
-            for (const member of job.members) {
-              this.observer.batchRun({ member, images: job.n, jobs: 1, computeSeconds: msg.computeSeconds / job.members.length, busySeconds: busySeconds / job.members.length });
-            }
-            job.resolve(msg.logits);
-          } else {
-            job.reject(new Error(msg.message));
-          }
-          this.next(slot);
+        } else {
+          this.finish(slot, msg);
         }
       });
       worker.on('error', (err) => {
@@ -158,8 +333,8 @@ export class WorkerPool {
         }
         const index = this.slots.indexOf(slot);
         if (index >= 0) this.slots.splice(index, 1);
-        slot.job?.reject(new HttpError(503, 'worker_failed', 'the inference worker handling this request failed; retry'));
-        slot.job = null;
+        for (const job of slot.batch?.jobs ?? []) this.settle(job, workerFailed());
+        slot.batch = null;
         if (this.closing) return;
         this.log.warn({ code }, 'inference worker exited; starting a replacement');
         this.observer.workerReplaced();

@@ -1,7 +1,8 @@
 /**
  * Inference worker thread. It creates one onnxruntime session per member, checks each against the
  * package's golden logits (which also warms it up), reports `ready`, then runs jobs:
- * `{ id, members, data, n }` -> logits of each listed member for the n images in `data`.
+ * `{ id, member, data, n }` -> that member's logits [n, classes] for the n images in `data` (one
+ * batch, possibly of several requests' images: see pool.ts).
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type { Device } from '../config.js';
@@ -20,7 +21,7 @@ export interface WorkerInit {
 export interface RunJob {
   readonly type: 'run';
   readonly id: number;
-  readonly members: readonly number[];
+  readonly member: number;
   readonly data: Float32Array;
   readonly n: number;
 }
@@ -28,7 +29,7 @@ export interface RunJob {
 export type WorkerMessage =
   | { type: 'ready'; provider: Provider; fallbackReason?: string; maxGoldenError: number }
   | { type: 'failed'; message: string }
-  | { type: 'result'; id: number; logits: Float32Array[]; computeSeconds: number }
+  | { type: 'result'; id: number; logits: Float32Array; computeSeconds: number }
   | { type: 'error'; id: number; message: string };
 
 /** Run every member on the golden inputs; returns the largest abs logit error, or throws naming the member. */
@@ -77,12 +78,10 @@ async function main(): Promise<void> {
 
   port.on('message', async (job: RunJob) => {
     try {
-      const logits: Float32Array[] = [];
       const started = performance.now();
-      for (const m of job.members) logits.push(await sessions[m].run(job.data, job.n));
+      const logits = await sessions[job.member].run(job.data, job.n);
       const computeSeconds = (performance.now() - started) / 1000;
-      port.postMessage({ type: 'result', id: job.id, logits, computeSeconds } satisfies WorkerMessage,
-        logits.map((l) => l.buffer as ArrayBuffer));
+      port.postMessage({ type: 'result', id: job.id, logits, computeSeconds } satisfies WorkerMessage, [logits.buffer as ArrayBuffer]);
     } catch (err) {
       port.postMessage({ type: 'error', id: job.id, message: (err as Error).message } satisfies WorkerMessage);
     }

@@ -6,7 +6,7 @@ import { loadConfig } from '../config.js';
 
 export async function openapiDocument(): Promise<string> {
   const config = { ...loadConfig([], {}), logLevel: 'silent' };
-  const server = createServer(config, { ensemble: null, failure: null }, { logger: false });
+  const server = createServer(config, { ensemble: null, failure: null, draining: false }, { logger: false });
   await server.ready();
   const yaml = server.swagger({ yaml: true });
   await server.close();

@@ -12,6 +12,8 @@ import { classifySchema, healthSchema, modelsSchema, readySchema } from './schem
 export interface ModelState {
   ensemble: Ensemble | null;
   failure: string | null;
+  /** Set on SIGTERM: readiness turns 503 so load balancers stop sending; in-flight work finishes. */
+  draining: boolean;
 }
 
 interface Prediction {
@@ -38,6 +40,13 @@ export function requireReady(state: ModelState): Ensemble {
   if (state.ensemble) return state.ensemble;
   throw new HttpError(503, 'not_ready', state.failure ? 'the model failed to load' : 'the model is still loading',
     { 'retry-after': '1' });
+}
+
+/** Readiness: the model is loaded and the server is not draining. */
+export function requireServing(state: ModelState): Ensemble {
+  const ensemble = requireReady(state);
+  if (state.draining) throw new HttpError(503, 'shutting_down', 'the server is draining before it stops', { 'retry-after': '1' });
+  return ensemble;
 }
 
 /** Read every file of a multipart body, bounded in count and total bytes. */
@@ -70,7 +79,7 @@ export function registerRoutes(app: FastifyInstance, config: Config, state: Mode
   app.get('/healthz', { schema: healthSchema }, async () => ({ status: 'ok' }));
 
   app.get('/readyz', { schema: readySchema }, async () => {
-    requireReady(state);
+    requireServing(state);
     return { status: 'ready' };
   });
 

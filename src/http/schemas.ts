@@ -87,10 +87,10 @@ export const healthSchema = {
 } as const;
 
 export const readySchema = {
-  summary: 'Readiness: 200 once every member is loaded, checked against golden logits and warm',
+  summary: 'Readiness: 200 once every member is loaded, checked against golden logits and warm; 503 while draining',
   response: {
     200: { type: 'object', properties: { status: { type: 'string', enum: ['ready'] } } },
-    503: { description: 'still loading or failed', ...errorBody },
+    503: { description: 'still loading, failed, or draining before shutdown', ...errorBody },
   },
 } as const;
 

@@ -13,7 +13,7 @@ import type { Ensemble } from '../ensemble/ensemble.js';
 import { badRequest, HttpError, unsupportedMediaType } from '../errors.js';
 import { SERVICE_NAME, SERVICE_VERSION } from '../version.js';
 import { toHttpError } from './error-handler.js';
-import { requireReady, type ModelState } from './routes.js';
+import { requireReady, requireServing, type ModelState } from './routes.js';
 import { decodeInferRequest, encodeInferResponse, OUTPUT_NAME } from './v2-codec.js';
 import {
   v2InferSchema, v2InferVersionSchema, v2LiveSchema, v2ModelMetadataSchema, v2ModelReadySchema,
@@ -90,7 +90,7 @@ export function registerV2Routes(app: FastifyInstance, config: Config, state: Mo
   app.get('/health/live', { schema: v2LiveSchema }, async (_req, reply) => reply.code(200).send());
 
   app.get('/health/ready', { schema: v2ReadySchema }, async (_req, reply) => {
-    requireReady(state);
+    requireServing(state);
     return reply.code(200).send();
   });
 

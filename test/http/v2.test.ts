@@ -212,7 +212,7 @@ t.test('random sampling applies to v2: each image of a batch draws its own membe
 });
 
 t.test('while the model loads: live 200, ready and model routes 503 with Retry-After', async (t) => {
-  const server = createServer(testConfig({ modelDir: TINY }), { ensemble: null, failure: null }, { logger: false });
+  const server = createServer(testConfig({ modelDir: TINY }), { ensemble: null, failure: null, draining: false }, { logger: false });
   t.teardown(() => server.close());
   t.equal((await server.inject({ url: '/v2/health/live' })).statusCode, 200);
   for (const url of ['/v2/health/ready', `/v2/models/${NAME}`, `/v2/models/${NAME}/ready`]) {

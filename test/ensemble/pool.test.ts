@@ -1,0 +1,86 @@
+/**
+ * The worker pool with a scripted worker (fake-worker.ts): answers go to the right job, the queue
+ * is bounded, deadlines hold, a dead worker fails its jobs and is replaced, close() refuses work.
+ */
+import t from 'tap';
+import { CLASSES, fakePool, images, MEMBERS, recorder } from './fake-pool.js';
+
+// Starting worker threads is slow on a loaded machine; this file starts about ten.
+t.setTimeout(600_000);
+
+const rows = (logits: Float32Array) => Array.from({ length: logits.length / CLASSES }, (_, i) => Array.from(logits.subarray(i * CLASSES, i * CLASSES + 3)));
+const codeOf = (p: Promise<unknown>) => p.then(() => 'ok', (e: { code?: string; statusCode?: number }) => `${e.statusCode} ${e.code}`);
+
+t.test('each job gets its own member and images back', async (t) => {
+  const pool = await fakePool({ size: 2 });
+  t.teardown(() => pool.close());
+  const jobs = Array.from({ length: 30 }, (_, j) => ({ member: j % MEMBERS, tag: j * 100, n: 1 + (j % 4) }));
+  const results = await Promise.all(jobs.map((j) => pool.run(j.member, images(j.n, j.tag), j.n)));
+  results.forEach((logits, j) => {
+    const r = rows(logits);
+    t.equal(r.length, jobs[j].n, `job ${j}: ${jobs[j].n} rows`);
+    t.ok(r.every((row, i) => row[0] === jobs[j].member && row[1] === jobs[j].tag + i), `job ${j}: member ${jobs[j].member}, its own images`);
+  });
+  t.equal(pool.queued, 0);
+  t.equal(pool.busy, 0);
+});
+
+t.test('past maxQueue waiting jobs, run rejects at once with 503 overloaded + Retry-After; the rest are served', async (t) => {
+  const pool = await fakePool({ size: 1, maxQueue: 2 });
+  t.teardown(() => pool.close());
+  const slow = pool.run(0, images(1, 0, 150), 1);
+  const queued = [pool.run(1, images(1, 1), 1), pool.run(2, images(1, 2), 1)];
+  t.equal(pool.queued, 2);
+  const started = performance.now();
+  const err = await pool.run(0, images(1, 3), 1).catch((e) => e);
+  t.ok(performance.now() - started < 50, 'refused at once');
+  t.same([err.statusCode, err.code, err.headers['retry-after']], [503, 'overloaded', '1']);
+  await slow;
+  t.same((await Promise.all(queued)).map((l) => l[0]), [1, 2], 'queued jobs served after the slow one');
+  t.equal(pool.queued, 0);
+});
+
+t.test('a job past its deadline fails with 503 timeout, leaves the queue, and the pool recovers', async (t) => {
+  const pool = await fakePool({ size: 1, jobTimeoutMs: 100 });
+  t.teardown(() => pool.close());
+  const started = performance.now();
+  const running = codeOf(pool.run(0, images(1, 0, 400), 1));
+  const waiting = codeOf(pool.run(1, images(1, 1), 1));
+  t.equal(pool.queued, 1);
+  t.same(await Promise.all([running, waiting]), ['503 timeout', '503 timeout']);
+  const elapsed = performance.now() - started;
+  t.ok(elapsed < 300, `both answered at the deadline (${elapsed.toFixed(0)} ms), not when the worker finished`);
+  t.equal(pool.queued, 0, 'the expired job left the queue');
+  while (pool.busy > 0) await new Promise((r) => setTimeout(r, 5));
+  const after = await pool.run(2, images(1, 7), 1);
+  t.same(rows(after)[0].slice(0, 2), [2, 7], 'served once the worker is free again');
+});
+
+t.test('a worker that dies fails its jobs with 503 worker_failed, never hangs, and is replaced', async (t) => {
+  const { observer, seen } = recorder();
+  const pool = await fakePool({ size: 1 }, observer);
+  t.teardown(() => pool.close());
+  const crash = codeOf(pool.run(0, images(1, 0, -1), 1));
+  const behind = [pool.run(1, images(1, 10), 1), pool.run(2, images(1, 20), 1)];
+  t.equal(await crash, '503 worker_failed');
+  const served = await Promise.all(behind);
+  t.same(served.map((l) => [l[0], l[1]]), [[1, 10], [2, 20]], 'jobs queued behind the crash are served by the replacement');
+  t.equal(seen.replaced, 1, 'replacement reported');
+  t.equal(pool.workers, 1);
+
+  const killed = codeOf(pool.run(0, images(1, 0, 300), 1));
+  while (pool.busy === 0) await new Promise((r) => setTimeout(r, 1));
+  await pool.killOne();
+  t.equal(await killed, '503 worker_failed', 'a terminated worker too');
+  t.same(rows(await pool.run(1, images(1, 5), 1))[0].slice(0, 2), [1, 5], 'and its replacement serves');
+  t.equal(seen.replaced, 2);
+});
+
+t.test('close() fails queued jobs with 503 shutting_down and refuses new ones', async (t) => {
+  const pool = await fakePool({ size: 1 });
+  const running = codeOf(pool.run(0, images(1, 0, 100), 1));
+  const queued = codeOf(pool.run(1, images(1, 1), 1));
+  await pool.close();
+  t.same(await Promise.all([running, queued]), ['503 shutting_down', '503 shutting_down']);
+  t.equal(await codeOf(pool.run(0, images(1, 0), 1)), '503 shutting_down');
+});

@@ -1,0 +1,126 @@
+/**
+ * The process (dist/src/server.js): SIGTERM drains in-flight requests and exits 0; a drain that
+ * outlasts --drain-timeout-ms exits 1; bad flags and bad packages stop start-up with a message.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import path from 'node:path';
+import t from 'tap';
+import { copyPackage, editManifest, parseMetrics, ROOT, sample, SHIPPED } from './helpers.js';
+
+const SERVER = path.join(ROOT, 'dist', 'src', 'server.js');
+
+interface Running {
+  child: ChildProcess;
+  url: string;
+  metricsUrl: string;
+  lines: string[];
+  exited: Promise<number | null>;
+}
+
+/** Start the server on free ports; resolves once /readyz answers 200. */
+async function start(args: string[]): Promise<Running> {
+  const child = spawn(process.execPath, [SERVER, '--port', '0', '--metrics-port', '0', '--host', '127.0.0.1', ...args], {
+    cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: string[] = [];
+  const exited = once(child, 'exit').then(([code]) => code as number | null);
+  let url = '';
+  let metricsUrl = '';
+  let buffered = '';
+  child.stdout!.on('data', (chunk: Buffer) => {
+    buffered += chunk.toString();
+    const parts = buffered.split('\n');
+    buffered = parts.pop()!;
+    for (const line of parts) {
+      lines.push(line);
+      const msg = JSON.parse(line) as { msg: string; url?: string };
+      const listening = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(msg.msg);
+      if (listening && !url) url = listening[1];
+      if (msg.url?.endsWith('/metrics')) metricsUrl = msg.url;
+    }
+  });
+  child.stderr!.on('data', (chunk: Buffer) => lines.push(chunk.toString()));
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`server exited ${child.exitCode}: ${lines.join('\n')}`);
+    if (Date.now() > deadline) throw new Error(`server not ready: ${lines.join('\n')}`);
+    if (url && metricsUrl) {
+      const res = await fetch(`${url}/readyz`).catch(() => null);
+      if (res?.status === 200) break;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { child, url, metricsUrl, lines, exited };
+}
+
+async function metric(r: Running, name: string): Promise<number> {
+  return sample(parseMetrics(await (await fetch(r.metricsUrl)).text()), name);
+}
+
+/** A JSON body of 64 pre-processed images, enough work to keep one worker busy for a while. */
+const heavyBody = JSON.stringify({ tensors: Array(64).fill([Array.from({ length: 28 }, () => new Array(28).fill(0.5))]) });
+
+t.test('SIGTERM: in-flight requests all finish with 200, new connections are refused, exit 0', async (t) => {
+  // fixed:0 makes one inference job per request, so queued jobs count requests.
+  const r = await start(['--model', SHIPPED, '--workers', '1', '--sampling', 'fixed:0', '--log-level', 'info']);
+  t.teardown(() => { r.child.kill('SIGKILL'); });
+  const requests = Array.from({ length: 40 }, () =>
+    fetch(`${r.url}/classify`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: heavyBody })
+      .then((res) => res.status, (err: Error) => `failed: ${err.message}`));
+  // Signal once the server has received every request (each is queued, running or answered), so
+  // that all 40 are in flight for the server; one sent after the signal would rightly be refused.
+  let queuedAtSignal = 0;
+  for (;;) {
+    const m = parseMetrics(await (await fetch(r.metricsUrl)).text());
+    queuedAtSignal = sample(m, 'redserve_inference_queue_jobs');
+    const answered = sample(m, 'redserve_http_requests_total', { route: '/classify' }) || 0;
+    if (queuedAtSignal + sample(m, 'redserve_workers_busy') + answered >= 40) break;
+    await new Promise((res) => setTimeout(res, 2));
+  }
+  r.child.kill('SIGTERM');
+  t.ok(queuedAtSignal > 0, `${queuedAtSignal} jobs were still queued at the signal`);
+  const statuses = await Promise.all(requests);
+  t.same(new Set(statuses), new Set([200]), `all 40 in-flight requests answered 200 (${statuses.filter((s) => s !== 200).length} not)`);
+  t.equal(await r.exited, 0, 'exit code 0');
+  const after = await fetch(`${r.url}/healthz`).then((res) => res.status, () => 'refused');
+  t.equal(after, 'refused', 'no new connections after the drain');
+  const log = r.lines.join('\n');
+  t.match(log, /shutting down: finishing in-flight requests/);
+  t.match(log, /drained; exiting/);
+});
+
+t.test('SIGTERM when idle exits 0 at once; a drain longer than --drain-timeout-ms exits 1', async (t) => {
+  const idle = await start(['--model', SHIPPED, '--workers', '1', '--log-level', 'info']);
+  const started = Date.now();
+  idle.child.kill('SIGTERM');
+  t.equal(await idle.exited, 0);
+  t.ok(Date.now() - started < 5000, 'promptly');
+
+  const slow = await start(['--model', SHIPPED, '--workers', '1', '--log-level', 'info', '--drain-timeout-ms', '1']);
+  t.teardown(() => { slow.child.kill('SIGKILL'); });
+  const pending = Array.from({ length: 20 }, () =>
+    fetch(`${slow.url}/classify`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: heavyBody }).catch(() => null));
+  while ((await metric(slow, 'redserve_workers_busy')) !== 1) await new Promise((res) => setTimeout(res, 2));
+  slow.child.kill('SIGTERM');
+  t.equal(await slow.exited, 1, 'exit code 1');
+  t.match(slow.lines.join('\n'), /outlasted the drain timeout/);
+  await Promise.all(pending);
+});
+
+t.test('bad flags exit 2 and a bad package exits 1, each with a message', async (t) => {
+  const bad = spawn(process.execPath, [SERVER, '--workers', 'many'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  bad.stderr.on('data', (c: Buffer) => { err += c.toString(); });
+  t.equal((await once(bad, 'exit'))[0], 2);
+  t.match(err, /--workers: 'many' is not an integer/);
+
+  const dir = await copyPackage();
+  await editManifest(dir, (m) => { m.labels = ['only one']; });
+  const broken = spawn(process.execPath, [SERVER, '--model', dir, '--port', '0', '--metrics-port', 'off', '--host', '127.0.0.1'],
+    { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  broken.stdout.on('data', (c: Buffer) => { out += c.toString(); });
+  t.equal((await once(broken, 'exit'))[0], 1);
+  t.match(out, /cannot serve the model package/);
+});
