@@ -28,6 +28,10 @@ export interface Config {
   readonly maxInputPixels: number;
   /** Inference jobs waiting for a worker before new requests get 503. */
   readonly maxQueue: number;
+  /** Dynamic batching: images in one batched member run (1: no batching). */
+  readonly maxBatchImages: number;
+  /** Dynamic batching: how long a batch that is not full may wait for more jobs of its member. */
+  readonly queueDelayUs: number;
   /** An inference request not answered this long after its body arrived gets 503 timeout; also
    * the limit for receiving a request. */
   readonly requestTimeoutMs: number;
@@ -46,6 +50,8 @@ export const DEFAULTS = {
   maxImagesPerRequest: 64,
   maxInputPixels: 4096 * 4096,
   maxQueue: 256,
+  maxBatchImages: 64,
+  queueDelayUs: 500,
   requestTimeoutMs: 30_000,
   drainTimeoutMs: 25_000,
   metricsPort: 9464,
@@ -65,6 +71,8 @@ const OPTIONS = {
   'max-images': { env: 'REDSERVE_MAX_IMAGES', help: `images per request (default ${DEFAULTS.maxImagesPerRequest})` },
   'max-input-pixels': { env: 'REDSERVE_MAX_INPUT_PIXELS', help: `decoded pixels per image (default ${DEFAULTS.maxInputPixels})` },
   'max-queue': { env: 'REDSERVE_MAX_QUEUE', help: `queued inference jobs before 503 (default ${DEFAULTS.maxQueue})` },
+  'max-batch-images': { env: 'REDSERVE_MAX_BATCH_IMAGES', help: `images per batched member run, 1 = no batching (default ${DEFAULTS.maxBatchImages})` },
+  'queue-delay-us': { env: 'REDSERVE_QUEUE_DELAY_US', help: `wait for a batch to fill, microseconds (default ${DEFAULTS.queueDelayUs})` },
   'request-timeout-ms': { env: 'REDSERVE_REQUEST_TIMEOUT_MS', help: `inference deadline per request, then 503 (default ${DEFAULTS.requestTimeoutMs})` },
   'drain-timeout-ms': { env: 'REDSERVE_DRAIN_TIMEOUT_MS', help: `on SIGTERM, time allowed for in-flight requests (default ${DEFAULTS.drainTimeoutMs})` },
   'metrics-port': { env: 'REDSERVE_METRICS_PORT', help: `Prometheus /metrics port, or off (default ${DEFAULTS.metricsPort}; keep it internal)` },
@@ -126,6 +134,8 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
     maxImagesPerRequest: num('max-images', DEFAULTS.maxImagesPerRequest, 1, 4096),
     maxInputPixels: num('max-input-pixels', DEFAULTS.maxInputPixels, 1, 2 ** 31),
     maxQueue: num('max-queue', DEFAULTS.maxQueue, 1, 1_000_000),
+    maxBatchImages: num('max-batch-images', DEFAULTS.maxBatchImages, 1, 65_536),
+    queueDelayUs: num('queue-delay-us', DEFAULTS.queueDelayUs, 0, 10_000_000),
     requestTimeoutMs: num('request-timeout-ms', DEFAULTS.requestTimeoutMs, 1, 3_600_000),
     drainTimeoutMs: num('drain-timeout-ms', DEFAULTS.drainTimeoutMs, 0, 3_600_000),
     metricsPort: get('metrics-port') === 'off' ? null : num('metrics-port', DEFAULTS.metricsPort, 0, 65535),

@@ -11,6 +11,11 @@ t.test('defaults', async (t) => {
   t.equal(c.metricsPort, 9464);
   t.equal(loadConfig(['--metrics-port', 'off'], {}).metricsPort, null);
   t.equal(loadConfig([], { REDSERVE_METRICS_PORT: '9100' }).metricsPort, 9100);
+  t.same([c.maxBatchImages, c.queueDelayUs], [64, 500], 'batching on by default, with a small delay');
+  const off = loadConfig(['--max-batch-images', '1', '--queue-delay-us', '0'], { REDSERVE_QUEUE_DELAY_US: '900' });
+  t.same([off.maxBatchImages, off.queueDelayUs], [1, 0]);
+  t.equal(loadConfig([], { REDSERVE_QUEUE_DELAY_US: '900' }).queueDelayUs, 900);
+  t.same([c.requestTimeoutMs, c.drainTimeoutMs], [30_000, 25_000]);
 });
 
 t.test('flags win over environment variables', async (t) => {

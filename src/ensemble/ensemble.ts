@@ -87,7 +87,7 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger, observer
     atol: manifest.golden.atol,
   }, {
     size: config.workers, maxQueue: config.maxQueue, jobTimeoutMs: config.requestTimeoutMs,
-    maxBatchImages: 1, queueDelayUs: 0,
+    maxBatchImages: config.maxBatchImages, queueDelayUs: config.queueDelayUs,
   }, log, observer);
   const info = await pool.start();
   if (info.fallbackReason) {
@@ -98,18 +98,11 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger, observer
     workers: config.workers, maxGoldenError: info.maxGoldenError, loadMs: Math.round(performance.now() - started),
   }, 'model package loaded, members checked against golden logits and warm');
 
-  async function runGroup(member: number, indices: readonly number[], data: Float32Array, out: Float32Array[]): Promise<void> {
-    const batch = new Float32Array(indices.length * imageSize);
-    indices.forEach((img, j) => batch.set(data.subarray(img * imageSize, (img + 1) * imageSize), j * imageSize));
-    const logits = await pool.run(member, batch, indices.length);
-    indices.forEach((img, j) => softmaxInto(logits, j * classes, classes, out[img]));
-  }
-
   async function classify(data: Float32Array, n: number): Promise<Float32Array[]> {
     const out = Array.from({ length: n }, () => new Float32Array(classes));
     if (sampling.mode === 'mean') {
       // One job per member: they spread over the workers and batch with other requests' jobs.
-      const logits = await Promise.all(Array.from({ length: nMembers }, (_, m) => pool.run(m, data, n)));
+      const logits = await pool.runAll(Array.from({ length: nMembers }, (_, member) => ({ member, data, n })));
       const p = new Float32Array(classes);
       for (let i = 0; i < n; i++) {
         for (const member of logits) {
@@ -123,8 +116,16 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger, observer
     log.debug({ draws }, 'members drawn');
     const groups = new Map<number, number[]>();
     draws.forEach((m, i) => groups.set(m, [...(groups.get(m) ?? []), i]));
-    for (const [m, indices] of groups) observer.drawn(m, indices.length);
-    await Promise.all([...groups].map(([m, indices]) => runGroup(m, indices, data, out)));
+    const parts = [...groups].map(([member, indices]) => {
+      observer.drawn(member, indices.length);
+      const batch = new Float32Array(indices.length * imageSize);
+      indices.forEach((img, j) => batch.set(data.subarray(img * imageSize, (img + 1) * imageSize), j * imageSize));
+      return { member, data: batch, n: indices.length };
+    });
+    const logits = await pool.runAll(parts);
+    parts.forEach((part, k) => {
+      groups.get(part.member)!.forEach((img, j) => softmaxInto(logits[k], j * classes, classes, out[img]));
+    });
     return out;
   }
 

@@ -11,8 +11,8 @@
  * job runs is decided by its caller (each request's own draw); batching only groups jobs that
  * already drew the same member.
  *
- * Past `maxQueue` waiting jobs, `run` rejects at once with 503 + Retry-After, so memory stays
- * bounded under any load. A job not finished `jobTimeoutMs` after it arrived fails with 503
+ * Past `maxQueue` waiting jobs, a request is refused at once with 503 + Retry-After (all its jobs
+ * or none are queued), so memory stays bounded under any load. A job not finished `jobTimeoutMs` after it arrived fails with 503
  * `timeout` (and leaves the queue). A worker that dies fails its jobs with 503 `worker_failed`,
  * never leaving them hanging, and is replaced.
  */
@@ -37,6 +37,14 @@ export interface PoolOptions {
   readonly queueDelayUs: number;
   /** The worker script (tests use a scripted one). */
   readonly workerUrl?: URL;
+}
+
+/** One member run that a request needs. */
+export interface RunPart {
+  readonly member: number;
+  /** NCHW float32, n images */
+  readonly data: Float32Array;
+  readonly n: number;
 }
 
 interface Job {
@@ -133,18 +141,29 @@ export class WorkerPool {
 
   /** Run `member` on n images (NCHW float32); resolves with its logits [n, classes]. */
   run(member: number, data: Float32Array, n: number): Promise<Float32Array> {
+    return this.runAll([{ member, data, n }]).then(([logits]) => logits);
+  }
+
+  /**
+   * Run several member jobs of one request; resolves with each job's logits, in order. Admission is
+   * all or nothing: a request is never left half-queued (work for an answer nobody gets). An empty
+   * queue admits any request, so a request with more jobs than maxQueue can still be served.
+   */
+  runAll(parts: readonly RunPart[]): Promise<Float32Array[]> {
     if (this.closing) return Promise.reject(shuttingDown());
-    if (this.queuedJobs >= this.options.maxQueue) {
-      return Promise.reject(overloaded(`inference queue is full (${this.options.maxQueue} jobs waiting); retry shortly`, 1));
+    if (this.queuedJobs > 0 && this.queuedJobs + parts.length > this.options.maxQueue) {
+      return Promise.reject(overloaded(`inference queue is full (${this.queuedJobs} of ${this.options.maxQueue} jobs waiting); retry shortly`, 1));
     }
-    return new Promise((resolve, reject) => {
-      const job: Job = { member, data, n, enqueuedAt: performance.now(), state: 'queued', timer: null, resolve, reject };
+    const enqueuedAt = performance.now();
+    const results = parts.map(({ member, data, n }) => new Promise<Float32Array>((resolve, reject) => {
+      const job: Job = { member, data, n, enqueuedAt, state: 'queued', timer: null, resolve, reject };
       if (this.options.jobTimeoutMs > 0) job.timer = setTimeout(() => this.expire(job), this.options.jobTimeoutMs);
       this.queues[member].push(job);
       this.queuedImages[member] += n;
       this.queuedJobs++;
-      this.pump();
-    });
+    }));
+    this.pump();
+    return Promise.all(results);
   }
 
   async close(): Promise<void> {

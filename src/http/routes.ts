@@ -93,6 +93,7 @@ export function registerRoutes(app: FastifyInstance, config: Config, state: Mode
       parameters: m.members.reduce((sum, mem) => sum + mem.parameters, 0),
       input: m.input, labels: m.labels, provider: ensemble.provider,
       sampling: s.mode === 'fixed' ? `fixed:${s.member}` : s.mode,
+      batching: { maxBatchImages: config.maxBatchImages, queueDelayUs: config.queueDelayUs },
       evaluation: m.evaluation,
     };
   });

@@ -124,6 +124,14 @@ export const modelsSchema = {
         labels: { type: 'array', items: { type: 'string' } },
         provider: { type: 'string', enum: ['cpu', 'cuda'] },
         sampling: { type: 'string', description: 'random, fixed:K or mean' },
+        batching: {
+          type: 'object',
+          description: 'dynamic batching of requests that drew the same member',
+          properties: {
+            maxBatchImages: { type: 'integer', description: 'images in one batched member run (1: batching off)' },
+            queueDelayUs: { type: 'integer', description: 'how long a batch that is not full may wait, microseconds' },
+          },
+        },
         evaluation: { type: 'object', additionalProperties: true },
       },
     },

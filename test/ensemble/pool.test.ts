@@ -40,6 +40,20 @@ t.test('past maxQueue waiting jobs, run rejects at once with 503 overloaded + Re
   t.equal(pool.queued, 0);
 });
 
+t.test('a request\'s jobs are admitted all or none; an empty queue admits any request', async (t) => {
+  const pool = await fakePool({ size: 1, maxQueue: 2 });
+  t.teardown(() => pool.close());
+  const part = (member: number) => ({ member, data: images(1, member), n: 1 });
+  const slow = pool.run(0, images(1, 0, 150), 1);
+  const one = pool.run(1, images(1, 1), 1);
+  const err = await pool.runAll([part(0), part(1), part(2)]).catch((e) => e);
+  t.equal(err.code, 'overloaded', 'three jobs do not fit beside one');
+  t.equal(pool.queued, 1, 'none of them was queued');
+  await Promise.all([slow, one]);
+  const all = await pool.runAll([part(0), part(1), part(2)]);
+  t.same(all.map((l) => l[0]), [0, 1, 2], 'with the queue empty, three jobs are admitted though maxQueue is 2');
+});
+
 t.test('a job past its deadline fails with 503 timeout, leaves the queue, and the pool recovers', async (t) => {
   const pool = await fakePool({ size: 1, jobTimeoutMs: 100 });
   t.teardown(() => pool.close());
