@@ -9,6 +9,7 @@ import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import type { Config } from './config.js';
 import { loadEnsemble, type Ensemble } from './ensemble/ensemble.js';
 import { HttpError } from './errors.js';
+import { registerAccessControl } from './http/access.js';
 import { toHttpError } from './http/error-handler.js';
 import { registerRoutes, type ModelState } from './http/routes.js';
 import { openapiInfo } from './http/openapi.js';
@@ -40,6 +41,10 @@ export function createServer(config: Config, state: ModelState,
     bodyLimit: config.maxBodyBytes,
     requestIdHeader: 'x-request-id',
     requestTimeout: config.requestTimeoutMs,
+    // A hop count n trusts the n proxies nearest to the server (what Fastify does with a number).
+    trustProxy: typeof config.trustProxy === 'number'
+      ? ((hops: number) => (_address: string, hop: number) => hop < hops)(config.trustProxy)
+      : config.trustProxy as boolean | string[],
     // Reject unknown keys instead of silently dropping them; 'binary' is an OpenAPI-only format.
     ajv: { customOptions: { strict: false, removeAdditional: false } },
   });
@@ -67,6 +72,8 @@ export function createServer(config: Config, state: ModelState,
       metrics.observeRequest(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000, req.errorCode);
     });
   }
+
+  registerAccessControl(server, config);
 
   server.register(swagger, { openapi: openapiInfo(config) });
   server.register(swaggerUi, { routePrefix: '/docs' });

@@ -2,6 +2,8 @@
  * Service configuration: read once at start-up from flags and environment variables (flags win),
  * validated, frozen, and passed down. Nothing else reads process.env or process.argv.
  */
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -37,6 +39,12 @@ export interface Config {
   readonly requestTimeoutMs: number;
   /** On SIGTERM, how long in-flight requests may take to finish before the process exits anyway (code 1). */
   readonly drainTimeoutMs: number;
+  /** SHA-256 (hex) of each accepted API key; empty: no key needed. The keys themselves are never kept. */
+  readonly apiKeySha256: readonly string[];
+  /** Per-client token bucket (client = API key, else address); null: no limit. */
+  readonly rateLimit: { readonly perSecond: number; readonly burst: number } | null;
+  /** Fastify's trustProxy: false, a hop count, or addresses/CIDRs whose X-Forwarded-For is believed. */
+  readonly trustProxy: boolean | number | readonly string[];
   /** Port of the Prometheus /metrics server; null: no metrics server. */
   readonly metricsPort: number | null;
   readonly logLevel: string;
@@ -75,11 +83,16 @@ const OPTIONS = {
   'queue-delay-us': { env: 'REDSERVE_QUEUE_DELAY_US', help: `wait for a batch to fill, microseconds (default ${DEFAULTS.queueDelayUs})` },
   'request-timeout-ms': { env: 'REDSERVE_REQUEST_TIMEOUT_MS', help: `inference deadline per request, then 503 (default ${DEFAULTS.requestTimeoutMs})` },
   'drain-timeout-ms': { env: 'REDSERVE_DRAIN_TIMEOUT_MS', help: `on SIGTERM, time allowed for in-flight requests (default ${DEFAULTS.drainTimeoutMs})` },
+  'api-key-file': { env: 'REDSERVE_API_KEY_FILE', help: 'file of accepted API keys, one a line (default: no key needed)' },
+  'rate-limit': { env: 'REDSERVE_RATE_LIMIT', help: 'requests per second per client, 0 = off (default 0)' },
+  'rate-burst': { env: 'REDSERVE_RATE_BURST', help: 'requests a client may save up (default: the rate, at least 1)' },
+  'trust-proxy': { env: 'REDSERVE_TRUST_PROXY', help: 'off | hops | addresses/CIDRs (comma-separated) whose X-Forwarded-For is believed (default off)' },
   'metrics-port': { env: 'REDSERVE_METRICS_PORT', help: `Prometheus /metrics port, or off (default ${DEFAULTS.metricsPort}; keep it internal)` },
   'log-level': { env: 'LOG_LEVEL', help: `pino level (default ${DEFAULTS.logLevel})` },
 } as const;
 
 type OptionName = keyof typeof OPTIONS;
+
 
 export function usage(): string {
   const lines = Object.entries(OPTIONS).map(([flag, o]) => `  --${flag.padEnd(20)} ${o.env.padEnd(28)} ${o.help}`);
@@ -107,6 +120,33 @@ export function parseSampling(raw: string): Sampling {
   throw new ConfigError(`--sampling: '${raw}' is not one of random, fixed:<member index>, mean`);
 }
 
+/** API keys file: one key a line; blank lines and lines starting with # are skipped. Returns SHA-256 digests. */
+function readApiKeys(file: string | undefined): string[] {
+  if (file === undefined) return [];
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`--api-key-file: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  const keys = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  if (keys.length === 0) throw new ConfigError(`--api-key-file: ${file} holds no key`);
+  const short = keys.findIndex((k) => k.length < 16 || /\s/.test(k));
+  if (short >= 0) throw new ConfigError(`--api-key-file: key ${short + 1} is shorter than 16 characters or contains spaces`);
+  return keys.map((k) => createHash('sha256').update(k, 'utf8').digest('hex'));
+}
+
+export function parseTrustProxy(raw: string): boolean | number | string[] {
+  if (raw === 'off' || raw === 'false') return false;
+  if (raw === 'on' || raw === 'true') return true;
+  if (/^\d+$/.test(raw)) return Number(raw);
+  const list = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  if (list.length === 0 || !list.every((a) => /^[0-9a-fA-F:.]+(\/\d{1,3})?$/.test(a))) {
+    throw new ConfigError(`--trust-proxy: '${raw}' is not off, on, a hop count, or comma-separated addresses/CIDRs`);
+  }
+  return list;
+}
+
 /** Build the frozen config from argv (without node and script) and an environment. */
 export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Config {
   let values: Partial<Record<OptionName, string>>;
@@ -122,6 +162,9 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
     return raw === undefined ? fallback : integer(name, raw, min, max);
   };
   const cores = os.availableParallelism();
+  const perSecond = num('rate-limit', 0, 0, 1_000_000);
+  if (perSecond === 0 && get('rate-burst') !== undefined) throw new ConfigError('--rate-burst: needs --rate-limit above 0');
+  const rateLimit = perSecond > 0 ? { perSecond, burst: num('rate-burst', Math.max(1, perSecond), 1, 10_000_000) } : null;
   const config: Config = {
     modelDir: path.resolve(get('model') ?? DEFAULTS.modelDir),
     port: num('port', DEFAULTS.port, 0, 65535),
@@ -138,6 +181,9 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
     queueDelayUs: num('queue-delay-us', DEFAULTS.queueDelayUs, 0, 10_000_000),
     requestTimeoutMs: num('request-timeout-ms', DEFAULTS.requestTimeoutMs, 1, 3_600_000),
     drainTimeoutMs: num('drain-timeout-ms', DEFAULTS.drainTimeoutMs, 0, 3_600_000),
+    apiKeySha256: readApiKeys(get('api-key-file')),
+    rateLimit,
+    trustProxy: parseTrustProxy(get('trust-proxy') ?? 'off'),
     metricsPort: get('metrics-port') === 'off' ? null : num('metrics-port', DEFAULTS.metricsPort, 0, 65535),
     logLevel: get('log-level') ?? DEFAULTS.logLevel,
   };

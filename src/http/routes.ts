@@ -76,9 +76,9 @@ export function registerRoutes(app: FastifyInstance, config: Config, state: Mode
     });
   }
 
-  app.get('/healthz', { schema: healthSchema }, async () => ({ status: 'ok' }));
+  app.get('/healthz', { schema: healthSchema, config: { public: true } }, async () => ({ status: 'ok' }));
 
-  app.get('/readyz', { schema: readySchema }, async () => {
+  app.get('/readyz', { schema: readySchema, config: { public: true } }, async () => {
     requireServing(state);
     return { status: 'ready' };
   });

@@ -87,9 +87,9 @@ export function registerV2Routes(app: FastifyInstance, config: Config, state: Mo
   app.get('', { schema: v2ServerMetadataSchema }, async () =>
     ({ name: SERVICE_NAME, version: SERVICE_VERSION, extensions: [...V2_EXTENSIONS] }));
 
-  app.get('/health/live', { schema: v2LiveSchema }, async (_req, reply) => reply.code(200).send());
+  app.get('/health/live', { schema: v2LiveSchema, config: { public: true } }, async (_req, reply) => reply.code(200).send());
 
-  app.get('/health/ready', { schema: v2ReadySchema }, async (_req, reply) => {
+  app.get('/health/ready', { schema: v2ReadySchema, config: { public: true } }, async (_req, reply) => {
     requireServing(state);
     return reply.code(200).send();
   });

@@ -1,0 +1,104 @@
+/**
+ * Optional access control, both off by default: API keys (--api-key-file) and a per-client rate
+ * limit (--rate-limit, --rate-burst). Probe routes (config.public) are never checked, so that load
+ * balancers and Kubernetes need no key and are never throttled; the Swagger docs are public too.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { Config } from '../config.js';
+import { HttpError } from '../errors.js';
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Reachable without an API key and never rate limited (health and readiness probes). */
+    public?: boolean;
+  }
+}
+
+export const sha256Hex = (text: string): string => createHash('sha256').update(text, 'utf8').digest('hex');
+
+/**
+ * Token buckets per client: `perSecond` tokens a second, at most `burst` saved. Memory is bounded:
+ * past `maxClients` the least recently seen client is forgotten (it starts again with a full bucket).
+ */
+export class RateLimiter {
+  private readonly buckets = new Map<string, { tokens: number; atMs: number }>();
+  private readonly perSecond: number;
+  private readonly burst: number;
+  private readonly maxClients: number;
+  private readonly nowMs: () => number;
+
+  constructor(perSecond: number, burst: number, maxClients = 100_000, nowMs: () => number = () => performance.now()) {
+    this.perSecond = perSecond;
+    this.burst = burst;
+    this.maxClients = maxClients;
+    this.nowMs = nowMs;
+  }
+
+  get clients(): number {
+    return this.buckets.size;
+  }
+
+  /** Take a token for `client`: 0 when allowed, else the seconds until one is available. */
+  take(client: string): number {
+    const now = this.nowMs();
+    let bucket = this.buckets.get(client);
+    if (bucket) {
+      this.buckets.delete(client); // re-inserted below: the map stays in least-recently-seen order
+      bucket.tokens = Math.min(this.burst, bucket.tokens + ((now - bucket.atMs) / 1000) * this.perSecond);
+      bucket.atMs = now;
+    } else {
+      if (this.buckets.size >= this.maxClients) this.buckets.delete(this.buckets.keys().next().value!);
+      bucket = { tokens: this.burst, atMs: now };
+    }
+    this.buckets.set(client, bucket);
+    if (bucket.tokens >= 1) {
+      bucket.tokens -= 1;
+      return 0;
+    }
+    return (1 - bucket.tokens) / this.perSecond;
+  }
+}
+
+/** The API key a request presents (Authorization: Bearer <key>, or X-API-Key), or null. */
+function presentedKey(req: FastifyRequest): string | null {
+  const auth = req.headers.authorization;
+  if (typeof auth === 'string') {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
+    if (m) return m[1];
+  }
+  const key = req.headers['x-api-key'];
+  return typeof key === 'string' && key.length > 0 ? key : null;
+}
+
+export function registerAccessControl(server: FastifyInstance, config: Config): void {
+  const digests = config.apiKeySha256.map((hex) => Buffer.from(hex, 'hex'));
+  const limiter = config.rateLimit ? new RateLimiter(config.rateLimit.perSecond, config.rateLimit.burst) : null;
+  if (digests.length === 0 && !limiter) return;
+
+  server.addHook('onRequest', async (req) => {
+    if (req.routeOptions.config?.public || req.routeOptions.url?.startsWith('/docs')) return;
+    let client = `ip:${req.ip}`;
+    if (digests.length > 0) {
+      const key = presentedKey(req);
+      const challenge = { 'www-authenticate': 'Bearer realm="redserve"' };
+      if (key === null) {
+        throw new HttpError(401, 'unauthorized', 'an API key is required: send Authorization: Bearer <key> or X-API-Key: <key>', challenge);
+      }
+      const digest = createHash('sha256').update(key, 'utf8').digest();
+      // Compare every digest in constant time, so timing tells nothing about which key is close.
+      let match = -1;
+      digests.forEach((d, i) => { if (timingSafeEqual(d, digest) && match < 0) match = i; });
+      if (match < 0) throw new HttpError(401, 'unauthorized', 'the API key is not valid', challenge);
+      client = `key:${match}`;
+    }
+    if (limiter) {
+      const waitSeconds = limiter.take(client);
+      if (waitSeconds > 0) {
+        throw new HttpError(429, 'rate_limited',
+          `rate limit of ${config.rateLimit!.perSecond} requests/s (burst ${config.rateLimit!.burst}) per client exceeded; retry later`,
+          { 'retry-after': String(Math.max(1, Math.ceil(waitSeconds))) });
+      }
+    }
+  });
+}
