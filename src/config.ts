@@ -93,6 +93,8 @@ const OPTIONS = {
 
 type OptionName = keyof typeof OPTIONS;
 
+/** Every environment variable the service reads (deployment files are checked against it). */
+export const ENV_VARS: readonly string[] = Object.values(OPTIONS).map((o) => o.env);
 
 export function usage(): string {
   const lines = Object.entries(OPTIONS).map(([flag, o]) => `  --${flag.padEnd(20)} ${o.env.padEnd(28)} ${o.help}`);

@@ -1,34 +1,130 @@
-/** Docker cannot run in CI here, so the deployment files are checked by reading them. */
-import { readFile } from 'node:fs/promises';
+/**
+ * Docker cannot run in CI here, so the deployment files are checked by reading them: the
+ * Dockerfile, docker-compose.yml with its nginx load balancer, and the Kubernetes manifests must
+ * agree with the code on ports, probe paths, environment variables, image names and timeouts.
+ */
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
 import YAML from 'yaml';
-import { DEFAULTS } from '../src/config.js';
+import { DEFAULTS, ENV_VARS } from '../src/config.js';
 import { openapiDocument } from '../src/http/openapi-document.js';
 import { ROOT } from './helpers.js';
 
 const read = (f: string) => readFile(path.join(ROOT, f), 'utf8');
+const pkg = JSON.parse(await read('package.json')) as { version: string };
+const IMAGE = `redserve:${pkg.version}`;
+const paths = Object.keys(YAML.parse(await read('openapi.yaml')).paths as object);
+/** Variables the runtime itself reads, beside the service's own. */
+const OTHER_ENV = ['NODE_ENV'];
 
-t.test('Dockerfile: multi-stage, non-root, healthcheck on /readyz, default port and model', async (t) => {
+t.test('Dockerfile: multi-stage, non-root, healthcheck on /readyz, ports, CUDA variant', async (t) => {
   const df = await read('Dockerfile');
   t.ok((df.match(/^FROM /gm) ?? []).length >= 2, 'multi-stage');
   t.match(df, /^USER node$/m, 'runs as the non-root node user');
   t.match(df, /^HEALTHCHECK .*\n.*\/readyz/m, 'healthcheck probes /readyz');
-  t.match(df, new RegExp(`^EXPOSE ${DEFAULTS.port}$`, 'm'), 'exposes the default port');
+  t.ok(paths.includes('/readyz'), '/readyz is a route');
+  t.match(df, new RegExp(`^EXPOSE ${DEFAULTS.port} ${DEFAULTS.metricsPort}$`, 'm'), 'exposes the service and metrics ports');
   t.match(df, /CMD \["node", "dist\/src\/server.js"\]/, 'starts the compiled server');
   t.match(df, /COPY package.json package-lock.json .npmrc/, 'installs with the project npm config (CUDA download skipped)');
-  t.match(df, /ONNXRUNTIME_NODE_INSTALL=cuda12/, 'the cuda variant installs the CUDA provider');
   t.match(df, new RegExp(`REDSERVE_MODEL=/app/${DEFAULTS.modelDir}`), 'default model matches the code default');
+  t.match(df, new RegExp(`REDSERVE_METRICS_PORT=${DEFAULTS.metricsPort}`));
+  const envs = [...df.matchAll(/^\s*(?:ENV\s+)?([A-Z][A-Z0-9_]*)=\S+\s*\\?$/gm)].map((m) => m[1]);
+  t.ok(envs.length >= 5, `ENV lines read: ${envs.join(', ')}`);
+  for (const e of envs) t.ok(ENV_VARS.includes(e) || OTHER_ENV.includes(e), `${e} is read by the service`);
+  // CUDA variant: a build argument selects both the dependencies (with onnxruntime's CUDA
+  // provider) and a runtime base that has the CUDA runtime and cuDNN.
+  t.match(df, /^ARG VARIANT=cpu$/m);
+  t.match(df, /^ARG CUDA_IMAGE=nvidia\/cuda:12\.[\d.]+-cudnn-runtime-/m, 'a CUDA 12 + cuDNN runtime base');
+  t.match(df, /^FROM deps-\$\{VARIANT\} AS deps$/m);
+  t.match(df, /^FROM base-\$\{VARIANT\} AS runtime$/m);
+  t.match(df, /FROM build AS deps-cuda\n(#.*\n)*RUN .*ONNXRUNTIME_NODE_INSTALL=cuda12 node \.\/script\/install/, 'the cuda variant installs the CUDA provider');
+  for (const v of ['cpu', 'cuda']) {
+    t.match(df, new RegExp(`^FROM .* AS deps-${v}$`, 'm'));
+    t.match(df, new RegExp(`^FROM .* AS base-${v}$`, 'm'));
+  }
   const ignore = await read('.dockerignore');
   for (const p of ['node_modules', '.venv', 'runs']) t.match(ignore, new RegExp(`^${p.replace('.', '\\.')}$`, 'm'));
 });
 
-t.test('docker-compose.yml: port, healthcheck path and environment match the code', async (t) => {
+t.test('docker-compose.yml: replicas behind an nginx load balancer, health checks, ports and env match the code', async (t) => {
   const compose = YAML.parse(await read('docker-compose.yml'));
   const svc = compose.services.redserve;
-  t.same(svc.ports, [`${DEFAULTS.port}:${DEFAULTS.port}`]);
-  t.match(svc.healthcheck.test.join(' '), /\/readyz/);
+  t.equal(svc.image, IMAGE, 'image tagged with the package version');
+  t.ok(svc.deploy.replicas >= 2, `${svc.deploy.replicas} replicas`);
+  t.notOk(svc.ports, 'replicas publish no host port (they could not share one)');
+  t.same(svc.expose.map(String), [String(DEFAULTS.port), String(DEFAULTS.metricsPort)]);
+  t.match(svc.healthcheck.test.join(' '), new RegExp(`127\\.0\\.0\\.1:${DEFAULTS.port}/readyz`));
   t.equal(svc.environment.REDSERVE_SAMPLING, 'random');
+  for (const e of Object.keys(svc.environment)) t.ok(ENV_VARS.includes(e), `${e} is read by the service`);
+  const drainS = Number(svc.environment.REDSERVE_DRAIN_TIMEOUT_MS ?? DEFAULTS.drainTimeoutMs) / 1000;
+  t.ok(parseInt(svc.stop_grace_period, 10) > drainS, `stop_grace_period ${svc.stop_grace_period} > drain ${drainS} s`);
+
+  const lb = compose.services.lb;
+  t.match(lb.image, /^nginx:1\.(2[89]|[3-9]\d)/, 'nginx >= 1.28 (upstream "resolve" in open-source nginx)');
+  t.same(lb.ports, [`${DEFAULTS.port}:${DEFAULTS.port}`], 'the load balancer publishes the service port');
+  t.same(lb.depends_on.redserve, { condition: 'service_healthy' });
+  t.match(lb.healthcheck.test.join(' '), /\/readyz/);
+  const mount = lb.volumes.find((v: string) => v.endsWith(':/etc/nginx/nginx.conf:ro'));
+  t.ok(mount, 'mounts its config');
+
+  const nginx = await read(mount.split(':')[0]);
+  t.match(nginx, new RegExp(`server redserve:${DEFAULTS.port} resolve`), 'upstream: the service name and port, re-resolved');
+  t.match(nginx, new RegExp(`listen ${DEFAULTS.port};`));
+  const bodyMb = Number(/client_max_body_size (\d+)m;/.exec(nginx)![1]);
+  t.ok(bodyMb * 1024 * 1024 >= DEFAULTS.maxBodyBytes, 'nginx lets bodies up to the service limit through');
+  t.match(nginx, /proxy_next_upstream [^;]*http_503/, 'shed or draining replicas: try another');
+  const readS = Number(/proxy_read_timeout (\d+)s;/.exec(nginx)![1]);
+  t.ok(readS * 1000 > DEFAULTS.requestTimeoutMs, 'nginx waits longer than the inference deadline');
+  t.match(nginx, /X-Forwarded-For/);
+  t.equal(svc.environment.REDSERVE_TRUST_PROXY, '1', 'replicas trust exactly the one proxy hop');
+});
+
+t.test('Kubernetes manifests: Deployment with probes, Service, HPA, PDB agree with the code and each other', async (t) => {
+  const dir = path.join('deploy', 'k8s');
+  const files = (await readdir(path.join(ROOT, dir))).filter((f) => f.endsWith('.yaml')).sort();
+  const docs = (await Promise.all(files.map(async (f) => YAML.parseAllDocuments(await read(path.join(dir, f))).map((d) => d.toJS())))).flat();
+  const byKind = (kind: string) => docs.filter((d) => d.kind === kind);
+  t.same(byKind('Deployment').length, 1);
+  const deploy = byKind('Deployment')[0];
+  const pod = deploy.spec.template;
+  t.same(deploy.spec.selector.matchLabels, pod.metadata.labels, 'the selector picks the pods');
+  const [c] = pod.spec.containers;
+  t.equal(c.image, IMAGE, 'image name and tag');
+  const ports = Object.fromEntries(c.ports.map((p: { name: string; containerPort: number }) => [p.name, p.containerPort]));
+  t.same(ports, { http: DEFAULTS.port, metrics: DEFAULTS.metricsPort });
+  for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
+    const get = c[probe].httpGet;
+    t.ok(paths.includes(get.path), `${probe} ${get.path} is a route`);
+    t.equal(get.port, 'http', `${probe} on the service port`);
+  }
+  t.equal(c.readinessProbe.httpGet.path, '/readyz');
+  t.equal(c.livenessProbe.httpGet.path, '/healthz', 'liveness does not depend on the model');
+  const env = Object.fromEntries(c.env.map((e: { name: string; value: string }) => [e.name, e.value]));
+  for (const e of Object.keys(env)) t.ok(ENV_VARS.includes(e), `${e} is read by the service`);
+  t.equal(env.REDSERVE_MODEL, `/app/${DEFAULTS.modelDir}`, 'a model shipped in the image');
+  const preStopS = Number(c.lifecycle.preStop.exec.command[1]);
+  const drainS = Number(env.REDSERVE_DRAIN_TIMEOUT_MS ?? DEFAULTS.drainTimeoutMs) / 1000;
+  t.ok(pod.spec.terminationGracePeriodSeconds > preStopS + drainS,
+    `grace ${pod.spec.terminationGracePeriodSeconds} s > preStop ${preStopS} s + drain ${drainS} s`);
+  t.equal(Number(pod.metadata.annotations['prometheus.io/port']), DEFAULTS.metricsPort);
+  t.equal(pod.metadata.annotations['prometheus.io/path'], '/metrics');
+  t.equal(pod.spec.securityContext.runAsUser, 1000, 'the image\'s node user');
+  t.equal(c.securityContext.readOnlyRootFilesystem, true);
+
+  const [svc] = byKind('Service');
+  t.same(svc.spec.selector, pod.metadata.labels, 'the Service selects the pods');
+  for (const p of svc.spec.ports) t.ok(p.targetPort in ports, `Service port ${p.name} targets container port ${p.targetPort}`);
+  const [hpa] = byKind('HorizontalPodAutoscaler');
+  t.same(hpa.spec.scaleTargetRef, { apiVersion: 'apps/v1', kind: 'Deployment', name: deploy.metadata.name });
+  t.ok(hpa.spec.minReplicas >= 2 && hpa.spec.minReplicas <= hpa.spec.maxReplicas, 'at least 2 replicas, min <= max');
+  t.ok(c.resources.requests.cpu, 'CPU requests set (the HPA scales on their utilisation)');
+  const [pdb] = byKind('PodDisruptionBudget');
+  t.same(pdb.spec.selector.matchLabels, pod.metadata.labels);
+
+  const kustomization = docs.find((d) => d.kind === 'Kustomization');
+  t.same([...kustomization.resources].sort(), files.filter((f) => f !== 'kustomization.yaml'), 'kustomization lists every manifest');
+  t.same(kustomization.images, [{ name: 'redserve', newTag: pkg.version }]);
 });
 
 t.test('openapi.yaml is exactly what the routes generate (run `npm run openapi` after changing a route)', async (t) => {
