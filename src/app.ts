@@ -8,7 +8,7 @@ import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import type { Config } from './config.js';
 import { loadEnsemble, type Ensemble } from './ensemble/ensemble.js';
-import { HttpError } from './errors.js';
+import { HttpError, overloaded } from './errors.js';
 import { registerAccessControl } from './http/access.js';
 import { toHttpError } from './http/error-handler.js';
 import { registerRoutes, type ModelState } from './http/routes.js';
@@ -27,6 +27,10 @@ export interface App {
 }
 
 declare module 'fastify' {
+  interface FastifyInstance {
+    /** Inference requests (POSTs) received and not yet answered. */
+    inflightRequests(): number;
+  }
   interface FastifyRequest {
     /** The machine code of the error this request was answered with (for metrics), or null. */
     errorCode: string | null;
@@ -65,6 +69,20 @@ export function createServer(config: Config, state: ModelState,
     if (state.draining) reply.header('connection', 'close');
     return payload;
   });
+  // Shed before reading the body: past maxQueue inference requests in flight (receiving, queued or
+  // running), a POST is answered 503 at once. The pool's own bound counts jobs; this one keeps the
+  // main thread from parsing bodies it would only reject, which is what bounds latency when the
+  // event loop itself is the bottleneck.
+  let inflight = 0;
+  server.decorate('inflightRequests', () => inflight);
+  server.addHook('onRequest', async (req, reply) => {
+    if (req.method !== 'POST') return;
+    if (inflight >= config.maxQueue) {
+      throw overloaded(`${inflight} inference requests in flight (the limit is ${config.maxQueue}); retry shortly`, 1);
+    }
+    inflight++;
+    reply.raw.once('close', () => { inflight--; });
+  });
   const { metrics } = options;
   if (metrics) {
     // The route pattern, never the raw URL, keeps label values bounded.
@@ -93,6 +111,7 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
     workers: () => state.ensemble?.pool.workers ?? 0,
     busyWorkers: () => state.ensemble?.pool.busy ?? 0,
     queuedJobs: () => state.ensemble?.pool.queued ?? 0,
+    inflightRequests: () => server.inflightRequests(),
     ready: () => state.ensemble !== null,
   });
   const server = createServer(config, state, { ...options, metrics });

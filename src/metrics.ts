@@ -18,6 +18,8 @@ export interface ServiceGauges {
   workers(): number;
   busyWorkers(): number;
   queuedJobs(): number;
+  /** Inference requests received and not yet answered. */
+  inflightRequests(): number;
   ready(): boolean;
 }
 
@@ -70,6 +72,7 @@ export class Metrics {
     new Gauge({ name: 'redserve_workers', help: 'inference workers alive and ready', registers, collect() { this.set(gauges.workers()); } });
     new Gauge({ name: 'redserve_workers_busy', help: 'workers running a job now', registers, collect() { this.set(gauges.busyWorkers()); } });
     new Gauge({ name: 'redserve_inference_queue_jobs', help: 'inference jobs waiting for a worker', registers, collect() { this.set(gauges.queuedJobs()); } });
+    new Gauge({ name: 'redserve_http_inflight_requests', help: 'inference requests received and not yet answered (bounded by --max-queue)', registers, collect() { this.set(gauges.inflightRequests()); } });
     new Gauge({ name: 'redserve_ready', help: '1 when the model is loaded, checked and serving', registers, collect() { this.set(gauges.ready() ? 1 : 0); } });
 
     this.observer = {

@@ -69,6 +69,8 @@ interface Batch {
 
 interface Slot {
   readonly worker: Worker;
+  /** Set to 1 (killOne) to make the worker exit after its current run, without answering. */
+  readonly exitFlag: Int32Array;
   batch: Batch | null;
 }
 
@@ -181,7 +183,12 @@ export class WorkerPool {
 
   /** For tests: terminate one worker as if it had crashed. */
   async killOne(): Promise<void> {
-    await this.slots[0]?.worker.terminate();
+    const slot = this.slots[0];
+    if (!slot) return;
+    // Terminating a thread inside onnxruntime's run aborts the whole process (a native exception
+    // during teardown): a busy worker is told to exit as soon as its run returns, unanswered.
+    if (slot.batch) Atomics.store(slot.exitFlag, 0, 1);
+    else await slot.worker.terminate();
   }
 
   /** Settle a job once: with logits, or with an error. */
@@ -321,8 +328,9 @@ export class WorkerPool {
 
   private spawn(): Promise<PoolInfo> {
     return new Promise((resolve, reject) => {
-      const worker = new Worker(this.options.workerUrl ?? WORKER_URL, { workerData: this.init });
-      const slot: Slot = { worker, batch: null };
+      const exitFlag = new Int32Array(new SharedArrayBuffer(4));
+      const worker = new Worker(this.options.workerUrl ?? WORKER_URL, { workerData: { ...this.init, exitFlag } });
+      const slot: Slot = { worker, exitFlag, batch: null };
       let ready = false;
       worker.on('message', (msg: WorkerMessage) => {
         if (msg.type === 'ready') {

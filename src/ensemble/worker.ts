@@ -16,6 +16,8 @@ export interface WorkerInit {
   readonly threads: number;
   readonly golden: { readonly inputs: readonly (readonly number[])[]; readonly logits: readonly (readonly (readonly number[])[])[] };
   readonly atol: number;
+  /** Shared with the pool: 1 asks the worker to exit after its current run (WorkerPool.killOne). */
+  readonly exitFlag?: Int32Array;
 }
 
 export interface RunJob {
@@ -81,6 +83,7 @@ async function main(): Promise<void> {
       const started = performance.now();
       const logits = await sessions[job.member].run(job.data, job.n);
       const computeSeconds = (performance.now() - started) / 1000;
+      if (init.exitFlag && Atomics.load(init.exitFlag, 0) === 1) process.exit(1); // WorkerPool.killOne
       port.postMessage({ type: 'result', id: job.id, logits, computeSeconds } satisfies WorkerMessage, [logits.buffer as ArrayBuffer]);
     } catch (err) {
       port.postMessage({ type: 'error', id: job.id, message: (err as Error).message } satisfies WorkerMessage);

@@ -25,5 +25,6 @@ port.on('message', (job: RunJob) => {
     logits[i * classes + 2] = job.n;
   }
   const computeSeconds = (performance.now() - started) / 1000;
+  if (init.exitFlag && Atomics.load(init.exitFlag, 0) === 1) process.exit(1);
   port.postMessage({ type: 'result', id: job.id, logits, computeSeconds } satisfies WorkerMessage, [logits.buffer]);
 });

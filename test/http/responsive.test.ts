@@ -38,6 +38,23 @@ t.test('past the queue bound, requests get 503 with Retry-After at once, and the
   t.equal(after.statusCode, 200, 'serving again after the burst');
 });
 
+t.test('past --max-queue inference requests in flight, a POST is shed before its body is read', async (t) => {
+  const app = await startApp({ workers: 1, maxQueue: 3 });
+  t.teardown(() => app.close());
+  const golden = await goldenOf(TINY);
+  const b64 = (await readFile(path.join(TINY, golden[0].file))).toString('base64');
+  const results = await Promise.all(Array.from({ length: 12 }, () =>
+    app.server.inject({ method: 'POST', url: '/classify', payload: { images: Array(64).fill(b64) } })));
+  const codes = results.map((r) => r.statusCode);
+  t.ok(codes.filter((c) => c === 200).length >= 1 && codes.filter((c) => c === 200).length <= 3, `at most 3 served at once (${codes})`);
+  const shed = results.find((r) => r.statusCode === 503)!;
+  t.same([shed.json().error, shed.headers['retry-after']], ['overloaded', '1']);
+  t.match(shed.json().message, /inference requests in flight \(the limit is 3\)/);
+  t.equal((await app.server.inject({ url: '/readyz' })).statusCode, 200, 'probes are not counted');
+  const after = await app.server.inject({ method: 'POST', url: '/classify', payload: { images: [b64] } });
+  t.equal(after.statusCode, 200, 'the count returns to zero: serving again');
+});
+
 t.test('a killed worker fails its request with 503, never hangs, and is replaced', async (t) => {
   const app = await startApp({ workers: 1 });
   t.teardown(() => app.close());
