@@ -1,6 +1,13 @@
 /**
- * `npm run bench [-- --model DIR --requests N --concurrency C]`: latency and throughput, measured
- * side by side in one run on this machine:
+ * `npm run bench [-- --suite all|latency|sweep]`: two suites, both by default.
+ *
+ * sweep (bench/sweep.ts, `--duration-s --warmup-s --sweep-concurrency 1,4,16,64 --overload N
+ * --out reports`): throughput and p50/p90/p99 at each concurrency for raw batched onnxruntime,
+ * redserve random with and without batching, redserve mean and a FastAPI/uvicorn peer, written to
+ * reports/bench.md with a plot.
+ *
+ * latency (`--model DIR --requests N --concurrency C`): latency and throughput, measured side by
+ * side in one run on this machine:
  *
  *   raw member   one member's onnxruntime session run in-process (batch 1), no HTTP
  *   bare route   a Fastify route that returns a constant, over HTTP on loopback
@@ -21,6 +28,7 @@ import { buildApp } from '../src/app.js';
 import { testConfig, type Sampling } from '../src/config.js';
 import { readPackage } from '../src/ensemble/manifest.js';
 import { createSession } from '../src/ensemble/runtime.js';
+import { runSweep } from './sweep.js';
 
 const { values } = parseArgs({
   options: {
@@ -30,8 +38,16 @@ const { values } = parseArgs({
     requests: { type: 'string', default: '2000' },
     concurrency: { type: 'string', default: '16' },
     workers: { type: 'string', default: '2' },
+    suite: { type: 'string', default: 'all' },
+    'duration-s': { type: 'string', default: '5' },
+    'warmup-s': { type: 'string', default: '1' },
+    'sweep-concurrency': { type: 'string', default: '1,4,16,64' },
+    overload: { type: 'string', default: '256' },
+    'overload-max-queue': { type: 'string', default: '16' },
+    out: { type: 'string', default: 'reports' },
   },
 });
+if (!['all', 'latency', 'sweep'].includes(values.suite!)) throw new Error(`--suite: '${values.suite}' is not one of all, latency, sweep`);
 const modelDir = path.resolve(values.model!);
 const N = Number(values.requests);
 const C = Number(values.concurrency);
@@ -152,4 +168,17 @@ async function main(): Promise<void> {
   ].join('\n'));
 }
 
-await main();
+if (values.suite !== 'sweep') await main();
+if (values.suite !== 'latency') {
+  await runSweep({
+    modelDir,
+    concurrency: values['sweep-concurrency']!.split(',').map(Number),
+    durationS: Number(values['duration-s']),
+    warmupS: Number(values['warmup-s']),
+    workers: WORKERS,
+    overloadConcurrency: Number(values.overload),
+    overloadMaxQueue: Number(values['overload-max-queue']),
+    outDir: path.resolve(values.out!),
+    command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
+  });
+}

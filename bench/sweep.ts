@@ -1,0 +1,322 @@
+/**
+ * The concurrency sweep (`npm run bench -- --suite sweep`): closed-loop load at each concurrency
+ * (default 1, 4, 16, 64), each client sending one-image Open Inference Protocol (v2) JSON requests
+ * back to back over keep-alive connections, against, in one run on this machine:
+ *
+ *   raw batched        onnxruntime in this process, batches of `concurrency` images, the same CPU
+ *                      threads as the servers' workers: the limit, with no HTTP, JSON or queue
+ *   redserve random    dist/src/server.js, random sampling, dynamic batching on (the defaults)
+ *   redserve unbatched the same with --max-batch-images 1
+ *   redserve mean      mean sampling (every member per image), batching on
+ *   fastapi peer       the same ONNX members in Python onnxruntime behind FastAPI/uvicorn, one
+ *                      drawn member per image, no batching (bench/peer/app.py)
+ *
+ * plus an overload point (far more clients than the queue bound) for redserve and the peer.
+ * Every server runs as a child process with the same worker count; the load generator is this
+ * process. Results go to reports/bench.md and reports/bench.json, and a plot to reports/bench.png.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { readPackage } from '../src/ensemble/manifest.js';
+import { createSession } from '../src/ensemble/runtime.js';
+
+export interface SweepOptions {
+  readonly modelDir: string;
+  readonly concurrency: readonly number[];
+  readonly durationS: number;
+  readonly warmupS: number;
+  readonly workers: number;
+  readonly overloadConcurrency: number;
+  readonly overloadMaxQueue: number;
+  readonly outDir: string;
+  readonly command: string;
+}
+
+interface Point {
+  target: string;
+  concurrency: number;
+  /** Successful requests (= images) per second. */
+  rps: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  ok: number;
+  /** Answers other than 200 (shed: 503). */
+  rejected: number;
+  rejectedP99: number | null;
+}
+
+const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
+const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function percentile(sorted: readonly number[], q: number): number {
+  return sorted.length === 0 ? Number.NaN : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+/** Install the peer's pinned packages into .venv when they are missing. */
+function ensurePeer(): void {
+  if (!existsSync(PYTHON)) throw new Error('.venv is missing: run scripts/setup.sh first (the peer needs its onnxruntime)');
+  try {
+    execFileSync(PYTHON, ['-c', 'import fastapi, uvicorn, onnxruntime, numpy'], { stdio: 'ignore' });
+  } catch {
+    process.stderr.write('installing bench/requirements.txt into .venv for the FastAPI peer\n');
+    execFileSync(PYTHON, ['-m', 'pip', 'install', '-q', '-r', path.join(ROOT, 'bench', 'requirements.txt')], { stdio: 'inherit' });
+  }
+}
+
+async function freePort(): Promise<number> {
+  const server = http.createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as { port: number };
+  await new Promise((r) => server.close(r));
+  return port;
+}
+
+interface Started { child: ChildProcess; url: string; stop(): Promise<void> }
+
+async function startProcess(cmd: string, args: string[], env: NodeJS.ProcessEnv, readyUrl: string, url: string): Promise<Started> {
+  const child = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`${cmd} exited ${child.exitCode}: ${stderr}`);
+    if (Date.now() > deadline) throw new Error(`${cmd} not ready after 120 s: ${stderr}`);
+    const ok = await new Promise<boolean>((resolve) => {
+      http.get(readyUrl, (res) => { res.resume(); resolve(res.statusCode === 200); }).on('error', () => resolve(false));
+    });
+    if (ok) break;
+    await sleep(100);
+  }
+  return {
+    child, url,
+    async stop() {
+      if (child.exitCode !== null) return;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await Promise.race([exited, sleep(30_000)]);
+      if (child.exitCode === null) child.kill('SIGKILL');
+    },
+  };
+}
+
+async function startRedserve(modelDir: string, workers: number, flags: string[]): Promise<Started> {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  return startProcess(process.execPath, [path.join(ROOT, 'dist', 'src', 'server.js'), '--model', modelDir, '--port', String(port),
+    '--host', '127.0.0.1', '--workers', String(workers), '--metrics-port', 'off', '--log-level', 'warn', ...flags], {},
+  `${url}/readyz`, url);
+}
+
+async function startPeer(modelDir: string, workers: number): Promise<Started> {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  return startProcess(PYTHON, ['-m', 'uvicorn', 'app:app', '--app-dir', path.join(ROOT, 'bench', 'peer'), '--host', '127.0.0.1',
+    '--port', String(port), '--workers', String(workers), '--log-level', 'warning', '--no-access-log'],
+  { REDSERVE_PEER_MODEL: modelDir }, `${url}/v2/health/ready`, url);
+}
+
+/** Closed-loop load: `c` clients, each sending `body` back to back, for warmup + duration. */
+async function load(url: string, body: Buffer, c: number, warmupS: number, durationS: number): Promise<Omit<Point, 'target' | 'concurrency'>> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: c });
+  const target = new URL(url);
+  const okLat: number[] = [];
+  const badLat: number[] = [];
+  let measuring = false;
+  let running = true;
+  const one = () => new Promise<void>((resolve) => {
+    const t0 = performance.now();
+    const req = http.request({
+      host: target.hostname, port: target.port, path: target.pathname, method: 'POST', agent,
+      headers: { 'content-type': 'application/json', 'content-length': body.length },
+    }, (res) => {
+      res.resume();
+      res.on('end', () => {
+        if (measuring) (res.statusCode === 200 ? okLat : badLat).push(performance.now() - t0);
+        resolve();
+      });
+    });
+    req.on('error', () => { if (measuring) badLat.push(performance.now() - t0); resolve(); });
+    req.end(body);
+  });
+  const clients = Array.from({ length: c }, async () => { while (running) await one(); });
+  await sleep(warmupS * 1000);
+  measuring = true;
+  const t0 = performance.now();
+  await sleep(durationS * 1000);
+  measuring = false;
+  const seconds = (performance.now() - t0) / 1000;
+  running = false;
+  await Promise.all(clients);
+  agent.destroy();
+  okLat.sort((a, b) => a - b);
+  badLat.sort((a, b) => a - b);
+  return {
+    rps: okLat.length / seconds, p50: percentile(okLat, 0.5), p90: percentile(okLat, 0.9), p99: percentile(okLat, 0.99),
+    ok: okLat.length, rejected: badLat.length, rejectedP99: badLat.length ? percentile(badLat, 0.99) : null,
+  };
+}
+
+/** In-process onnxruntime on batches of c images for warmup + duration: the compute limit. */
+async function rawBatched(modelDir: string, threads: number, c: number, warmupS: number, durationS: number): Promise<Omit<Point, 'target' | 'concurrency'>> {
+  const pkg = await readPackage(modelDir);
+  const { manifest } = pkg;
+  if (manifest.kind !== 'ensemble') throw new Error('the raw row needs an ensemble package');
+  const spec = { inputName: manifest.input.name, outputName: manifest.output.name, shape: manifest.input.shape, classes: manifest.output.classes };
+  const sessions = await Promise.all(pkg.members.map((m, i) => createSession(m, spec, { kind: 'cpu' }, threads, `member ${i}`)));
+  const size = pkg.golden[0].input.length;
+  const batch = new Float32Array(c * size);
+  for (let i = 0; i < c; i++) batch.set(pkg.golden[0].input, i * size);
+  const lat: number[] = [];
+  let images = 0;
+  const until = (ms: number) => performance.now() + ms;
+  let member = 0;
+  for (const end = until(warmupS * 1000); performance.now() < end;) await sessions[member++ % sessions.length].session.run(batch, c);
+  const t0 = performance.now();
+  for (const end = until(durationS * 1000); performance.now() < end;) {
+    const s = performance.now();
+    await sessions[member++ % sessions.length].session.run(batch, c);
+    lat.push(performance.now() - s);
+    images += c;
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  await Promise.all(sessions.map((s) => s.session.release()));
+  lat.sort((a, b) => a - b);
+  return { rps: images / seconds, p50: percentile(lat, 0.5), p90: percentile(lat, 0.9), p99: percentile(lat, 0.99), ok: images, rejected: 0, rejectedP99: null };
+}
+
+function machine(): string[] {
+  const cpus = os.cpus();
+  const training = (() => {
+    try {
+      return execFileSync('ps', ['-eo', 'pid,stat,pcpu,args'], { encoding: 'utf8' }).split('\n')
+        .filter((l) => l.includes('redtrain') && !l.includes(' ps ')).map((l) => l.trim().replace(/\s+/g, ' ').slice(0, 140));
+    } catch { return []; }
+  })();
+  return [
+    `- machine: ${cpus.length} x ${cpus[0]?.model ?? 'unknown CPU'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`,
+    training.length
+      ? `- other load during the run: ${training.length} redtrain process(es) (PyTorch training) were running:\n${training.map((l) => `    - \`${l}\``).join('\n')}`
+      : '- other load during the run: no redtrain process was running',
+  ];
+}
+
+const fmt = (x: number | null, digits = 1) => (x === null || Number.isNaN(x) ? '-' : x.toFixed(digits));
+
+function markdown(points: Point[], options: SweepOptions, env: string[], envEnd: string[], targets: string[]): string {
+  const at = (target: string, c: number) => points.find((p) => p.target === target && p.concurrency === c);
+  const ratio = (a?: Point, b?: Point) => (a && b && b.rps > 0 ? (a.rps / b.rps).toFixed(2) : '-');
+  const c16 = options.concurrency.includes(16) ? 16 : options.concurrency[Math.floor(options.concurrency.length / 2)];
+  const lines = [
+    '# Benchmark: concurrency sweep',
+    '',
+    `Produced by \`${options.command}\` (bench/sweep.ts). One-image Open Inference Protocol JSON requests`,
+    `(FP32 [1, ${'C, H, W'}]) against ${path.relative(ROOT, options.modelDir) || options.modelDir}; closed-loop clients on keep-alive`,
+    `connections; ${options.warmupS} s warm-up then ${options.durationS} s measured per point; ${options.workers} workers`,
+    '(redserve worker threads, uvicorn worker processes, onnxruntime intra-op threads for the raw row), one',
+    'onnxruntime thread each. The load generator runs in the benchmark process on the same machine.',
+    '',
+    ...env,
+    ...envEnd,
+    '',
+    'Throughput is answered images per second (one image per request); latencies are of answered',
+    'requests, in milliseconds (for the raw row: one batch run, which every image of the batch waits for).',
+    '',
+    '| target | concurrency | images/s | p50 ms | p90 ms | p99 ms | rejected |',
+    '|---|---:|---:|---:|---:|---:|---:|',
+    ...targets.flatMap((target) => points.filter((p) => p.target === target).map((p) =>
+      `| ${p.target} | ${p.concurrency} | ${p.rps.toFixed(0)} | ${fmt(p.p50, 2)} | ${fmt(p.p90, 2)} | ${fmt(p.p99, 2)} | ${p.rejected} |`)),
+    '',
+    `## Ratios at concurrency ${c16}`,
+    '',
+    '| ratio | value | target |',
+    '|---|---:|---|',
+    `| redserve random (batched) / raw batched | ${ratio(at('redserve random', c16), at('raw batched', c16))} | >= 0.70 |`,
+    `| redserve random (batched) / fastapi peer | ${ratio(at('redserve random', c16), at('fastapi peer', c16))} | >= 2 |`,
+    `| redserve random batched / unbatched | ${ratio(at('redserve random', c16), at('redserve unbatched', c16))} | |`,
+    `| redserve random / redserve mean | ${ratio(at('redserve random', c16), at('redserve mean', c16))} | |`,
+    '',
+    '## Overload',
+    '',
+    `${options.overloadConcurrency} closed-loop clients that resend at once after a 503 (they ignore Retry-After). redserve runs`,
+    `with --max-queue ${options.overloadMaxQueue}: past that many requests in flight it answers 503 + Retry-After before reading the`,
+    'body. The peer has no bound and queues every request.',
+    '',
+    '| target | clients | answered images/s | p50 ms | p99 ms | rejected (503) | p99 of a rejection, ms |',
+    '|---|---:|---:|---:|---:|---:|---:|',
+    ...points.filter((p) => p.target.endsWith('(overload)')).map((p) =>
+      `| ${p.target} | ${p.concurrency} | ${p.rps.toFixed(0)} | ${fmt(p.p50, 2)} | ${fmt(p.p99, 2)} | ${p.rejected} | ${fmt(p.rejectedP99, 2)} |`),
+    '',
+    '![throughput and p99 latency against concurrency](bench.png)',
+    '',
+  ];
+  return lines.join('\n');
+}
+
+export async function runSweep(options: SweepOptions): Promise<void> {
+  ensurePeer();
+  const pkg = await readPackage(options.modelDir);
+  const { manifest } = pkg;
+  const body = Buffer.from(JSON.stringify({
+    inputs: [{ name: manifest.input.name, shape: [1, ...manifest.input.shape], datatype: 'FP32', data: pkg.golden[0].input }],
+  }));
+  const inferPath = `/v2/models/${manifest.name}/infer`;
+  const envStart = machine().map((l) => l.replace('- machine:', '- machine at the start:').replace('- other load during the run:', '- other load at the start:'));
+  const points: Point[] = [];
+  const log = (p: Point) => {
+    points.push(p);
+    process.stdout.write(`${p.target.padEnd(28)} c=${String(p.concurrency).padStart(3)}  ${p.rps.toFixed(0).padStart(6)} img/s  `
+      + `p50 ${fmt(p.p50, 2).padStart(7)}  p90 ${fmt(p.p90, 2).padStart(7)}  p99 ${fmt(p.p99, 2).padStart(7)} ms  rejected ${p.rejected}\n`);
+  };
+
+  for (const c of options.concurrency) {
+    log({ target: 'raw batched', concurrency: c, ...await rawBatched(options.modelDir, options.workers, c, options.warmupS, options.durationS) });
+  }
+  const servers: [string, () => Promise<Started>][] = [
+    ['redserve random', () => startRedserve(options.modelDir, options.workers, [])],
+    ['redserve unbatched', () => startRedserve(options.modelDir, options.workers, ['--max-batch-images', '1'])],
+    ['redserve mean', () => startRedserve(options.modelDir, options.workers, ['--sampling', 'mean'])],
+    ['fastapi peer', () => startPeer(options.modelDir, options.workers)],
+  ];
+  for (const [target, start] of servers) {
+    const server = await start();
+    try {
+      for (const c of options.concurrency) {
+        log({ target, concurrency: c, ...await load(`${server.url}${inferPath}`, body, c, options.warmupS, options.durationS) });
+      }
+    } finally {
+      await server.stop();
+    }
+  }
+  const overload: [string, () => Promise<Started>][] = [
+    ['redserve random (overload)', () => startRedserve(options.modelDir, options.workers, ['--max-queue', String(options.overloadMaxQueue)])],
+    ['fastapi peer (overload)', () => startPeer(options.modelDir, options.workers)],
+  ];
+  for (const [target, start] of overload) {
+    const server = await start();
+    try {
+      log({ target, concurrency: options.overloadConcurrency,
+        ...await load(`${server.url}${inferPath}`, body, options.overloadConcurrency, options.warmupS, options.durationS) });
+    } finally {
+      await server.stop();
+    }
+  }
+
+  const envEnd = machine().filter((l) => l.startsWith('- machine')).map((l) => l.replace(/^- machine: .*load average/, '- load average at the end:'));
+  await mkdir(options.outDir, { recursive: true });
+  const targets = ['raw batched', ...servers.map(([t]) => t)];
+  await writeFile(path.join(options.outDir, 'bench.json'), `${JSON.stringify({ command: options.command, points }, null, 1)}\n`);
+  await writeFile(path.join(options.outDir, 'bench.md'), markdown(points, options, envStart, envEnd, targets));
+  try {
+    execFileSync(PYTHON, [path.join(ROOT, 'bench', 'plot.py'), path.join(options.outDir, 'bench.json'), path.join(options.outDir, 'bench.png')], { stdio: 'inherit' });
+  } catch (err) {
+    process.stderr.write(`plot not written: ${(err as Error).message}\n`);
+  }
+  process.stdout.write(`wrote ${path.join(options.outDir, 'bench.md')}\n`);
+}
