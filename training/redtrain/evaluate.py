@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from redtrain.attacks import apgd, pgd, member_ce, pgd_worst
+from redtrain.attacks import apgd, member_ce, pgd, pgd_worst, project
 from redtrain.data import load_dataset, to_unit
 from redtrain.errors import UserError
 from redtrain.manifest import check_package, sha256_file
@@ -167,6 +167,10 @@ def ensemble_correct(members: Sequence[OnnxMember], x: torch.Tensor, y: torch.Te
         return probs.argmax(dim=1) == y
 
 
+def _scored(members: Sequence[OnnxMember], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return member_correct(members, x, y), ensemble_correct(members, x, y)
+
+
 def summarise(correct: torch.Tensor, ensemble: torch.Tensor) -> dict:
     per_member = correct.float().mean(dim=1)
     return {"expected": float(correct.float().mean()), "worstMember": float(per_member.min()),
@@ -184,8 +188,6 @@ def weak_protocol(members: Sequence[OnnxMember], x: torch.Tensor, y: torch.Tenso
     random model sees), success judged by another independent draw. Returns bool [B] correct."""
     x = x.detach()
     noise = torch.rand(x.shape, generator=generator)
-    from redtrain.attacks import project  # noqa: PLC0415
-
     x_adv = project(x + (2 * noise - 1) * eps, x, eps)
     for _ in range(steps):
         member = members[int(torch.randint(len(members), (1,), generator=generator))]
@@ -245,7 +247,7 @@ def evaluate_target(target: Target, x: torch.Tensor, y: torch.Tensor, settings: 
         return out
 
     result: dict = {"name": target.name, "spec": target.spec, "members": len(members)}
-    clean = over_batches("clean", lambda xb, yb: (member_correct(members, xb, yb), ensemble_correct(members, xb, yb)))
+    clean = over_batches("clean", lambda xb, yb: _scored(members, xb, yb))
     result["clean"] = summarise(torch.cat([c for c, _ in clean], dim=1), torch.cat([e for _, e in clean]))
 
     weak = over_batches("weak", lambda xb, yb: weak_protocol(members, xb, yb, eps, settings.weak_steps, generator))
@@ -254,8 +256,7 @@ def evaluate_target(target: Target, x: torch.Tensor, y: torch.Tensor, settings: 
 
     per_attack, worst_count = {}, None
     for name, attack in attacks.items():
-        outs = over_batches(name, lambda xb, yb: (lambda xa: (member_correct(members, xa, yb),
-                                                               ensemble_correct(members, xa, yb)))(attack(xb, yb)))
+        outs = over_batches(name, lambda xb, yb: _scored(members, attack(xb, yb), yb))
         correct = torch.cat([c for c, _ in outs], dim=1)
         per_attack[name] = summarise(correct, torch.cat([e for _, e in outs]))
         count = correct.sum(dim=0)

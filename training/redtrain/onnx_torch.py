@@ -24,32 +24,30 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _same_pads(pads: list[int], dims: int) -> tuple[list[int], list[int]]:
-    """ONNX pads are [begin_1..begin_n, end_1..end_n]; torch wants symmetric padding or an F.pad."""
+def _symmetric_padding(x: torch.Tensor, at: dict, dims: int, value: float = 0.0) -> tuple[torch.Tensor, list[int]]:
+    """ONNX pads are [begin_1..begin_n, end_1..end_n]; torch's conv and pool take one symmetric
+    padding, so unequal pads are applied to x first."""
+    pads = at.get("pads", [0] * 2 * dims)
     begin, end = list(pads[:dims]), list(pads[dims:])
-    return begin, end
+    if begin == end:
+        return x, begin
+    return F.pad(x, [p for pair in zip(reversed(begin), reversed(end)) for p in pair], value=value), [0] * dims
 
 
 def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, at: dict) -> torch.Tensor:
     dims = w.dim() - 2
     if at.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise UserError("Conv with auto_pad is not supported; export with explicit pads")
-    begin, end = _same_pads(at.get("pads", [0] * 2 * dims), dims)
-    if begin != end:
-        x = F.pad(x, [p for pair in zip(reversed(begin), reversed(end)) for p in pair])
-        begin = [0] * dims
-    return F.conv2d(x, w, b, stride=at.get("strides", [1] * dims), padding=begin,
+    x, padding = _symmetric_padding(x, at, dims)
+    return F.conv2d(x, w, b, stride=at.get("strides", [1] * dims), padding=padding,
                     dilation=at.get("dilations", [1] * dims), groups=at.get("group", 1))
 
 
 def _maxpool(x: torch.Tensor, at: dict) -> torch.Tensor:
     kernel = at["kernel_shape"]
     dims = len(kernel)
-    begin, end = _same_pads(at.get("pads", [0] * 2 * dims), dims)
-    if begin != end:
-        x = F.pad(x, [p for pair in zip(reversed(begin), reversed(end)) for p in pair], value=float("-inf"))
-        begin = [0] * dims
-    return F.max_pool2d(x, kernel, stride=at.get("strides", [1] * dims), padding=begin,
+    x, padding = _symmetric_padding(x, at, dims, value=float("-inf"))
+    return F.max_pool2d(x, kernel, stride=at.get("strides", [1] * dims), padding=padding,
                         dilation=at.get("dilations", [1] * dims), ceil_mode=bool(at.get("ceil_mode", 0)))
 
 
