@@ -135,7 +135,15 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
       // Readiness turns 503 first; Fastify then stops accepting, answers requests that arrive on
       // open connections with 503, and resolves once every in-flight request has been answered.
       state.draining = true;
-      await server.close();
+      // A response sent just before draining began left its keep-alive connection open and idle;
+      // Node closes idle connections once, when close starts, so sweep until the server is closed
+      // (otherwise close waits for the client's keep-alive timeout, past the drain timeout).
+      const sweep = setInterval(() => server.server.closeIdleConnections(), 50);
+      try {
+        await server.close();
+      } finally {
+        clearInterval(sweep);
+      }
       await metricsServer?.close();
       await state.ensemble?.close();
     },
