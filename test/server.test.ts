@@ -98,8 +98,19 @@ t.test('SIGTERM when idle exits 0 at once; a drain longer than --drain-timeout-m
 
   const slow = await start(['--model', SHIPPED, '--workers', '1', '--log-level', 'info', '--drain-timeout-ms', '1']);
   t.teardown(() => { slow.child.kill('SIGKILL'); });
-  const pending = Array.from({ length: 20 }, () =>
-    fetch(`${slow.url}/classify`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: heavyBody }).catch(() => null));
+  // Eight clients keep one heavy request each outstanding until the server exits, so a backlog of
+  // work (far more than 1 ms) is in flight whenever the signal lands, however loaded the machine.
+  let exited = false;
+  void slow.exited.then(() => { exited = true; });
+  const client = async () => {
+    while (!exited) {
+      const res = await fetch(`${slow.url}/classify`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: heavyBody })
+        .catch(() => null);
+      if (res === null) return;
+      await res.arrayBuffer();
+    }
+  };
+  const pending = Array.from({ length: 8 }, client);
   while ((await metric(slow, 'redserve_workers_busy')) !== 1) await new Promise((res) => setTimeout(res, 2));
   slow.child.kill('SIGTERM');
   t.equal(await slow.exited, 1, 'exit code 1');
