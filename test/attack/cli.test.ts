@@ -99,7 +99,8 @@ t.test('bad command lines: one line naming the problem, exit status 2', async (t
   for (const [args, message] of [
     [[], /--url is required/],
     [['--url', 'http://127.0.0.1:1', '--eps=-1'], /--eps: -1 is out of range \(0, 255\]/],
-    [['--url', 'http://127.0.0.1:1', '--eps', '-1'], /Option '--eps' argument is ambiguous/],
+    [['--url', 'http://127.0.0.1:1', '--eps', '-1'], /--eps: -1 is out of range \(0, 255\]/],
+    [['--url', 'http://127.0.0.1:1', '--offset', '-.5'], /--offset: /],
     [['--url', 'http://127.0.0.1:1', '--eps', 'big'], /--eps: 'big' is not a number/],
     [['--url', 'http://127.0.0.1:1', '--queries', '0'], /--queries: 0 is out of range \[1, /],
     [['--url', 'http://127.0.0.1:1', '--attack', 'square,pgd'], /--attack: 'pgd' is not one of square, hsj/],

@@ -72,7 +72,7 @@ def _find(root: Path, stem: str) -> Path:
     raise UserError(
         f"Fashion-MNIST file {stem}(.gz) not found in {root}: install the Debian package "
         f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist, files under "
-        f"/usr/share/datasets/fashion-mnist) or set data.root"
+        f"/usr/share/datasets/fashion-mnist), or point data.root (train) or --data-root (evaluate) at the files"
     )
 
 
@@ -123,7 +123,7 @@ def load_cifar10(root: str | Path) -> Dataset:
     if not train_files or not test_file.is_file():
         raise UserError(
             f"CIFAR-10 binary files not found in {root}: expected data_batch_1.bin .. data_batch_5.bin "
-            f"and test_batch.bin (the 'CIFAR-10 binary version'); set data.root"
+            f"and test_batch.bin (the 'CIFAR-10 binary version'); point data.root (train) or --data-root (evaluate) at them"
         )
     parts = [read_cifar10_batch(p) for p in train_files]
     train = Split(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
