@@ -6,6 +6,7 @@
 import sharp, { type Metadata, type OutputInfo } from 'sharp';
 import { badRequest, HttpError, tooLarge, unsupportedMediaType } from '../errors.js';
 import type { InputSpec } from '../ensemble/manifest.js';
+import { decodePlainPng } from './plain-png.js';
 
 export const IMAGE_TYPES = ['image/png', 'image/jpeg', 'image/webp', 'image/gif', 'image/tiff'] as const;
 /** sharp's names for the formats above. */
@@ -55,6 +56,11 @@ export async function imageToTensor(bytes: Uint8Array, spec: InputSpec, limits: 
   what = 'image'): Promise<void> {
   if (bytes.length === 0) throw badRequest('empty_body', `${what}: no image bytes were sent`);
   const [c, h, w] = spec.shape;
+  const plain = decodePlainPng(bytes, w, h, spec.channels === 'gray' ? 1 : 3);
+  if (plain !== null) {
+    normalise(plain, c, spec, out);
+    return;
+  }
   const bg = spec.resize.background;
   const background = { r: bg, g: bg, b: bg, alpha: 1 };
   const options = { limitInputPixels: limits.maxInputPixels, failOn: 'truncated' as const, animated: false };
@@ -76,7 +82,12 @@ export async function imageToTensor(bytes: Uint8Array, spec: InputSpec, limits: 
   if (info.width !== w || info.height !== h) {
     throw new Error(`pre-processing produced ${info.width}x${info.height}, expected ${w}x${h}`);
   }
-  const stride = info.channels;
+  normalise(data, info.channels, spec, out);
+}
+
+/** HWC 8-bit samples, `stride` per pixel -> scaled, normalised CHW float32 in `out`. */
+function normalise(data: Uint8Array, stride: number, spec: InputSpec, out: Float32Array): void {
+  const [c, h, w] = spec.shape;
   const { scale, mean, std } = spec;
   for (let ch = 0; ch < c; ch++) {
     const m = mean[ch];
