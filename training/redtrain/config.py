@@ -89,6 +89,10 @@ class HypernetConfig:
     chunk_dim: int = 16
     chunk_size: int = 128
     hidden: int = 64
+    # How hypernet.onnx stores its parameters. float16 halves the bytes on disk: export rounds the
+    # trained parameters to half precision first, so the package's golden logits, accuracy and
+    # parity checks are those of the rounded hypernetwork, and an in-graph Cast restores float32.
+    storage: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,8 @@ class Config:
                 problems.append(f"{key}.eps: {attack.eps} is outside (0, 1]")
             if attack.steps < 1:
                 problems.append(f"{key}.steps: {attack.steps} must be >= 1")
+        if self.hypernet.storage not in ("float32", "float16"):
+            problems.append(f"hypernet.storage: '{self.hypernet.storage}' is not one of float32, float16")
         if self.optim.optimizer not in ("adam", "sgd"):
             problems.append(f"optim.optimizer: '{self.optim.optimizer}' is not one of adam, sgd")
         if self.optim.schedule not in ("cosine", "constant"):

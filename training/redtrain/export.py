@@ -114,7 +114,7 @@ def _write_members(cfg: Config, ensemble: nn.Module, shape: tuple[int, int, int]
     if cfg.method == "ps-red":
         from redtrain.psred_export import write_psred  # noqa: PLC0415
 
-        return write_psred(ensemble, shape, pkg, probe, atol)
+        return write_psred(ensemble, shape, pkg, probe, atol, storage=cfg.hypernet.storage)
     entries = []
     for i in range(len(ensemble.members())):
         module = ensemble.member_module(i)

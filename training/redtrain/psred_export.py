@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnx import TensorProto
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from redtrain.errors import UserError
@@ -73,6 +73,40 @@ def _externalise(target_path: Path, layout: list[dict]) -> None:
     target_path.write_bytes(model.SerializeToString())
 
 
+@torch.no_grad()
+def round_to_float16(hyper: HyperEnsemble) -> None:
+    """Round every parameter to the nearest float16 value, in place (kept as float32 tensors)."""
+    for p in hyper.parameters():
+        p.copy_(p.half().float())
+
+
+def _store_float16(path: Path) -> None:
+    """Store the float32 initializers of an ONNX file as float16, each followed by a Cast back to
+    float32 under its old name, so the graph computes exactly what it did when the values were
+    already float16-representable (round_to_float16)."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    kept, casts = [], []
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT:
+            kept.append(init)
+            continue
+        values = numpy_helper.to_array(init)
+        half = values.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), values):
+            raise UserError(f"hypernet initializer {init.name} is not float16-representable; round it first")
+        kept.append(numpy_helper.from_array(half, f"{init.name}.float16"))
+        casts.append(helper.make_node("Cast", [f"{init.name}.float16"], [init.name], to=TensorProto.FLOAT,
+                                      name=f"{init.name}.to_float32"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
 def member_weights(hypernet_path: Path, member: int, layout: list[dict]) -> bytes:
     """Run hypernet.onnx for one member and lay its outputs out as `layout` says (what the service does)."""
     session = ort.InferenceSession(str(hypernet_path), providers=["CPUExecutionProvider"])
@@ -95,11 +129,17 @@ def target_logits(target_path: Path, weights: bytes, x: np.ndarray) -> np.ndarra
 
 
 def write_psred(hyper: HyperEnsemble, shape: tuple[int, int, int], pkg: Path, probe: torch.Tensor,
-                atol: float) -> dict:
-    """Write hypernet.onnx and target.onnx into `pkg`, check them, return the manifest fragment."""
+                atol: float, storage: str = "float32") -> dict:
+    """Write hypernet.onnx and target.onnx into `pkg`, check them, return the manifest fragment.
+
+    storage float16 rounds `hyper`'s parameters in place first: everything computed from it afterwards
+    (golden logits, accuracy) is what the package serves.
+    """
     from redtrain.export import OPSET, export_onnx  # noqa: PLC0415 (export imports this module lazily)
 
     hyper = hyper.cpu().eval()
+    if storage == "float16":
+        round_to_float16(hyper)
     layout = _tensor_layout(hyper)
     names = [e["name"] for e in layout]
 
@@ -107,6 +147,8 @@ def write_psred(hyper: HyperEnsemble, shape: tuple[int, int, int], pkg: Path, pr
     torch.onnx.export(_HypernetGraph(hyper, names), (torch.zeros(1, dtype=torch.int64),), str(hypernet_path),
                       input_names=["member"], output_names=names, opset_version=OPSET, dynamo=False)
     onnx.checker.check_model(onnx.load(str(hypernet_path)))
+    if storage == "float16":
+        _store_float16(hypernet_path)
     target_path = pkg / "target.onnx"
     export_onnx(hyper.member_module(0), shape, target_path)
     _externalise(target_path, layout)
@@ -134,7 +176,7 @@ def write_psred(hyper: HyperEnsemble, shape: tuple[int, int, int], pkg: Path, pr
         "kind": "ps-red",
         "members": members,
         "hypernet": {"file": hypernet_path.name, "sha256": sha256_file(hypernet_path), "input": "member",
-                     "parameters": report["total"], "parameterReport": report},
+                     "parameters": report["total"], "storage": storage, "parameterReport": report},
         "target": {"file": target_path.name, "sha256": sha256_file(target_path), "externalData": WEIGHTS_FILE,
                    "tensors": layout},
     }

@@ -180,12 +180,15 @@ def _subset(split_images: torch.Tensor, split_labels: torch.Tensor, limit: int |
 def _resume_identity(config: dict) -> dict:
     """The parts of a config a resumed run must share with the run it continues.
 
-    `threads` changes speed, not the objective; the hypernet section means nothing outside ps-red,
-    so a later change of its defaults must not strand runs of the other methods.
+    `threads` changes speed, not the objective, and `hypernet.storage` only how export writes the
+    result; the hypernet section means nothing outside ps-red, so a later change of its defaults
+    must not strand runs of the other methods.
     """
     identity = {k: v for k, v in config.items() if k != "threads"}
     if identity.get("method") != "ps-red":
         identity.pop("hypernet", None)
+    elif isinstance(identity.get("hypernet"), dict):
+        identity["hypernet"] = {k: v for k, v in identity["hypernet"].items() if k != "storage"}
     return identity
 
 

@@ -1,11 +1,13 @@
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from conftest import synthetic_dataset, tiny_config
 from redtrain.config import config_from_dict
+from redtrain.errors import UserError
 from redtrain.export import export_package
 from redtrain.manifest import check_package, validate_manifest
 from redtrain.models import build_member, count_parameters
@@ -118,3 +120,30 @@ def test_ps_red_manifest_problems_are_named(psred_package):
     assert any("target.tensors[1]" in p and "contiguous" in p for p in problems)
     assert any(p.startswith("members[0]") for p in problems)
     assert any(p.startswith("hypernet.input") for p in problems)
+
+
+def test_float16_storage_halves_the_hypernet_and_serves_what_pytorch_computes(tmp_path):
+    data = synthetic_dataset(n_train=64, n_test=32)
+    cfg = tiny_config(method="ps-red", hypernet={"storage": "float16"})
+    ens = build_ensemble(cfg, 10)
+    pkg = export_package(cfg, ens, tmp_path / "pkg", data)
+    manifest = check_package(pkg)
+    assert manifest["hypernet"]["storage"] == "float16"
+    model = onnx.load(str(pkg / "hypernet.onnx"))
+    assert {i.data_type for i in model.graph.initializer if i.dims} == {onnx.TensorProto.FLOAT16}
+    # Export rounded the parameters in place: PyTorch now computes what the package serves.
+    assert all(torch.equal(p, p.half().float()) for p in ens.parameters())
+    layout = manifest["target"]["tensors"]
+    golden = json.loads((pkg / "golden.json").read_text())
+    for i in range(cfg.members):
+        weights = member_weights(pkg / "hypernet.onnx", i, layout)
+        for item in golden["images"]:
+            x = np.array(item["input"], dtype=np.float32).reshape(1, 1, 28, 28)
+            assert np.abs(target_logits(pkg / "target.onnx", weights, x)[0] - item["logits"][i]).max() <= 1e-4
+    full = export_package(tiny_config(method="ps-red"), build_ensemble(tiny_config(method="ps-red"), 10), tmp_path / "f32", data)
+    assert (pkg / "hypernet.onnx").stat().st_size < 0.75 * (full / "hypernet.onnx").stat().st_size
+
+
+def test_unknown_hypernet_storage_is_named():
+    with pytest.raises(UserError, match="hypernet.storage: 'int8' is not one of float32, float16"):
+        tiny_config(method="ps-red", hypernet={"storage": "int8"})
