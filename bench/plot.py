@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main(src: str, out: str) -> None:
-    points = [p for p in json.load(open(src))["points"] if not p["target"].endswith("(overload)")]
+    points = [p for p in json.load(open(src))["points"] if not p["target"].endswith("overload)")]
     targets = list(dict.fromkeys(p["target"] for p in points))
     fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(11, 4.2))
     for target in targets:

@@ -32,6 +32,8 @@ export interface SweepOptions {
   readonly workers: number;
   readonly overloadConcurrency: number;
   readonly overloadMaxQueue: number;
+  /** Open-loop overload: arrivals per second as a multiple of the target's throughput at concurrency 16. */
+  readonly overloadFactor: number;
   readonly outDir: string;
   readonly command: string;
 }
@@ -39,6 +41,9 @@ export interface SweepOptions {
 interface Point {
   target: string;
   concurrency: number;
+  /** Open-loop points only: offered requests per second, and arrivals the generator itself dropped. */
+  offeredRate?: number;
+  dropped?: number;
   /** Successful requests (= images) per second. */
   rps: number;
   p50: number;
@@ -163,6 +168,62 @@ async function load(url: string, body: Buffer, c: number, warmupS: number, durat
   };
 }
 
+/**
+ * Open-loop load: requests arrive at `rate` per second whatever happens to earlier ones (each
+ * latency counts from its scheduled arrival, so a server that falls behind cannot hide it), for
+ * warmup + duration. Arrivals past `maxOutstanding` unanswered requests are counted as rejected at
+ * the client (the generator's own bound; memory stays finite either way).
+ */
+async function loadOpen(url: string, body: Buffer, rate: number, warmupS: number, durationS: number,
+  maxOutstanding = 4096): Promise<Omit<Point, 'target' | 'concurrency'> & { arrivals: number; dropped: number }> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 512 });
+  const target = new URL(url);
+  const okLat: number[] = [];
+  const badLat: number[] = [];
+  let outstanding = 0;
+  let dropped = 0;
+  let arrivals = 0;
+  const measureFrom = performance.now() + warmupS * 1000;
+  const end = measureFrom + durationS * 1000;
+  const send = (scheduled: number) => {
+    const counted = scheduled >= measureFrom && scheduled < end;
+    if (counted) arrivals++;
+    if (outstanding >= maxOutstanding) {
+      if (counted) dropped++;
+      return;
+    }
+    outstanding++;
+    const done = (ok: boolean) => {
+      outstanding--;
+      if (counted) (ok ? okLat : badLat).push(performance.now() - scheduled);
+    };
+    const req = http.request({
+      host: target.hostname, port: target.port, path: target.pathname, method: 'POST', agent,
+      headers: { 'content-type': 'application/json', 'content-length': body.length },
+    }, (res) => {
+      res.resume();
+      res.on('end', () => done(res.statusCode === 200));
+    });
+    req.on('error', () => done(false));
+    req.end(body);
+  };
+  const start = performance.now();
+  let sent = 0;
+  while (performance.now() < end) {
+    const due = Math.floor(((performance.now() - start) / 1000) * rate);
+    for (; sent < due; sent++) send(start + (sent / rate) * 1000);
+    await sleep(1);
+  }
+  while (outstanding > 0) await sleep(10);
+  agent.destroy();
+  okLat.sort((a, b) => a - b);
+  badLat.sort((a, b) => a - b);
+  return {
+    rps: okLat.length / durationS, p50: percentile(okLat, 0.5), p90: percentile(okLat, 0.9), p99: percentile(okLat, 0.99),
+    ok: okLat.length, rejected: badLat.length, rejectedP99: badLat.length ? percentile(badLat, 0.99) : null, arrivals, dropped,
+  };
+}
+
 /** In-process onnxruntime on batches of c images for warmup + duration: the compute limit. */
 async function rawBatched(modelDir: string, threads: number, c: number, warmupS: number, durationS: number): Promise<Omit<Point, 'target' | 'concurrency'>> {
   const pkg = await readPackage(modelDir);
@@ -253,6 +314,17 @@ function markdown(points: Point[], options: SweepOptions, env: string[], envEnd:
     ...points.filter((p) => p.target.endsWith('(overload)')).map((p) =>
       `| ${p.target} | ${p.concurrency} | ${p.rps.toFixed(0)} | ${fmt(p.p50, 2)} | ${fmt(p.p99, 2)} | ${p.rejected} | ${fmt(p.rejectedP99, 2)} |`),
     '',
+    'Closed-loop clients cannot show a latency bound: by Little\'s law their latency is clients / throughput',
+    'whatever the server does. The open-loop rows below offer a fixed arrival rate, a multiple of each',
+    `target's own throughput at concurrency ${c16} above, and time each request from its scheduled arrival.`,
+    'A server that sheds keeps the latency of what it answers bounded; one that queues everything falls',
+    'further behind every second of the run.',
+    '',
+    '| target | offered req/s | answered images/s | p50 ms | p99 ms | rejected (503 or error) | p99 of a rejection, ms | dropped by the generator |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|',
+    ...points.filter((p) => p.target.endsWith('(open-loop overload)')).map((p) =>
+      `| ${p.target} | ${fmt(p.offeredRate ?? null, 0)} | ${p.rps.toFixed(0)} | ${fmt(p.p50, 2)} | ${fmt(p.p99, 2)} | ${p.rejected} | ${fmt(p.rejectedP99, 2)} | ${p.dropped ?? 0} |`),
+    '',
     '![throughput and p99 latency against concurrency](bench.png)',
     '',
   ];
@@ -303,6 +375,25 @@ export async function runSweep(options: SweepOptions): Promise<void> {
     try {
       log({ target, concurrency: options.overloadConcurrency,
         ...await load(`${server.url}${inferPath}`, body, options.overloadConcurrency, options.warmupS, options.durationS) });
+    } finally {
+      await server.stop();
+    }
+  }
+
+  // Open loop at a multiple of each target's own throughput at the middle concurrency.
+  const c16 = options.concurrency.includes(16) ? 16 : options.concurrency[Math.floor(options.concurrency.length / 2)];
+  const openLoop: [string, string, () => Promise<Started>][] = [
+    ['redserve random (open-loop overload)', 'redserve random', () => startRedserve(options.modelDir, options.workers, ['--max-queue', String(options.overloadMaxQueue)])],
+    ['fastapi peer (open-loop overload)', 'fastapi peer', () => startPeer(options.modelDir, options.workers)],
+  ];
+  for (const [target, base, start] of openLoop) {
+    const capacity = points.find((p) => p.target === base && p.concurrency === c16)?.rps ?? 0;
+    if (!(capacity > 0)) continue;
+    const rate = Math.round(capacity * options.overloadFactor);
+    const server = await start();
+    try {
+      log({ target, concurrency: 0, offeredRate: rate,
+        ...await loadOpen(`${server.url}${inferPath}`, body, rate, options.warmupS, options.durationS) });
     } finally {
       await server.stop();
     }
