@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import path from 'node:path';
 import t from 'tap';
+import { cudaProviderInstalled } from '../src/ensemble/runtime.js';
 import { copyPackage, editManifest, parseMetrics, ROOT, sample, SHIPPED } from './helpers.js';
 
 const SERVER = path.join(ROOT, 'dist', 'src', 'server.js');
@@ -117,6 +118,17 @@ t.test('SIGTERM when idle exits 0 at once; a drain longer than --drain-timeout-m
   t.match(slow.lines.join('\n'), /outlasted the drain timeout/);
   await Promise.all(pending);
 });
+
+t.test('--device auto without the CUDA provider installed: one warning that says so, no native load errors',
+  { skip: cudaProviderInstalled() !== false && 'the CUDA provider is installed here (or this is not Linux)' }, async (t) => {
+    const r = await start(['--model', SHIPPED, '--workers', '2', '--device', 'auto', '--log-level', 'info']);
+    r.child.kill('SIGTERM');
+    await r.exited;
+    const log = r.lines.join('\n');
+    t.notMatch(log, /Failed to load library|providers_shared/, 'onnxruntime never tried to load the missing library');
+    t.equal(r.lines.filter((l) => l.includes('falling back to CPU')).length, 1, 'one fallback warning');
+    t.match(log, /CUDA execution provider is not installed/);
+  });
 
 t.test('bad flags exit 2 and a bad package exits 1, each with a message', async (t) => {
   const bad = spawn(process.execPath, [SERVER, '--workers', 'many'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });

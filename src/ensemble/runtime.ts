@@ -2,6 +2,9 @@
  * The only module that imports onnxruntime-node. It runs inside worker threads (see worker.ts):
  * `session.run` is synchronous underneath and would block the event loop of the HTTP thread.
  */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { Device } from '../config.js';
 import type { MemberSource, TensorSlot } from './manifest.js';
@@ -60,6 +63,27 @@ export interface CreatedSession {
 }
 
 /**
+ * Whether onnxruntime-node's CUDA provider library is installed beside its binding (Linux; null when
+ * that cannot be told here). The npm package ships the CPU build only; without the library, trying
+ * CUDA makes onnxruntime print a native load error on stderr that no log level silences.
+ */
+export function cudaProviderInstalled(): boolean | null {
+  if (process.platform !== 'linux') return null;
+  try {
+    const dist = path.dirname(createRequire(import.meta.url).resolve('onnxruntime-node'));
+    // The directory onnxruntime-node's own binding loader uses.
+    const bin = path.join(dist, '..', 'bin', 'napi-v6', process.platform, process.arch);
+    if (!existsSync(path.join(bin, 'onnxruntime_binding.node'))) return null;
+    return existsSync(path.join(bin, 'libonnxruntime_providers_cuda.so'));
+  } catch {
+    return null;
+  }
+}
+
+export const CUDA_NOT_INSTALLED = 'the CUDA execution provider is not installed in node_modules/onnxruntime-node '
+  + '(the npm package ships the CPU build; see the README\'s GPU section)';
+
+/**
  * Create a session for one member on the requested device. `auto` tries CUDA and falls back to the
  * CPU (reporting why); `cuda` fails when the CUDA execution provider cannot be created.
  */
@@ -74,11 +98,15 @@ export async function createSession(source: MemberSource, spec: SessionSpec, dev
   let session: ort.InferenceSession;
   let provider: Provider = device.kind === 'cpu' ? 'cpu' : 'cuda';
   let fallbackReason: string | undefined;
+  if (device.kind === 'auto' && cudaProviderInstalled() === false) {
+    provider = 'cpu';
+    fallbackReason = CUDA_NOT_INSTALLED;
+  }
   try {
     session = await ort.InferenceSession.create(bytes, withData(options(provider, device, threads)));
   } catch (err) {
     const reason = (err as Error).message.split('\n')[0].slice(0, 300);
-    if (device.kind !== 'auto') throw new Error(`${label}: cannot create a ${provider} session: ${reason}`);
+    if (device.kind !== 'auto' || provider === 'cpu') throw new Error(`${label}: cannot create a ${provider} session: ${reason}`);
     provider = 'cpu';
     fallbackReason = reason;
     session = await ort.InferenceSession.create(bytes, withData(options('cpu', device, threads)));
