@@ -26,7 +26,7 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from redtrain.export import export_run
 
-    path = export_run(args.run, args.out, name=args.name, version=args.version)
+    path = export_run(args.run, args.out, name=args.name, version=args.version, hypernet_storage=args.hypernet_storage)
     print(f"exported {args.run} -> {path}")
     return 0
 
@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="package folder, e.g. models/fmnist-red")
     p.add_argument("--name", help="package name (default: the config's name)")
     p.add_argument("--version", default="1.0.0", help="package version (default 1.0.0)")
+    p.add_argument("--hypernet-storage", choices=["float32", "float16"],
+                   help="ps-red: how hypernet.onnx stores its parameters (default: the run's hypernet.storage)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("validate", help="check a model package against docs/model-format.md")

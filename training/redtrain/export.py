@@ -11,6 +11,7 @@ Steps:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -186,8 +187,15 @@ def export_package(cfg: Config, ensemble: nn.Module, out: str | Path, data: Data
             shutil.rmtree(tmp)
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, name: str | None = None, version: str = "1.0.0") -> Path:
+def export_run(run_dir: str | Path, out: str | Path, *, name: str | None = None, version: str = "1.0.0",
+               hypernet_storage: str | None = None) -> Path:
+    """Export a finished run. `hypernet_storage` overrides the run's `hypernet.storage` (how
+    hypernet.onnx stores its parameters; training does not depend on it)."""
     cfg, ensemble, state = load_run(run_dir)
+    if hypernet_storage is not None:
+        if cfg.method != "ps-red":
+            raise UserError(f"--hypernet-storage applies to ps-red runs; {run_dir} is a {cfg.method} run")
+        cfg = dataclasses.replace(cfg, hypernet=dataclasses.replace(cfg.hypernet, storage=hypernet_storage))
     data = load_dataset(cfg.data.name, cfg.data.root)
     # training.commit (set by export_package) is the code that exported; trainCommit is the code
     # the run started with.
