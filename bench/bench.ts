@@ -46,7 +46,7 @@ const { values } = parseArgs({
     'sweep-concurrency': { type: 'string', default: '1,4,16,64' },
     overload: { type: 'string', default: '256' },
     'overload-max-queue': { type: 'string', default: '16' },
-    'overload-factor': { type: 'string', default: '2' },
+    'overload-factor': { type: 'string', default: '4' },
     out: { type: 'string', default: 'reports' },
   },
 });

@@ -9,7 +9,8 @@
  *   redserve unbatched the same with --max-batch-images 1
  *   redserve mean      mean sampling (every member per image), batching on
  *   fastapi peer       the same ONNX members in Python onnxruntime behind FastAPI/uvicorn, one
- *                      drawn member per image, no batching (bench/peer/app.py)
+ *                      drawn member per image, no batching (bench/peer/app.py, started by
+ *                      bench/peer/serve.py: uvicorn --workers N with TCP_NODELAY restored)
  *
  * plus an overload point (far more clients than the queue bound) for redserve and the peer.
  * Every server runs as a child process with the same worker count; the load generator is this
@@ -41,9 +42,13 @@ export interface SweepOptions {
 interface Point {
   target: string;
   concurrency: number;
-  /** Open-loop points only: offered requests per second, and arrivals the generator itself dropped. */
+  /** Open-loop points only: offered requests per second, images per request, the target's closed-loop
+   * capacity with that body, arrivals the generator itself dropped, and how late it sent (p99, ms). */
   offeredRate?: number;
+  imagesPerRequest?: number;
+  capacity?: number;
   dropped?: number;
+  generatorLagP99?: number;
   /** Successful requests (= images) per second. */
   rps: number;
   p50: number;
@@ -57,6 +62,9 @@ interface Point {
 
 const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
 const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
+
+/** Images per request in the open-loop overload test. */
+const OPEN_LOOP_IMAGES = 16;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -122,8 +130,9 @@ async function startRedserve(modelDir: string, workers: number, flags: string[])
 async function startPeer(modelDir: string, workers: number): Promise<Started> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  return startProcess(PYTHON, ['-m', 'uvicorn', 'app:app', '--app-dir', path.join(ROOT, 'bench', 'peer'), '--host', '127.0.0.1',
-    '--port', String(port), '--workers', String(workers), '--log-level', 'warning', '--no-access-log'],
+  // serve.py = `uvicorn --workers N` with TCP_NODELAY on accepted sockets (see its docstring).
+  return startProcess(PYTHON, [path.join(ROOT, 'bench', 'peer', 'serve.py'), '--host', '127.0.0.1',
+    '--port', String(port), '--workers', String(workers)],
   { REDSERVE_PEER_MODEL: modelDir }, `${url}/v2/health/ready`, url);
 }
 
@@ -175,7 +184,7 @@ async function load(url: string, body: Buffer, c: number, warmupS: number, durat
  * the client (the generator's own bound; memory stays finite either way).
  */
 async function loadOpen(url: string, body: Buffer, rate: number, warmupS: number, durationS: number,
-  maxOutstanding = 4096): Promise<Omit<Point, 'target' | 'concurrency'> & { arrivals: number; dropped: number }> {
+  maxOutstanding = 4096): Promise<Omit<Point, 'target' | 'concurrency'> & { arrivals: number; dropped: number; generatorLagP99: number }> {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 512 });
   const target = new URL(url);
   const okLat: number[] = [];
@@ -185,9 +194,13 @@ async function loadOpen(url: string, body: Buffer, rate: number, warmupS: number
   let arrivals = 0;
   const measureFrom = performance.now() + warmupS * 1000;
   const end = measureFrom + durationS * 1000;
+  const lag: number[] = [];
   const send = (scheduled: number) => {
     const counted = scheduled >= measureFrom && scheduled < end;
-    if (counted) arrivals++;
+    if (counted) {
+      arrivals++;
+      lag.push(performance.now() - scheduled);
+    }
     if (outstanding >= maxOutstanding) {
       if (counted) dropped++;
       return;
@@ -218,9 +231,11 @@ async function loadOpen(url: string, body: Buffer, rate: number, warmupS: number
   agent.destroy();
   okLat.sort((a, b) => a - b);
   badLat.sort((a, b) => a - b);
+  lag.sort((a, b) => a - b);
   return {
     rps: okLat.length / durationS, p50: percentile(okLat, 0.5), p90: percentile(okLat, 0.9), p99: percentile(okLat, 0.99),
     ok: okLat.length, rejected: badLat.length, rejectedP99: badLat.length ? percentile(badLat, 0.99) : null, arrivals, dropped,
+    generatorLagP99: percentile(lag, 0.99),
   };
 }
 
@@ -315,15 +330,17 @@ function markdown(points: Point[], options: SweepOptions, env: string[], envEnd:
       `| ${p.target} | ${p.concurrency} | ${p.rps.toFixed(0)} | ${fmt(p.p50, 2)} | ${fmt(p.p99, 2)} | ${p.rejected} | ${fmt(p.rejectedP99, 2)} |`),
     '',
     'Closed-loop clients cannot show a latency bound: by Little\'s law their latency is clients / throughput',
-    'whatever the server does. The open-loop rows below offer a fixed arrival rate, a multiple of each',
-    `target's own throughput at concurrency ${c16} above, and time each request from its scheduled arrival.`,
-    'A server that sheds keeps the latency of what it answers bounded; one that queues everything falls',
-    'further behind every second of the run.',
+    'whatever the server does. The open-loop rows below offer a fixed arrival rate and time each request',
+    'from its scheduled arrival. Each target is first measured closed-loop (16 clients) with the same',
+    `${OPEN_LOOP_IMAGES}-image requests (its capacity), then offered ${options.overloadFactor}x that rate. A server that sheds keeps the`,
+    'latency of what it answers bounded; one that queues everything falls further behind every second.',
+    '"generator lag" is how late this process sent its requests (p99); when it is large the row measures',
+    'the load generator, not the server.',
     '',
-    '| target | offered req/s | answered images/s | p50 ms | p99 ms | rejected (503 or error) | p99 of a rejection, ms | dropped by the generator |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|',
+    '| target | images/request | capacity req/s | offered req/s | answered images/s | p50 ms | p99 ms | rejected (503 or error) | p99 of a rejection, ms | generator lag p99, ms |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...points.filter((p) => p.target.endsWith('(open-loop overload)')).map((p) =>
-      `| ${p.target} | ${fmt(p.offeredRate ?? null, 0)} | ${p.rps.toFixed(0)} | ${fmt(p.p50, 2)} | ${fmt(p.p99, 2)} | ${p.rejected} | ${fmt(p.rejectedP99, 2)} | ${p.dropped ?? 0} |`),
+      `| ${p.target} | ${p.imagesPerRequest ?? 1} | ${fmt(p.capacity ?? null, 0)} | ${fmt(p.offeredRate ?? null, 0)} | ${p.rps.toFixed(0)} | ${fmt(p.p50, 2)} | ${fmt(p.p99, 2)} | ${p.rejected} | ${fmt(p.rejectedP99, 2)} | ${fmt(p.generatorLagP99 ?? null, 1)} |`),
     '',
     '![throughput and p99 latency against concurrency](bench.png)',
     '',
@@ -380,20 +397,25 @@ export async function runSweep(options: SweepOptions): Promise<void> {
     }
   }
 
-  // Open loop at a multiple of each target's own throughput at the middle concurrency.
-  const c16 = options.concurrency.includes(16) ? 16 : options.concurrency[Math.floor(options.concurrency.length / 2)];
-  const openLoop: [string, string, () => Promise<Started>][] = [
-    ['redserve random (open-loop overload)', 'redserve random', () => startRedserve(options.modelDir, options.workers, ['--max-queue', String(options.overloadMaxQueue)])],
-    ['fastapi peer (open-loop overload)', 'fastapi peer', () => startPeer(options.modelDir, options.workers)],
+  // Open loop at a multiple of each target's own capacity. Requests carry OPEN_LOOP_IMAGES images so
+  // that the offered rate stays within what this one load-generating process can send on time.
+  const heavy = Buffer.from(JSON.stringify({
+    inputs: [{ name: manifest.input.name, shape: [OPEN_LOOP_IMAGES, ...manifest.input.shape], datatype: 'FP32',
+      data: Array.from({ length: OPEN_LOOP_IMAGES }, () => pkg.golden[0].input).flat() }],
+  }));
+  const openLoop: [string, () => Promise<Started>][] = [
+    ['redserve random (open-loop overload)', () => startRedserve(options.modelDir, options.workers, ['--max-queue', String(options.overloadMaxQueue)])],
+    ['fastapi peer (open-loop overload)', () => startPeer(options.modelDir, options.workers)],
   ];
-  for (const [target, base, start] of openLoop) {
-    const capacity = points.find((p) => p.target === base && p.concurrency === c16)?.rps ?? 0;
-    if (!(capacity > 0)) continue;
-    const rate = Math.round(capacity * options.overloadFactor);
+  for (const [target, start] of openLoop) {
     const server = await start();
     try {
-      log({ target, concurrency: 0, offeredRate: rate,
-        ...await loadOpen(`${server.url}${inferPath}`, body, rate, options.warmupS, options.durationS) });
+      const url = `${server.url}${inferPath}`;
+      const capacity = (await load(url, heavy, 16, options.warmupS, options.durationS)).rps;
+      const rate = Math.max(1, Math.round(capacity * options.overloadFactor));
+      const point = await loadOpen(url, heavy, rate, options.warmupS, options.durationS);
+      log({ target, concurrency: 0, offeredRate: rate, imagesPerRequest: OPEN_LOOP_IMAGES, capacity, ...point,
+        rps: point.rps * OPEN_LOOP_IMAGES });
     } finally {
       await server.stop();
     }

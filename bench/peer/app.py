@@ -1,10 +1,10 @@
 """The benchmark's peer: what a user might deploy instead of redserve. The same ONNX members, served
 by Python onnxruntime behind FastAPI/uvicorn, answering the Open Inference Protocol's JSON infer
 request with one uniformly drawn member per image, like redserve's random sampling; no batching
-across requests. Started by bench/sweep.ts:
+across requests. Started by bench/sweep.ts through bench/peer/serve.py (uvicorn's multi-worker
+supervisor with TCP_NODELAY on its connections; see there why):
 
-    REDSERVE_PEER_MODEL=models/fmnist-red .venv/bin/python -m uvicorn app:app --app-dir bench/peer \
-        --host 127.0.0.1 --port 8500 --workers 2
+    REDSERVE_PEER_MODEL=models/fmnist-red .venv/bin/python bench/peer/serve.py --port 8500 --workers 2
 """
 from __future__ import annotations
 
