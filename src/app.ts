@@ -24,6 +24,8 @@ export interface App {
   /** Resolves when the model is loaded, warm and serving; rejects when it cannot be loaded. */
   readonly modelReady: Promise<Ensemble>;
   close(): Promise<void>;
+  /** Fail queued and running inference with 503 and stop the worker threads (a hard stop). */
+  stopWorkers(): Promise<void>;
 }
 
 declare module 'fastify' {
@@ -145,6 +147,9 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
         clearInterval(sweep);
       }
       await metricsServer?.close();
+      await state.ensemble?.close();
+    },
+    async stopWorkers() {
       await state.ensemble?.close();
     },
   };

@@ -31,11 +31,17 @@ async function main(): Promise<number> {
     closing = true;
     const started = performance.now();
     log.info({ signal, drainTimeoutMs: config.drainTimeoutMs }, 'shutting down: finishing in-flight requests');
+    let timedOut = false;
     setTimeout(() => {
+      timedOut = true;
       log.error({ drainTimeoutMs: config.drainTimeoutMs }, 'in-flight requests outlasted the drain timeout; exiting');
-      process.exit(1);
+      // Stop the worker threads before exiting: exiting while one is inside an onnxruntime run can
+      // kill the process by a signal instead of exit status 1. Bounded, in case a run never returns.
+      setTimeout(() => process.exit(1), 5000);
+      app.stopWorkers().finally(() => process.exit(1));
     }, config.drainTimeoutMs).unref();
     app.close().then(() => {
+      if (timedOut) return; // the timeout path exits 1 once the workers have stopped
       log.info({ drainMs: Math.round(performance.now() - started) }, 'drained; exiting');
       process.exit(0);
     }, (err) => {
