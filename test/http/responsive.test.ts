@@ -47,9 +47,13 @@ t.test('past --max-queue inference requests in flight, a POST is shed before its
     app.server.inject({ method: 'POST', url: '/classify', payload: { images: Array(64).fill(b64) } })));
   const codes = results.map((r) => r.statusCode);
   t.ok(codes.filter((c) => c === 200).length >= 1 && codes.filter((c) => c === 200).length <= 3, `at most 3 served at once (${codes})`);
-  const shed = results.find((r) => r.statusCode === 503)!;
-  t.same([shed.json().error, shed.headers['retry-after']], ['overloaded', '1']);
-  t.match(shed.json().message, /inference requests in flight \(the limit is 3\)/);
+  const shed = results.filter((r) => r.statusCode === 503);
+  t.ok(shed.every((r) => r.json().error === 'overloaded' && r.headers['retry-after'] === '1'), 'every 503 is overloaded + Retry-After');
+  // Most are refused at the HTTP layer; one admitted request may still find the pool's job queue
+  // full (a 64-image request is one job per member drawn), which says so in its own words.
+  const messages = shed.map((r) => r.json().message as string);
+  t.ok(messages.some((m) => /inference requests in flight \(the limit is 3\)/.test(m)), 'shed before the body is read');
+  t.ok(messages.every((m) => /inference requests in flight \(the limit is 3\)|inference queue is full/.test(m)), messages.join(' | '));
   t.equal((await app.server.inject({ url: '/readyz' })).statusCode, 200, 'probes are not counted');
   const after = await app.server.inject({ method: 'POST', url: '/classify', payload: { images: [b64] } });
   t.equal(after.statusCode, 200, 'the count returns to zero: serving again');
