@@ -194,7 +194,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, name: str | None = None,
     cfg, ensemble, state = load_run(run_dir)
     if hypernet_storage is not None:
         if cfg.method != "ps-red":
-            raise UserError(f"--hypernet-storage applies to ps-red runs; {run_dir} is a {cfg.method} run")
+            raise UserError(f"--hypernet-storage applies to ps-red runs; {run_dir} is a '{cfg.method}' run")
         cfg = dataclasses.replace(cfg, hypernet=dataclasses.replace(cfg.hypernet, storage=hypernet_storage))
     data = load_dataset(cfg.data.name, cfg.data.root)
     # training.commit (set by export_package) is the code that exported; trainCommit is the code

@@ -23,6 +23,7 @@ import yaml
 
 from redtrain.config import config_from_dict
 from redtrain.data import load_dataset, to_unit
+from redtrain.errors import UserError
 from redtrain.psred import HyperEnsemble
 from redtrain.train import accuracy, build_ensemble, loss_terms
 
@@ -74,4 +75,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as err:
+        raise SystemExit(f"psred_capacity: {err}") from None
