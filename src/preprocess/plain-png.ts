@@ -4,8 +4,8 @@
  * and with no chunk that could change its pixels under sharp (no orientation, colour profile, gamma,
  * transparency or palette). For such a file sharp's pipeline (rotate, flatten, convert, resize to the
  * same size) returns the stored samples unchanged, so they can be read directly: inflate the IDAT
- * stream with node:zlib and undo the PNG row filters. sharp costs about 1.5 ms per call even for a
- * 28x28 image (libvips pipeline set-up); this costs a few hundredths of that.
+ * stream with node:zlib and undo the PNG row filters. For a 28x28 image sharp's per-call set-up
+ * (a libvips pipeline) costs far more than the decode itself; see the README's benchmark.
  *
  * Anything else, or anything odd about the file (bad CRC, missing IEND, short data), returns null and
  * goes through sharp, which decodes it in full and writes the error messages. The tests hold the two
