@@ -6,6 +6,8 @@
  *   raw batched        onnxruntime in this process, batches of `concurrency` images, the same CPU
  *                      threads as the servers' workers: the limit, with no HTTP, JSON or queue
  *   redserve random    dist/src/server.js, random sampling, dynamic batching on (the defaults)
+ *   redserve random, binary  the same server, the tensor sent as raw FP32 bytes (the v2 binary
+ *                      tensor extension, Triton's client default) instead of a JSON number array
  *   redserve unbatched the same with --max-batch-images 1
  *   redserve mean      mean sampling (every member per image), batching on
  *   fastapi peer       the same ONNX members in Python onnxruntime behind FastAPI/uvicorn, one
@@ -136,8 +138,33 @@ async function startPeer(modelDir: string, workers: number): Promise<Started> {
   { REDSERVE_PEER_MODEL: modelDir }, `${url}/v2/health/ready`, url);
 }
 
+/** A request body and the headers that describe it. */
+interface RequestBody { readonly data: Buffer; readonly headers: Readonly<Record<string, string>> }
+
+/** An Open Inference Protocol request as JSON (`data` inline). */
+function v2Json(name: string, shape: readonly number[], data: readonly number[]): RequestBody {
+  return {
+    data: Buffer.from(JSON.stringify({ inputs: [{ name, shape, datatype: 'FP32', data }] })),
+    headers: { 'content-type': 'application/json' },
+  };
+}
+
+/** The same request with the tensor as raw FP32 bytes after the JSON header (the binary tensor
+ * extension, which Triton's Python client uses by default), asking for the output the same way. */
+function v2Binary(name: string, shape: readonly number[], data: readonly number[]): RequestBody {
+  const bytes = Buffer.from(Float32Array.from(data).buffer);
+  const header = Buffer.from(JSON.stringify({
+    inputs: [{ name, shape, datatype: 'FP32', parameters: { binary_data_size: bytes.length } }],
+    outputs: [{ name: 'probabilities', parameters: { binary_data: true } }],
+  }));
+  return {
+    data: Buffer.concat([header, bytes]),
+    headers: { 'content-type': 'application/octet-stream', 'inference-header-content-length': String(header.length) },
+  };
+}
+
 /** Closed-loop load: `c` clients, each sending `body` back to back, for warmup + duration. */
-async function load(url: string, body: Buffer, c: number, warmupS: number, durationS: number): Promise<Omit<Point, 'target' | 'concurrency'>> {
+async function load(url: string, body: RequestBody, c: number, warmupS: number, durationS: number): Promise<Omit<Point, 'target' | 'concurrency'>> {
   const agent = new http.Agent({ keepAlive: true, maxSockets: c });
   const target = new URL(url);
   const okLat: number[] = [];
@@ -148,7 +175,7 @@ async function load(url: string, body: Buffer, c: number, warmupS: number, durat
     const t0 = performance.now();
     const req = http.request({
       host: target.hostname, port: target.port, path: target.pathname, method: 'POST', agent,
-      headers: { 'content-type': 'application/json', 'content-length': body.length },
+      headers: { ...body.headers, 'content-length': body.data.length },
     }, (res) => {
       res.resume();
       res.on('end', () => {
@@ -157,7 +184,7 @@ async function load(url: string, body: Buffer, c: number, warmupS: number, durat
       });
     });
     req.on('error', () => { if (measuring) badLat.push(performance.now() - t0); resolve(); });
-    req.end(body);
+    req.end(body.data);
   });
   const clients = Array.from({ length: c }, async () => { while (running) await one(); });
   await sleep(warmupS * 1000);
@@ -183,7 +210,7 @@ async function load(url: string, body: Buffer, c: number, warmupS: number, durat
  * warmup + duration. Arrivals past `maxOutstanding` unanswered requests are counted as rejected at
  * the client (the generator's own bound; memory stays finite either way).
  */
-async function loadOpen(url: string, body: Buffer, rate: number, warmupS: number, durationS: number,
+async function loadOpen(url: string, body: RequestBody, rate: number, warmupS: number, durationS: number,
   maxOutstanding = 4096): Promise<Omit<Point, 'target' | 'concurrency'> & { arrivals: number; dropped: number; generatorLagP99: number }> {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 512 });
   const target = new URL(url);
@@ -212,13 +239,13 @@ async function loadOpen(url: string, body: Buffer, rate: number, warmupS: number
     };
     const req = http.request({
       host: target.hostname, port: target.port, path: target.pathname, method: 'POST', agent,
-      headers: { 'content-type': 'application/json', 'content-length': body.length },
+      headers: { ...body.headers, 'content-length': body.data.length },
     }, (res) => {
       res.resume();
       res.on('end', () => done(res.statusCode === 200));
     });
     req.on('error', () => done(false));
-    req.end(body);
+    req.end(body.data);
   };
   const start = performance.now();
   let sent = 0;
@@ -293,6 +320,7 @@ function markdown(points: Point[], options: SweepOptions, env: string[], envEnd:
     '# Benchmark: concurrency sweep',
     '',
     `Produced by \`${options.command}\` (bench/sweep.ts). One-image Open Inference Protocol JSON requests`,
+    '(the "binary" row: the same request with the tensor as FP32 bytes, the v2 binary tensor extension)',
     `(FP32 [1, ${'C, H, W'}]) against ${path.relative(ROOT, options.modelDir) || options.modelDir}; closed-loop clients on keep-alive`,
     `connections; ${options.warmupS} s warm-up then ${options.durationS} s measured per point; ${options.workers} workers`,
     '(redserve worker threads, uvicorn worker processes, onnxruntime intra-op threads for the raw row), one',
@@ -314,6 +342,7 @@ function markdown(points: Point[], options: SweepOptions, env: string[], envEnd:
     '| ratio | value | target |',
     '|---|---:|---|',
     `| redserve random (batched) / raw batched | ${ratio(at('redserve random', c16), at('raw batched', c16))} | >= 0.70 |`,
+    `| same, binary tensor requests | ${ratio(at('redserve random, binary', c16), at('raw batched', c16))} | >= 0.70 |`,
     `| redserve random (batched) / fastapi peer | ${ratio(at('redserve random', c16), at('fastapi peer', c16))} | >= 2 |`,
     `| redserve random batched / unbatched | ${ratio(at('redserve random', c16), at('redserve unbatched', c16))} | |`,
     `| redserve random / redserve mean | ${ratio(at('redserve random', c16), at('redserve mean', c16))} | |`,
@@ -352,9 +381,8 @@ export async function runSweep(options: SweepOptions): Promise<void> {
   ensurePeer();
   const pkg = await readPackage(options.modelDir);
   const { manifest } = pkg;
-  const body = Buffer.from(JSON.stringify({
-    inputs: [{ name: manifest.input.name, shape: [1, ...manifest.input.shape], datatype: 'FP32', data: pkg.golden[0].input }],
-  }));
+  const body = v2Json(manifest.input.name, [1, ...manifest.input.shape], pkg.golden[0].input);
+  const binaryBody = v2Binary(manifest.input.name, [1, ...manifest.input.shape], pkg.golden[0].input);
   const inferPath = `/v2/models/${manifest.name}/infer`;
   const envStart = machine().map((l) => l.replace('- machine:', '- machine at the start:').replace('- other load during the run:', '- other load at the start:'));
   const points: Point[] = [];
@@ -367,17 +395,18 @@ export async function runSweep(options: SweepOptions): Promise<void> {
   for (const c of options.concurrency) {
     log({ target: 'raw batched', concurrency: c, ...await rawBatched(options.modelDir, options.workers, c, options.warmupS, options.durationS) });
   }
-  const servers: [string, () => Promise<Started>][] = [
-    ['redserve random', () => startRedserve(options.modelDir, options.workers, [])],
-    ['redserve unbatched', () => startRedserve(options.modelDir, options.workers, ['--max-batch-images', '1'])],
-    ['redserve mean', () => startRedserve(options.modelDir, options.workers, ['--sampling', 'mean'])],
-    ['fastapi peer', () => startPeer(options.modelDir, options.workers)],
+  const servers: [string, () => Promise<Started>, RequestBody][] = [
+    ['redserve random', () => startRedserve(options.modelDir, options.workers, []), body],
+    ['redserve random, binary', () => startRedserve(options.modelDir, options.workers, []), binaryBody],
+    ['redserve unbatched', () => startRedserve(options.modelDir, options.workers, ['--max-batch-images', '1']), body],
+    ['redserve mean', () => startRedserve(options.modelDir, options.workers, ['--sampling', 'mean']), body],
+    ['fastapi peer', () => startPeer(options.modelDir, options.workers), body],
   ];
-  for (const [target, start] of servers) {
+  for (const [target, start, targetBody] of servers) {
     const server = await start();
     try {
       for (const c of options.concurrency) {
-        log({ target, concurrency: c, ...await load(`${server.url}${inferPath}`, body, c, options.warmupS, options.durationS) });
+        log({ target, concurrency: c, ...await load(`${server.url}${inferPath}`, targetBody, c, options.warmupS, options.durationS) });
       }
     } finally {
       await server.stop();
@@ -399,10 +428,8 @@ export async function runSweep(options: SweepOptions): Promise<void> {
 
   // Open loop at a multiple of each target's own capacity. Requests carry OPEN_LOOP_IMAGES images so
   // that the offered rate stays within what this one load-generating process can send on time.
-  const heavy = Buffer.from(JSON.stringify({
-    inputs: [{ name: manifest.input.name, shape: [OPEN_LOOP_IMAGES, ...manifest.input.shape], datatype: 'FP32',
-      data: Array.from({ length: OPEN_LOOP_IMAGES }, () => pkg.golden[0].input).flat() }],
-  }));
+  const heavy = v2Json(manifest.input.name, [OPEN_LOOP_IMAGES, ...manifest.input.shape],
+    Array.from({ length: OPEN_LOOP_IMAGES }, () => pkg.golden[0].input).flat());
   const openLoop: [string, () => Promise<Started>][] = [
     ['redserve random (open-loop overload)', () => startRedserve(options.modelDir, options.workers, ['--max-queue', String(options.overloadMaxQueue)])],
     ['fastapi peer (open-loop overload)', () => startPeer(options.modelDir, options.workers)],

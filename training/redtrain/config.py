@@ -62,6 +62,16 @@ class AttackConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Optional knowledge distillation on the clean CE term: member i also matches the softened
+    output of member i of a trained teacher package (an exported `ensemble` of as many members)."""
+
+    teacher: str = ""  # a package directory; empty: no distillation
+    weight: float = 0.5  # clean term = (1 - weight) * CE + weight * T^2 * KL(teacher_T || member_T)
+    temperature: float = 4.0
+
+
+@dataclass(frozen=True)
 class LossConfig:
     # Weight of the gradient-similarity term (mean |cos| between members' input gradients).
     l_sim: float = 0.0
@@ -69,6 +79,7 @@ class LossConfig:
     l_lip: float = 0.0
     # PGD against the averaged ensemble that makes the adversarial half of the L_lip batch.
     lip_attack: AttackConfig = field(default_factory=AttackConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,10 @@ class HypernetConfig:
     chunk_dim: int = 16
     chunk_size: int = 128
     hidden: int = 64
+    # Per-member gain on every output channel of every generated weight (direct parameters, like the
+    # biases; initialised to 1). The generator alone gives members only a shared shift of its hidden
+    # layer to differ by; the gains let each member rescale whole channels cheaply.
+    member_gains: bool = False
     # How hypernet.onnx stores its parameters. float16 halves the bytes on disk: export rounds the
     # trained parameters to half precision first, so the package's golden logits, accuracy and
     # parity checks are those of the rounded hypernetwork, and an in-graph Cast restores float32.
@@ -135,6 +150,11 @@ class Config:
                 problems.append(f"{key}.steps: {attack.steps} must be >= 1")
         if self.hypernet.storage not in ("float32", "float16"):
             problems.append(f"hypernet.storage: '{self.hypernet.storage}' is not one of float32, float16")
+        if self.loss.distill.teacher:
+            if not 0.0 < self.loss.distill.weight <= 1.0:
+                problems.append(f"loss.distill.weight: {self.loss.distill.weight} is outside (0, 1]")
+            if self.loss.distill.temperature <= 0:
+                problems.append(f"loss.distill.temperature: {self.loss.distill.temperature} must be > 0")
         if self.optim.optimizer not in ("adam", "sgd"):
             problems.append(f"optim.optimizer: '{self.optim.optimizer}' is not one of adam, sgd")
         if self.optim.schedule not in ("cosine", "constant"):

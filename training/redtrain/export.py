@@ -92,12 +92,15 @@ def _write_golden(pkg: Path, data: Dataset, members: list[Callable[[torch.Tensor
 def objective(cfg: Config) -> str:
     """The training loss in words, with the values that shape it, for humans reading a manifest."""
     adv, a = cfg.adversarial, cfg.adversarial.attack
+    d = cfg.loss.distill
+    clean = (f"[(1 - {d.weight:g}) * CE(clean) + {d.weight:g} * T^2 * KL(teacher member at T || member at T), "
+             f"T {d.temperature:g}, teacher {d.teacher}]") if d.teacher else "CE(clean)"
     if adv.enabled:
-        ce = (f"sum over members of (1 - {adv.mix:g}) * CE(clean) + {adv.mix:g} * CE(PGD on that member: "
+        ce = (f"sum over members of (1 - {adv.mix:g}) * {clean} + {adv.mix:g} * CE(PGD on that member: "
               f"Linf eps {a.eps:g}, {a.steps} steps of {a.eps * a.step_ratio:g}"
               f"{', random start' if a.random_start else ''})")
     else:
-        ce = "sum over members of CE(clean)"
+        ce = f"sum over members of {clean}"
     if cfg.method not in ("red", "ps-red"):
         return ce
     lip = cfg.loss.lip_attack

@@ -77,6 +77,13 @@ class HyperEnsemble(nn.Module):
             torch.cat([dict(t.named_parameters())[s.name].detach().flatten() for s in self.direct_slots])
             for t in templates
         ]))
+        # Optional per-member gains, one per output channel of each generated tensor (dim 0).
+        self.gain_offsets: list[int] = []
+        n_gains = 0
+        for slot in self.generated:
+            self.gain_offsets.append(n_gains)
+            n_gains += slot.shape[0]
+        self.gains = nn.Parameter(torch.ones(cfg.members, n_gains)) if hc.member_gains else None
         # The architecture itself, without parameters: functional_call supplies them per member.
         self._template = [templates[0]]  # a list, so the template is not a registered submodule
         self._normalise_generator()
@@ -97,6 +104,11 @@ class HyperEnsemble(nn.Module):
         """Member `index`'s named parameter tensors (differentiable w.r.t. the hypernetwork)."""
         flat = self._raw(index)
         params = {s.name: flat[s.offset:s.offset + s.numel].view(s.shape) * s.scale for s in self.generated}
+        if self.gains is not None:
+            gains = self.gains[index]
+            for s, start in zip(self.generated, self.gain_offsets):
+                per_channel = gains[start:start + s.shape[0]].view(-1, *([1] * (len(s.shape) - 1)))
+                params[s.name] = params[s.name] * per_channel
         direct = self.direct[index]
         params.update({s.name: direct[s.offset:s.offset + s.numel].view(s.shape) for s in self.direct_slots})
         return params
@@ -121,7 +133,7 @@ class HyperEnsemble(nn.Module):
             "generator": sum(p.numel() for p in self.generator.parameters()),
             "chunkEmbeddings": self.chunk_embedding.numel(),
             "memberEmbeddings": self.member_embedding.numel(),
-            "directPerMember": self.direct.shape[1],
+            "directPerMember": self.direct.shape[1] + (self.gains.shape[1] if self.gains is not None else 0),
             "total": sum(p.numel() for p in self.parameters()),
             "independentMembers": per_member * self.n_members,
         }

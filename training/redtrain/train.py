@@ -90,13 +90,36 @@ def _attack_members(members: Sequence[Member], x: torch.Tensor, y: torch.Tensor,
             for m in members]
 
 
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), batch mean (Hinton et al., 2015)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+def load_teacher(cfg: Config, members: int) -> list[Member] | None:
+    """The teacher package's members as frozen torch modules (loss.distill.teacher), or None."""
+    path = cfg.loss.distill.teacher
+    if not path:
+        return None
+    from redtrain.evaluate import load_target  # noqa: PLC0415 (only distillation needs onnx)
+
+    target = load_target(path)
+    if len(target.members) != members:
+        raise UserError(f"loss.distill.teacher {path} has {len(target.members)} members; the run trains {members}")
+    for m in target.members:
+        m.requires_grad_(False)
+    return list(target.members)
+
+
 def loss_terms(members: Sequence[Member], x: torch.Tensor, y: torch.Tensor, cfg: Config,
-               generator: torch.Generator) -> dict[str, torch.Tensor]:
+               generator: torch.Generator, teacher: Sequence[Member] | None = None) -> dict[str, torch.Tensor]:
     """The training objective of cfg.method, split into named terms; terms['loss'] is what to minimise.
 
     independent     sum_i CE(f_i(x))
     independent-at  sum_i (1-mix) CE(f_i(x)) + mix CE(f_i(x_i^adv)), x_i^adv = PGD on member i
     red / ps-red    CE part as above (or clean CE without adversarial training)
+                    (with a teacher, each clean CE is (1-w) CE + w T^2 KL(teacher_i_T || f_i_T))
                     + l_sim * L_sim  (gradients at the points the CE is taken at)
                     + l_lip * L_lip  (on [clean half; PGD-against-the-averaged-ensemble half])
     """
@@ -106,16 +129,32 @@ def loss_terms(members: Sequence[Member], x: torch.Tensor, y: torch.Tensor, cfg:
 
     ce_total = x.new_zeros(())
     grads: list[torch.Tensor] = []
+    distill = cfg.loss.distill
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = [t(x) for t in teacher]
+
+    def clean_ce(i: int, member: Member) -> torch.Tensor:
+        logits = member(x)
+        ce = F.cross_entropy(logits, y)
+        if teacher is None:
+            return ce
+        return (1 - distill.weight) * ce + distill.weight * distill_loss(logits, teacher_logits[i], distill.temperature)
+
     want_sim = cfg.method in ("red", "ps-red") and cfg.loss.l_sim > 0
     for i, member in enumerate(members):
         point = x_adv[i] if x_adv is not None else x
         if want_sim:
             ce_point, g = input_gradients(member, point, y)
             grads.append(g)
+            if x_adv is None and teacher is not None:
+                ce_point = clean_ce(i, member)
+        elif x_adv is None:
+            ce_point = clean_ce(i, member)
         else:
             ce_point = F.cross_entropy(member(point), y)
         if x_adv is not None and adv.mix < 1.0:
-            ce_point = (1 - adv.mix) * F.cross_entropy(member(x), y) + adv.mix * ce_point
+            ce_point = (1 - adv.mix) * clean_ce(i, member) + adv.mix * ce_point
         ce_total = ce_total + ce_point
     terms["ce"] = ce_total
     loss = ce_total
@@ -183,12 +222,18 @@ def _resume_identity(config: dict) -> dict:
     `threads` changes speed, not the objective, and `hypernet.storage` only how export writes the
     result; the hypernet section means nothing outside ps-red, so a later change of its defaults
     must not strand runs of the other methods.
+    Keys added since a run started compare equal to their absence while they hold their defaults
+    (no distillation teacher, no member gains), so older runs still resume.
     """
-    identity = {k: v for k, v in config.items() if k != "threads"}
+    identity = json.loads(json.dumps({k: v for k, v in config.items() if k != "threads"}))
     if identity.get("method") != "ps-red":
         identity.pop("hypernet", None)
     elif isinstance(identity.get("hypernet"), dict):
-        identity["hypernet"] = {k: v for k, v in identity["hypernet"].items() if k != "storage"}
+        identity["hypernet"] = {k: v for k, v in identity["hypernet"].items()
+                                if k != "storage" and not (k == "member_gains" and v is False)}
+    loss = identity.get("loss")
+    if isinstance(loss, dict) and not (loss.get("distill") or {}).get("teacher"):
+        loss.pop("distill", None)
     return identity
 
 
@@ -246,6 +291,7 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
         _atomic_write_text(cfg_path, yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
 
     members = ensemble.members()
+    teacher = load_teacher(cfg, cfg.members)
     for epoch in range(start_epoch, o.epochs):
         ensemble.train()
         started = time.time()
@@ -257,7 +303,7 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
         for step in bar:
             idx = order[step * o.batch_size:(step + 1) * o.batch_size]
             x, y = to_unit(train_x[idx]).to(device), train_y[idx].to(device)
-            terms = loss_terms(members, x, y, cfg, attack_gen)
+            terms = loss_terms(members, x, y, cfg, attack_gen, teacher)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()

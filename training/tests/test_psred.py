@@ -148,3 +148,22 @@ def test_float16_storage_halves_the_hypernet_and_serves_what_pytorch_computes(tm
 def test_unknown_hypernet_storage_is_named():
     with pytest.raises(UserError, match="hypernet.storage: 'int8' is not one of float32, float16"):
         tiny_config(method="ps-red", hypernet={"storage": "int8"})
+
+
+def test_member_gains_scale_output_channels_and_are_exported(tmp_path):
+    """hypernet.member_gains: one direct gain per output channel per member, exported inside the
+    hypernetwork, so the package serves what PyTorch computes."""
+    cfg = tiny_config(method="ps-red", hypernet={"member_gains": True})
+    ens = build_ensemble(cfg, 10)
+    plain = build_ensemble(tiny_config(method="ps-red"), 10)
+    out_channels = sum(s.shape[0] for s in ens.generated)
+    assert ens.parameter_report()["total"] - plain.parameter_report()["total"] == cfg.members * out_channels
+    with torch.no_grad():
+        before = ens.generate(1)
+        ens.gains[1, ens.gain_offsets[0]] = 3.0  # the first output channel of the first generated tensor
+        after = ens.generate(1)
+    first = ens.generated[0].name
+    assert torch.allclose(after[first][0], 3 * before[first][0])
+    assert torch.equal(after[first][1:], before[first][1:])
+    pkg = export_package(cfg, ens, tmp_path / "pkg", synthetic_dataset(n_train=64, n_test=32))
+    assert _worst_golden_error(pkg, check_package(pkg), cfg.members) <= 1e-4

@@ -168,3 +168,40 @@ def test_methods_build_the_right_terms(dataset):
         terms = loss_terms(ens.members(), x, y, cfg, torch.Generator().manual_seed(0))
         assert set(terms) == expected
         terms["loss"].backward()
+
+
+def test_distill_loss_is_zero_for_the_teacher_itself_and_positive_otherwise():
+    from redtrain.train import distill_loss
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    assert float(distill_loss(logits, logits, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distill_loss(logits, logits.flip(1), 4.0)) > 0.1
+
+
+def test_distillation_from_an_exported_package(tmp_path, trained, dataset):
+    """A run distils from a package's members: the teacher changes the clean term, and a package
+    with a different member count is refused by name."""
+    from redtrain.train import load_teacher, loss_terms
+
+    cfg, data, run, _result = trained
+    _, ensemble, _ = load_run(run)
+    pkg = export_package(cfg, ensemble, tmp_path / "teacher", data)
+    x = dataset.train.images[:16].float() / 255
+    y = dataset.train.labels[:16]
+    student = tiny_config(loss={"l_sim": 0.5, "l_lip": 0.05, "lip_attack": {"eps": 0.1, "steps": 1},
+                                "distill": {"teacher": str(pkg), "weight": 1.0, "temperature": 2.0}})
+    teacher = load_teacher(student, student.members)
+    assert teacher is not None and len(teacher) == cfg.members
+    ens = build_ensemble(student, 10)
+    plain = loss_terms(ens.members(), x, y, student, torch.Generator().manual_seed(0))
+    distilled = loss_terms(ens.members(), x, y, student, torch.Generator().manual_seed(0), teacher)
+    assert float(plain["ce"]) != pytest.approx(float(distilled["ce"]), rel=1e-3)
+    distilled["loss"].backward()
+    four = tiny_config(members=4, loss={"distill": {"teacher": str(pkg)}})
+    with pytest.raises(UserError, match="has 3 members; the run trains 4"):
+        load_teacher(four, four.members)
+
+
+def test_distill_config_is_checked():
+    with pytest.raises(UserError, match=r"loss.distill.weight: 1.5 is outside \(0, 1\]"):
+        tiny_config(loss={"distill": {"teacher": "models/fmnist-red", "weight": 1.5}})

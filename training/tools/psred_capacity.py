@@ -6,9 +6,12 @@ parameters and the random-draw clean test accuracy after the given epochs.
         '{"method": "red"}' '{}' '{"chunk_dim": 32}' '{"chunk_dim": 36, "hidden": 44}'
 
 Each variant is a JSON object of `hypernet` keys laid over training/configs/fmnist-psred.yaml
-(`"method": "red"` trains N independent members instead, the reference). It ranks shapes by how well
-the shared generator can express one member at all; the adversarial gap is larger (see
-training/README.md, "Shipped packages").
+(`"method": "red"` trains N independent members instead, the reference; `"lr"` sets optim.lr;
+`"distill"` sets loss.distill, e.g. `{"distill": {"teacher": "models/fmnist-red"}}`).
+Clean training ranks shapes by how well the shared generator can express one member at all; the
+adversarial gap is larger (see training/README.md, "Shipped packages"). `--full-objective
+--train-limit N` trains with the config's whole RED objective on the first N images instead: slower,
+but it ranks variants by what the shipped run pays for.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from redtrain.config import config_from_dict
 from redtrain.data import load_dataset, to_unit
 from redtrain.errors import UserError
 from redtrain.psred import HyperEnsemble
-from redtrain.train import accuracy, build_ensemble, loss_terms
+from redtrain.train import accuracy, build_ensemble, load_teacher, loss_terms
 
 BASE = Path(__file__).resolve().parents[1] / "configs" / "fmnist-psred.yaml"
 
@@ -35,34 +38,44 @@ def main() -> None:
     parser.add_argument("variants", nargs="+", help="JSON objects of hypernet keys ('{}' is the config as is)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--full-objective", action="store_true",
+                        help="train with the config's whole RED objective (PGD mix, L_sim, L_lip), not clean CE")
+    parser.add_argument("--train-limit", type=int, default=None, help="train on the first N training images")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     base = yaml.safe_load(BASE.read_text())
-    base["adversarial"]["enabled"] = False
-    base["loss"]["l_sim"] = base["loss"]["l_lip"] = 0.0
+    if not args.full_objective:
+        base["adversarial"]["enabled"] = False
+        base["loss"]["l_sim"] = base["loss"]["l_lip"] = 0.0
     base["optim"]["epochs"] = args.epochs
     data = load_dataset(base["data"]["name"], base["data"]["root"])
     batch = base["optim"]["batch_size"]
-    steps = len(data.train.images) // batch
+    n_train = min(args.train_limit or len(data.train.images), len(data.train.images))
+    steps = n_train // batch
 
     for text in args.variants:
         variant = json.loads(text)
         raw = json.loads(json.dumps(base))
         raw["method"] = variant.pop("method", "ps-red")
+        raw["optim"]["lr"] = variant.pop("lr", raw["optim"]["lr"])
+        if "distill" in variant:
+            raw["loss"]["distill"] = variant.pop("distill")
         raw["hypernet"].update(variant)
         cfg = config_from_dict(raw)
         torch.manual_seed(0)
         ens = HyperEnsemble(cfg, 10) if cfg.method == "ps-red" else build_ensemble(cfg, 10)
+        teacher = load_teacher(cfg, cfg.members)
         opt = torch.optim.Adam(ens.parameters(), cfg.optim.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps * args.epochs)
         started = time.time()
         gen = torch.Generator().manual_seed(0)
         for epoch in range(args.epochs):
-            order = torch.randperm(len(data.train.images), generator=torch.Generator().manual_seed(epoch))
+            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(epoch))
             for s in range(steps):
                 idx = order[s * batch:(s + 1) * batch]
-                loss = loss_terms(ens.members(), to_unit(data.train.images[idx]), data.train.labels[idx], cfg, gen)["loss"]
+                loss = loss_terms(ens.members(), to_unit(data.train.images[idx]), data.train.labels[idx], cfg, gen,
+                                   teacher)["loss"]
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -70,7 +83,7 @@ def main() -> None:
         ens.eval()
         acc = accuracy(ens.members(), data.test.images, data.test.labels, torch.device("cpu"))
         params = sum(p.numel() for p in ens.parameters())
-        print(f"{raw['method']:6} {json.dumps(variant):40} parameters {params:7d}  "
+        print(f"{raw['method']:6} {text:40} parameters {params:7d}  "
               f"random draw {acc['randomDrawAccuracy']:.4f}  {time.time() - started:.0f} s", flush=True)
 
 
