@@ -87,7 +87,7 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger, observer
     atol: manifest.golden.atol,
   }, {
     size: config.workers, maxQueue: config.maxQueue, jobTimeoutMs: config.requestTimeoutMs,
-    maxBatchImages: config.maxBatchImages, queueDelayUs: config.queueDelayUs,
+    maxBatchImages: config.maxBatchImages, queueDelayUs: config.queueDelayUs, maxJobImages: config.maxImagesPerRequest,
   }, log, observer);
   const info = await pool.start();
   if (info.fallbackReason) {

@@ -18,9 +18,10 @@
  */
 import { Worker } from 'node:worker_threads';
 import { HttpError, overloaded } from '../errors.js';
+import { PoolChannel, type JobOutcome } from './channel.js';
 import { NO_OBSERVER, type InferenceObserver } from './observer.js';
 import type { Provider } from './runtime.js';
-import type { RunJob, WorkerInit, WorkerMessage } from './worker.js';
+import type { WorkerData, WorkerInit, WorkerMessage } from './worker.js';
 
 const WORKER_URL = new URL('./worker.js', import.meta.url);
 
@@ -35,6 +36,9 @@ export interface PoolOptions {
   readonly maxBatchImages: number;
   /** How long a batch that is not full may wait for more jobs of its member, in microseconds. */
   readonly queueDelayUs: number;
+  /** The most images one job may carry (a request's images); default maxBatchImages. Sizes each
+   * worker's shared-memory channel; a larger job is refused. */
+  readonly maxJobImages?: number;
   /** The worker script (tests use a scripted one). */
   readonly workerUrl?: URL;
 }
@@ -69,6 +73,7 @@ interface Batch {
 
 interface Slot {
   readonly worker: Worker;
+  readonly channel: PoolChannel;
   /** Set to 1 (killOne) to make the worker exit after its current run, without answering. */
   readonly exitFlag: Int32Array;
   batch: Batch | null;
@@ -105,6 +110,8 @@ export class WorkerPool {
   private readonly init: WorkerInit;
   private readonly options: PoolOptions;
   private readonly classes: number;
+  /** Images one job (and one batch) may carry at most: the channels' capacity. */
+  private readonly maxJobImages: number;
   private readonly log: PoolLogger;
   private readonly observer: InferenceObserver;
 
@@ -112,6 +119,7 @@ export class WorkerPool {
     this.init = init;
     this.options = options;
     this.classes = init.spec.classes;
+    this.maxJobImages = Math.max(options.maxBatchImages, options.maxJobImages ?? options.maxBatchImages, 1);
     this.queues = init.members.map(() => []);
     this.queuedImages = init.members.map(() => 0);
     this.log = log;
@@ -153,6 +161,8 @@ export class WorkerPool {
    */
   runAll(parts: readonly RunPart[]): Promise<Float32Array[]> {
     if (this.closing) return Promise.reject(shuttingDown());
+    const oversized = parts.find((p) => p.n > this.maxJobImages);
+    if (oversized) return Promise.reject(new Error(`a job of ${oversized.n} images exceeds the pool's maxJobImages ${this.maxJobImages}`));
     if (this.queuedJobs > 0 && this.queuedJobs + parts.length > this.options.maxQueue) {
       return Promise.reject(overloaded(`inference queue is full (${this.queuedJobs} of ${this.options.maxQueue} jobs waiting); retry shortly`, 1));
     }
@@ -291,37 +301,27 @@ export class WorkerPool {
     }
     const batch: Batch = { id: this.nextId++, member, jobs, n, startedAt };
     slot.batch = batch;
-    if (jobs.length === 1) {
-      // The caller may reuse its buffer (mean sends one buffer to every member): copy, not transfer.
-      slot.worker.postMessage({ type: 'run', id: batch.id, member, data: jobs[0].data, n } satisfies RunJob);
-      return;
-    }
-    const size = jobs[0].data.length / jobs[0].n;
-    const data = new Float32Array(n * size);
-    let offset = 0;
-    for (const job of jobs) {
-      data.set(job.data.subarray(0, job.n * size), offset);
-      offset += job.n * size;
-    }
-    slot.worker.postMessage({ type: 'run', id: batch.id, member, data, n } satisfies RunJob, [data.buffer]);
+    // The channel copies the jobs' images into shared memory: callers keep their buffers (mean
+    // sends one buffer to every member).
+    void slot.channel.run(member, jobs, n).then((outcome) => this.finish(slot, batch.id, outcome));
   }
 
-  private finish(slot: Slot, msg: Extract<WorkerMessage, { type: 'result' | 'error' }>): void {
+  private finish(slot: Slot, id: number, outcome: JobOutcome): void {
     const batch = slot.batch;
-    if (!batch || batch.id !== msg.id) return;
+    if (!batch || batch.id !== id) return;
     slot.batch = null;
-    if (msg.type === 'result') {
+    if (outcome.ok) {
       this.observer.batchRun({
         member: batch.member, images: batch.n, jobs: batch.jobs.length,
-        computeSeconds: msg.computeSeconds, busySeconds: (performance.now() - batch.startedAt) / 1000,
+        computeSeconds: outcome.computeSeconds, busySeconds: (performance.now() - batch.startedAt) / 1000,
       });
       let offset = 0;
       for (const job of batch.jobs) {
-        this.settle(job, msg.logits.subarray(offset * this.classes, (offset + job.n) * this.classes));
+        this.settle(job, outcome.logits.subarray(offset * this.classes, (offset + job.n) * this.classes));
         offset += job.n;
       }
     } else {
-      for (const job of batch.jobs) this.settle(job, new Error(msg.message));
+      for (const job of batch.jobs) this.settle(job, new Error(outcome.message));
     }
     this.pump();
   }
@@ -329,8 +329,11 @@ export class WorkerPool {
   private spawn(): Promise<PoolInfo> {
     return new Promise((resolve, reject) => {
       const exitFlag = new Int32Array(new SharedArrayBuffer(4));
-      const worker = new Worker(this.options.workerUrl ?? WORKER_URL, { workerData: { ...this.init, exitFlag } });
-      const slot: Slot = { worker, exitFlag, batch: null };
+      const imageSize = this.init.spec.shape.reduce((a, b) => a * b, 1);
+      const channel = new PoolChannel({ imageSize, classes: this.classes, maxImages: this.maxJobImages });
+      const workerData: WorkerData = { ...this.init, channel: channel.buffer, maxImages: this.maxJobImages, exitFlag };
+      const worker = new Worker(this.options.workerUrl ?? WORKER_URL, { workerData });
+      const slot: Slot = { worker, channel, exitFlag, batch: null };
       let ready = false;
       worker.on('message', (msg: WorkerMessage) => {
         if (msg.type === 'ready') {
@@ -345,8 +348,6 @@ export class WorkerPool {
         } else if (msg.type === 'failed') {
           void worker.terminate();
           reject(new Error(msg.message));
-        } else {
-          this.finish(slot, msg);
         }
       });
       worker.on('error', (err) => {

@@ -1,11 +1,12 @@
 /**
  * Inference worker thread. It creates one onnxruntime session per member, checks each against the
- * package's golden logits (which also warms it up), reports `ready`, then runs jobs:
- * `{ id, member, data, n }` -> that member's logits [n, classes] for the n images in `data` (one
+ * package's golden logits (which also warms it up), reports `ready`, then serves jobs from its
+ * shared-memory channel (channel.ts): (member, n images) -> that member's logits [n, classes] (one
  * batch, possibly of several requests' images: see pool.ts).
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type { Device } from '../config.js';
+import { serveJobs } from './channel.js';
 import type { MemberSource } from './manifest.js';
 import { createSession, type MemberSession, type Provider, type SessionSpec } from './runtime.js';
 
@@ -16,23 +17,21 @@ export interface WorkerInit {
   readonly threads: number;
   readonly golden: { readonly inputs: readonly (readonly number[])[]; readonly logits: readonly (readonly (readonly number[])[])[] };
   readonly atol: number;
-  /** Shared with the pool: 1 asks the worker to exit after its current run (WorkerPool.killOne). */
-  readonly exitFlag?: Int32Array;
 }
 
-export interface RunJob {
-  readonly type: 'run';
-  readonly id: number;
-  readonly member: number;
-  readonly data: Float32Array;
-  readonly n: number;
+/** What the pool adds to WorkerInit for each worker it starts. */
+export interface WorkerData extends WorkerInit {
+  /** The job channel's shared memory (channel.ts) and the most images one job may carry. */
+  readonly channel: SharedArrayBuffer;
+  readonly maxImages: number;
+  /** 1 asks the worker to exit after its current run, unanswered (WorkerPool.killOne). */
+  readonly exitFlag: Int32Array;
 }
 
+/** Start-up messages; jobs and their answers go through the channel. */
 export type WorkerMessage =
   | { type: 'ready'; provider: Provider; fallbackReason?: string; maxGoldenError: number }
-  | { type: 'failed'; message: string }
-  | { type: 'result'; id: number; logits: Float32Array; computeSeconds: number }
-  | { type: 'error'; id: number; message: string };
+  | { type: 'failed'; message: string };
 
 /** Run every member on the golden inputs; returns the largest abs logit error, or throws naming the member. */
 async function checkGolden(sessions: readonly MemberSession[], init: WorkerInit): Promise<number> {
@@ -60,7 +59,7 @@ async function checkGolden(sessions: readonly MemberSession[], init: WorkerInit)
 async function main(): Promise<void> {
   const port = parentPort;
   if (!port) throw new Error('worker.ts must run in a worker thread');
-  const init = workerData as WorkerInit;
+  const init = workerData as WorkerData;
   const sessions: MemberSession[] = [];
   let provider: Provider = 'cpu';
   let fallbackReason: string | undefined;
@@ -78,17 +77,8 @@ async function main(): Promise<void> {
     return;
   }
 
-  port.on('message', async (job: RunJob) => {
-    try {
-      const started = performance.now();
-      const logits = await sessions[job.member].run(job.data, job.n);
-      const computeSeconds = (performance.now() - started) / 1000;
-      if (init.exitFlag && Atomics.load(init.exitFlag, 0) === 1) process.exit(1); // WorkerPool.killOne
-      port.postMessage({ type: 'result', id: job.id, logits, computeSeconds } satisfies WorkerMessage, [logits.buffer as ArrayBuffer]);
-    } catch (err) {
-      port.postMessage({ type: 'error', id: job.id, message: (err as Error).message } satisfies WorkerMessage);
-    }
-  });
+  const shape = { imageSize: init.spec.shape.reduce((a, b) => a * b, 1), classes: init.spec.classes, maxImages: init.maxImages };
+  await serveJobs(init.channel, shape, (member, images, n) => sessions[member].run(images, n), init.exitFlag);
 }
 
 void main();

@@ -34,7 +34,7 @@ export function recorder(): { observer: InferenceObserver; seen: Recorded } {
 
 export async function fakePool(options: Partial<PoolOptions>, observer?: InferenceObserver): Promise<WorkerPool> {
   const pool = new WorkerPool(init, {
-    size: 1, maxQueue: 100, jobTimeoutMs: 0, maxBatchImages: 1, queueDelayUs: 0,
+    size: 1, maxQueue: 100, jobTimeoutMs: 0, maxBatchImages: 1, queueDelayUs: 0, maxJobImages: 64,
     workerUrl: new URL('./fake-worker.js', import.meta.url), ...options,
   }, quiet, observer);
   await pool.start();

@@ -98,3 +98,16 @@ t.test('close() fails queued jobs with 503 shutting_down and refuses new ones', 
   t.same(await Promise.all([running, queued]), ['503 shutting_down', '503 shutting_down']);
   t.equal(await codeOf(pool.run(0, images(1, 0), 1)), '503 shutting_down');
 });
+
+t.test('a job the worker fails is rejected with its message; a job past the channel size is refused; both leave the pool serving', async (t) => {
+  const pool = await fakePool({ size: 1, maxBatchImages: 4, maxJobImages: 8 });
+  t.teardown(() => pool.close());
+  const failed = await pool.run(0, images(1, 0, -2), 1).catch((e: Error) => e);
+  t.match(failed, { message: 'scripted failure' }, 'the worker\'s error message reaches the caller');
+  const tooBig = await pool.run(0, images(9, 0), 9).catch((e: Error) => e);
+  t.match(tooBig, { message: /a job of 9 images exceeds the pool's maxJobImages 8/ });
+  t.equal(pool.queued, 0, 'the refused job was never queued');
+  // A job as large as the channel allows, then small ones, through the same shared memory.
+  t.same(rows(await pool.run(2, images(8, 30), 8)).map((r) => r[1]), [30, 31, 32, 33, 34, 35, 36, 37]);
+  t.same(rows(await pool.run(1, images(2, 50), 2)), [[1, 50, 2], [1, 51, 2]], 'earlier, larger answers do not leak into later ones');
+});
