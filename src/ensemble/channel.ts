@@ -11,7 +11,8 @@
  *
  * Layout (bytes): 0..31 Int32 control words, 32..39 Float64 compute seconds, then the input area
  * (maxImages * imageSize floats), the output area (maxImages * classes floats) and an error message
- * area (UTF-8).
+ * area (UTF-8). It is allocated once per worker: for 64 images of 28x28 about 200 KB, for 64 of
+ * 3x224x224 about 38 MB, which bounds a worker's job memory whatever the load.
  */
 
 const REQ = 0; // the pool's job counter: the worker runs a job when it changes
