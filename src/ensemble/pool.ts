@@ -188,15 +188,23 @@ export class WorkerPool {
     this.queuedJobs = 0;
     const slots = this.slots.splice(0);
     for (const slot of slots) for (const job of slot.batch?.jobs ?? []) this.settle(job, shuttingDown());
-    await Promise.all(slots.map((s) => s.worker.terminate()));
+    // Terminating a thread inside onnxruntime's run aborts the whole process (a native exception
+    // during teardown), and so does exiting the process while one is inside it: a busy worker is
+    // told to exit as soon as its run returns, and close() resolves once it has. An idle one waits
+    // in Atomics.wait, which terminate() interrupts safely.
+    await Promise.all(slots.map((slot) => {
+      if (slot.batch === null) return slot.worker.terminate();
+      const exited = new Promise<void>((resolve) => { slot.worker.once('exit', () => resolve()); });
+      Atomics.store(slot.exitFlag, 0, 1);
+      return exited;
+    }));
   }
 
   /** For tests: terminate one worker as if it had crashed. */
   async killOne(): Promise<void> {
     const slot = this.slots[0];
     if (!slot) return;
-    // Terminating a thread inside onnxruntime's run aborts the whole process (a native exception
-    // during teardown): a busy worker is told to exit as soon as its run returns, unanswered.
+    // As in close(): a busy worker is told to exit as soon as its run returns, unanswered.
     if (slot.batch) Atomics.store(slot.exitFlag, 0, 1);
     else await slot.worker.terminate();
   }
