@@ -34,7 +34,7 @@ import { buildApp } from '../src/app.js';
 import { testConfig, type Sampling } from '../src/config.js';
 import { readPackage } from '../src/ensemble/manifest.js';
 import { createSession } from '../src/ensemble/runtime.js';
-import { runSweep } from './sweep.js';
+import { runSweep, v2Binary } from './sweep.js';
 
 const { values } = parseArgs({
   options: {
@@ -110,15 +110,6 @@ async function post(url: string, body: Uint8Array, type: string, headers: Record
   await res.arrayBuffer();
 }
 
-/** An Open Inference Protocol request with its FP32 input and output as binary data. */
-function v2BinaryBody(inputName: string, shape: number[], data: Float32Array): { body: Uint8Array; headerLength: number } {
-  const header = Buffer.from(JSON.stringify({
-    inputs: [{ name: inputName, shape, datatype: 'FP32', parameters: { binary_data_size: data.byteLength } }],
-    outputs: [{ name: 'probabilities', parameters: { binary_data: true } }],
-  }));
-  return { body: Buffer.concat([header, Buffer.from(data.buffer, data.byteOffset, data.byteLength)]), headerLength: header.length };
-}
-
 async function main(): Promise<void> {
   const pkg = await readPackage(modelDir);
   const { manifest } = pkg;
@@ -129,7 +120,7 @@ async function main(): Promise<void> {
     pkg.golden[0].input.slice(ch * h * w + y * w, ch * h * w + (y + 1) * w)));
   const batch = new Float32Array(64 * c * h * w);
   for (let i = 0; i < 64; i++) batch.set(pkg.golden[0].input, i * c * h * w);
-  const batchBody = v2BinaryBody(manifest.input.name, [64, c, h, w], batch);
+  const batchBody = v2Binary(manifest.input.name, [64, c, h, w], batch);
   const oneTensorBody = new TextEncoder().encode(JSON.stringify({ tensors: [tensor] }));
 
   // Every row's target is started first, so that the latency rounds can interleave them.
@@ -161,10 +152,11 @@ async function main(): Promise<void> {
   const psredUrl = psred ? await serve(psredDir, { mode: 'random' }) : null;
   const psredPng = psred ? await readFile(path.join(psredDir, psred.golden[0].file)) : null;
 
-  const batchCall = (url: string) => () => post(`${url}/v2/models/${manifest.name}/infer`, batchBody.body,
-    'application/octet-stream', { 'inference-header-content-length': String(batchBody.headerLength) });
+  const batchCall = (url: string) => () => post(`${url}/v2/models/${manifest.name}/infer`, batchBody.data,
+    batchBody.headers['content-type'], batchBody.headers);
+  const rawCall = async () => { await session.run(x, 1); };
   const calls: Record<string, { call: () => Promise<void>; requests: number; concurrency: number }> = {
-    'raw member': { call: async () => { await session.run(x, 1); }, requests: N, concurrency: 1 },
+    'raw member': { call: rawCall, requests: N, concurrency: 1 },
     'bare route': { call: () => post(`${bareUrl}/bare`, png, 'image/png'), requests: N, concurrency: C },
     'classify random': { call: () => post(`${randomUrl}/classify`, png, 'image/png'), requests: N, concurrency: C },
     // The same image already pre-processed (JSON tensor): the service's cost without decoding.
@@ -177,7 +169,7 @@ async function main(): Promise<void> {
   if (psred) calls[`${psred.manifest.name} random`] = { call: () => post(`${psredUrl}/classify`, psredPng!, 'image/png'), requests: N, concurrency: C };
 
   // The member run alone, back to back (warm caches: the best case, which the service never sees).
-  const alone = await interleavedLatency({ raw: async () => { await session.run(x, 1); } }, N);
+  const alone = await interleavedLatency({ raw: rawCall }, N);
   // Sequential latency, interleaved; the 64-image rows take fewer rounds of their own.
   const single = await interleavedLatency(Object.fromEntries(Object.entries(calls)
     .filter(([name]) => !name.startsWith('batch64')).map(([name, r]) => [name, r.call])), N);

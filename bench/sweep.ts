@@ -139,7 +139,7 @@ async function startPeer(modelDir: string, workers: number): Promise<Started> {
 }
 
 /** A request body and the headers that describe it. */
-interface RequestBody { readonly data: Buffer; readonly headers: Readonly<Record<string, string>> }
+export interface RequestBody { readonly data: Buffer; readonly headers: Readonly<Record<string, string>> }
 
 /** An Open Inference Protocol request as JSON (`data` inline). */
 function v2Json(name: string, shape: readonly number[], data: readonly number[]): RequestBody {
@@ -151,7 +151,7 @@ function v2Json(name: string, shape: readonly number[], data: readonly number[])
 
 /** The same request with the tensor as raw FP32 bytes after the JSON header (the binary tensor
  * extension, which Triton's Python client uses by default), asking for the output the same way. */
-function v2Binary(name: string, shape: readonly number[], data: readonly number[]): RequestBody {
+export function v2Binary(name: string, shape: readonly number[], data: ArrayLike<number>): RequestBody {
   const bytes = Buffer.from(Float32Array.from(data).buffer);
   const header = Buffer.from(JSON.stringify({
     inputs: [{ name, shape, datatype: 'FP32', parameters: { binary_data_size: bytes.length } }],

@@ -18,7 +18,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import { HttpError, overloaded } from '../errors.js';
-import { PoolChannel, type JobOutcome } from './channel.js';
+import { PoolChannel, type ChannelShape, type JobOutcome } from './channel.js';
 import { NO_OBSERVER, type InferenceObserver } from './observer.js';
 import type { Provider } from './runtime.js';
 import type { WorkerData, WorkerInit, WorkerMessage } from './worker.js';
@@ -112,6 +112,8 @@ export class WorkerPool {
   private readonly classes: number;
   /** Images one job (and one batch) may carry at most: the channels' capacity. */
   private readonly maxJobImages: number;
+  /** Every worker's channel layout. */
+  private readonly channelShape: ChannelShape;
   private readonly log: PoolLogger;
   private readonly observer: InferenceObserver;
 
@@ -120,6 +122,7 @@ export class WorkerPool {
     this.options = options;
     this.classes = init.spec.classes;
     this.maxJobImages = Math.max(options.maxBatchImages, options.maxJobImages ?? options.maxBatchImages, 1);
+    this.channelShape = { imageSize: init.spec.shape.reduce((a, b) => a * b, 1), classes: this.classes, maxImages: this.maxJobImages };
     this.queues = init.members.map(() => []);
     this.queuedImages = init.members.map(() => 0);
     this.log = log;
@@ -337,9 +340,8 @@ export class WorkerPool {
   private spawn(): Promise<PoolInfo> {
     return new Promise((resolve, reject) => {
       const exitFlag = new Int32Array(new SharedArrayBuffer(4));
-      const imageSize = this.init.spec.shape.reduce((a, b) => a * b, 1);
-      const channel = new PoolChannel({ imageSize, classes: this.classes, maxImages: this.maxJobImages });
-      const workerData: WorkerData = { ...this.init, channel: channel.buffer, maxImages: this.maxJobImages, exitFlag };
+      const channel = new PoolChannel(this.channelShape);
+      const workerData: WorkerData = { ...this.init, channel: channel.buffer, channelShape: this.channelShape, exitFlag };
       const worker = new Worker(this.options.workerUrl ?? WORKER_URL, { workerData });
       const slot: Slot = { worker, channel, exitFlag, batch: null };
       let ready = false;

@@ -6,7 +6,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type { Device } from '../config.js';
-import { serveJobs } from './channel.js';
+import { serveJobs, type ChannelShape } from './channel.js';
 import type { MemberSource } from './manifest.js';
 import { createSession, type MemberSession, type Provider, type SessionSpec } from './runtime.js';
 
@@ -21,9 +21,9 @@ export interface WorkerInit {
 
 /** What the pool adds to WorkerInit for each worker it starts. */
 export interface WorkerData extends WorkerInit {
-  /** The job channel's shared memory (channel.ts) and the most images one job may carry. */
+  /** The job channel's shared memory (channel.ts) and its layout. */
   readonly channel: SharedArrayBuffer;
-  readonly maxImages: number;
+  readonly channelShape: ChannelShape;
   /** 1 asks the worker to exit after its current run, unanswered (WorkerPool.killOne). */
   readonly exitFlag: Int32Array;
 }
@@ -77,8 +77,7 @@ async function main(): Promise<void> {
     return;
   }
 
-  const shape = { imageSize: init.spec.shape.reduce((a, b) => a * b, 1), classes: init.spec.classes, maxImages: init.maxImages };
-  await serveJobs(init.channel, shape, (member, images, n) => sessions[member].run(images, n), init.exitFlag);
+  await serveJobs(init.channel, init.channelShape, (member, images, n) => sessions[member].run(images, n), init.exitFlag);
 }
 
 void main();

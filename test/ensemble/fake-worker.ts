@@ -10,11 +10,10 @@ import { serveJobs } from '../../src/ensemble/channel.js';
 import type { WorkerData, WorkerMessage } from '../../src/ensemble/worker.js';
 
 const init = workerData as WorkerData;
-const size = init.spec.shape.reduce((a, b) => a * b, 1);
-const classes = init.spec.classes;
+const { imageSize: size, classes } = init.channelShape;
 
 parentPort!.postMessage({ type: 'ready', provider: 'cpu', maxGoldenError: 0 } satisfies WorkerMessage);
-await serveJobs(init.channel, { imageSize: size, classes, maxImages: init.maxImages }, (member, data, n) => {
+await serveJobs(init.channel, init.channelShape, (member, data, n) => {
   const command = data[0];
   if (command === -1) process.exit(7);
   if (command === -2) throw new Error('scripted failure');
