@@ -247,6 +247,8 @@ class RunResult:
 
 def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, progress: bool = True) -> RunResult:
     run_dir = Path(run_dir)
+    # The teacher is loaded before anything is written: a bad teacher path leaves no run folder.
+    teacher = load_teacher(cfg, cfg.members)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
     cfg_path = run_dir / "config.yaml"
@@ -291,7 +293,6 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
         _atomic_write_text(cfg_path, yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
 
     members = ensemble.members()
-    teacher = load_teacher(cfg, cfg.members)
     for epoch in range(start_epoch, o.epochs):
         ensemble.train()
         started = time.time()

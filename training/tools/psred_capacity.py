@@ -55,7 +55,12 @@ def main() -> None:
     steps = n_train // batch
 
     for text in args.variants:
-        variant = json.loads(text)
+        try:
+            variant = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"variant {text!r} is not a JSON object: {exc}") from None
+        if not isinstance(variant, dict):
+            raise UserError(f"variant {text!r} is not a JSON object")
         raw = json.loads(json.dumps(base))
         raw["method"] = variant.pop("method", "ps-red")
         raw["optim"]["lr"] = variant.pop("lr", raw["optim"]["lr"])
