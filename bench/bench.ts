@@ -12,13 +12,17 @@
  *   raw member   one member's onnxruntime session run in-process (batch 1), no HTTP; its latency is
  *                taken interleaved with the other rows (as the service runs members) and also
  *                alone, back to back (warm caches, the best case); both ratios are printed
- *   bare route   a Fastify route that returns a constant, over HTTP on loopback
+ *   bare route   a Fastify route that returns a constant (bench/bare-server.ts), over HTTP on loopback
  *   random       POST /classify (one 28x28 PNG) with --sampling random: one member per request
  *   mean         POST /classify with --sampling mean: every member per request
  *   tensor       random, one image sent as a pre-processed JSON tensor (no decoding)
  *   batch64      the same two modes with 64 pre-processed images per request, sent as FP32 bytes
  *                over the Open Inference Protocol's binary extension (what Triton's clients send for
  *                throughput): no JSON to parse, so member runs, not transport, set the pace
+ *
+ * Every server (bare route, redserve random, mean, PS-RED) runs as a child process with this process
+ * as its only client (node:http, keep-alive), as in a deployment: a client in the server's own event
+ * loop would charge its work to the server. Load times are measured in process, one package at a time.
  *
  * Prints p50/p99 latency of sequential requests, throughput at the given concurrency, and the
  * ratios the service is judged by. The sequential requests of all rows are interleaved, one per row
@@ -27,14 +31,14 @@
  */
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import http from 'node:http';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import Fastify from 'fastify';
 import { buildApp } from '../src/app.js';
-import { testConfig, type Sampling } from '../src/config.js';
+import { testConfig } from '../src/config.js';
 import { readPackage } from '../src/ensemble/manifest.js';
 import { createSession } from '../src/ensemble/runtime.js';
-import { runSweep, v2Binary } from './sweep.js';
+import { runSweep, startBare, startRedserve, v2Binary, type Started } from './sweep.js';
 
 const { values } = parseArgs({
   options: {
@@ -104,10 +108,32 @@ async function throughput(call: () => Promise<void>, n: number, c: number): Prom
   return n / ((performance.now() - t0) / 1000);
 }
 
-async function post(url: string, body: Uint8Array, type: string, headers: Record<string, string> = {}): Promise<void> {
-  const res = await fetch(url, { method: 'POST', body: body as unknown as BodyInit, headers: { 'content-type': type, ...headers } });
-  if (res.status !== 200) throw new Error(`${url}: HTTP ${res.status} ${await res.text()}`);
-  await res.arrayBuffer();
+/** POST `body` over a keep-alive connection of `agent`; throws unless the answer is 200. */
+function post(agent: http.Agent, url: string, body: Uint8Array, headers: Record<string, string>): Promise<void> {
+  const target = new URL(url);
+  return new Promise((resolve, reject) => {
+    const req = http.request({
+      host: target.hostname, port: target.port, path: target.pathname + target.search, method: 'POST', agent,
+      headers: { ...headers, 'content-length': body.length },
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => (res.statusCode === 200 ? resolve()
+        : reject(new Error(`${url}: HTTP ${res.statusCode} ${Buffer.concat(chunks).toString('utf8').slice(0, 300)}`))));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** Time from start to ready (/readyz 200) of a package, in process, and close it again. */
+async function loadTimeMs(dir: string): Promise<number> {
+  const started = performance.now();
+  const app = buildApp(testConfig({ modelDir: dir, workers: WORKERS, metricsPort: null }), { logger: false });
+  await app.modelReady;
+  const ms = performance.now() - started;
+  await app.close();
+  return ms;
 }
 
 async function main(): Promise<void> {
@@ -123,86 +149,88 @@ async function main(): Promise<void> {
   const batchBody = v2Binary(manifest.input.name, [64, c, h, w], batch);
   const oneTensorBody = new TextEncoder().encode(JSON.stringify({ tensors: [tensor] }));
 
+  // Load times first, each package alone in this process.
+  const psredDir = path.resolve(values.psred!);
+  const psred = existsSync(psredDir) ? await readPackage(psredDir) : null;
+  const loadMs: Record<string, number> = { [manifest.name]: await loadTimeMs(modelDir) };
+  if (psred) loadMs[psred.manifest.name] = await loadTimeMs(psredDir);
+
   // Every row's target is started first, so that the latency rounds can interleave them.
   // raw member: in-process onnxruntime, batch 1, the first member.
   const spec = { inputName: manifest.input.name, outputName: manifest.output.name, shape: manifest.input.shape, classes: manifest.output.classes };
   if (manifest.kind !== 'ensemble') throw new Error('the raw-member row needs an ensemble package');
   const { session } = await createSession(pkg.members[0], spec, { kind: 'cpu' }, 1, 'member 0');
   const x = Float32Array.from(pkg.golden[0].input);
-  // bare Fastify route over HTTP.
-  const bare = Fastify({ logger: false });
-  bare.post('/bare', async () => ({ ok: true }));
-  bare.addContentTypeParser('image/png', { parseAs: 'buffer' }, (_r, b, done) => done(null, b));
-  const bareUrl = await bare.listen({ port: 0, host: '127.0.0.1' });
-  // redserve under random and mean sampling, and the PS-RED package when present.
-  const loadMs: Record<string, number> = {};
-  const apps: { close(): Promise<void> }[] = [];
-  async function serve(dir: string, sampling: Sampling): Promise<string> {
-    const loadStarted = performance.now();
-    const app = buildApp(testConfig({ modelDir: dir, sampling, workers: WORKERS, maxQueue: 100_000 }), { logger: false });
-    const ensemble = await app.modelReady;
-    if (sampling.mode === 'random') loadMs[ensemble.manifest.name] = performance.now() - loadStarted;
-    apps.push(app);
-    return app.server.listen({ port: 0, host: '127.0.0.1' });
-  }
-  const randomUrl = await serve(modelDir, { mode: 'random' });
-  const meanUrl = await serve(modelDir, { mode: 'mean' });
-  const psredDir = path.resolve(values.psred!);
-  const psred = existsSync(psredDir) ? await readPackage(psredDir) : null;
-  const psredUrl = psred ? await serve(psredDir, { mode: 'random' }) : null;
+  // The servers run as child processes, as in a deployment: this process is only their client
+  // (node:http on keep-alive connections), so its work does not share their event loops.
+  const servers: Started[] = [];
+  const start = async (started: Promise<Started>) => { const s = await started; servers.push(s); return s.url; };
+  const flags = ['--max-queue', '100000'];
+  const bareUrl = await start(startBare());
+  const randomUrl = await start(startRedserve(modelDir, WORKERS, flags));
+  const meanUrl = await start(startRedserve(modelDir, WORKERS, [...flags, '--sampling', 'mean']));
+  const psredUrl = psred ? await start(startRedserve(psredDir, WORKERS, flags)) : null;
   const psredPng = psred ? await readFile(path.join(psredDir, psred.golden[0].file)) : null;
 
-  const batchCall = (url: string) => () => post(`${url}/v2/models/${manifest.name}/infer`, batchBody.data,
-    batchBody.headers['content-type'], batchBody.headers);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: Math.max(C, 1) * 8 });
+  const pngType = { 'content-type': 'image/png' };
+  const batchCall = (url: string) => () => post(agent, `${url}/v2/models/${manifest.name}/infer`, batchBody.data, batchBody.headers);
   const rawCall = async () => { await session.run(x, 1); };
   const calls: Record<string, { call: () => Promise<void>; requests: number; concurrency: number }> = {
     'raw member': { call: rawCall, requests: N, concurrency: 1 },
-    'bare route': { call: () => post(`${bareUrl}/bare`, png, 'image/png'), requests: N, concurrency: C },
-    'classify random': { call: () => post(`${randomUrl}/classify`, png, 'image/png'), requests: N, concurrency: C },
+    'bare route': { call: () => post(agent, `${bareUrl}/bare`, png, pngType), requests: N, concurrency: C },
+    'classify random': { call: () => post(agent, `${randomUrl}/classify`, png, pngType), requests: N, concurrency: C },
     // The same image already pre-processed (JSON tensor): the service's cost without decoding.
-    'tensor random': { call: () => post(`${randomUrl}/classify`, oneTensorBody, 'application/json'), requests: N, concurrency: C },
+    'tensor random': { call: () => post(agent, `${randomUrl}/classify`, oneTensorBody, { 'content-type': 'application/json' }), requests: N, concurrency: C },
     // Compute-bound: 64 pre-processed images per request, so member runs outweigh HTTP and decoding.
     'batch64 random': { call: batchCall(randomUrl), requests: Math.ceil(N / 16), concurrency: C },
-    'classify mean': { call: () => post(`${meanUrl}/classify`, png, 'image/png'), requests: N, concurrency: C },
+    'classify mean': { call: () => post(agent, `${meanUrl}/classify`, png, pngType), requests: N, concurrency: C },
     'batch64 mean': { call: batchCall(meanUrl), requests: Math.ceil(N / 16), concurrency: C },
   };
-  if (psred) calls[`${psred.manifest.name} random`] = { call: () => post(`${psredUrl}/classify`, psredPng!, 'image/png'), requests: N, concurrency: C };
+  if (psred) calls[`${psred.manifest.name} random`] = { call: () => post(agent, `${psredUrl}/classify`, psredPng!, pngType), requests: N, concurrency: C };
 
-  // The member run alone, back to back (warm caches: the best case, which the service never sees).
-  const alone = await interleavedLatency({ raw: rawCall }, N);
-  // Sequential latency, interleaved; the 64-image rows take fewer rounds of their own.
-  const single = await interleavedLatency(Object.fromEntries(Object.entries(calls)
-    .filter(([name]) => !name.startsWith('batch64')).map(([name, r]) => [name, r.call])), N);
-  const batched = await interleavedLatency(Object.fromEntries(Object.entries(calls)
-    .filter(([name]) => name.startsWith('batch64')).map(([name, r]) => [name, r.call])), Math.ceil(N / 16));
-  // Throughput at concurrency C cannot interleave: one row at a time.
-  for (const [name, r] of Object.entries(calls)) {
-    results[name] = { ...(single[name] ?? batched[name]), rps: await throughput(r.call, r.requests, r.concurrency) };
+  try {
+    // The member run alone, back to back (warm caches: the best case, which the service never sees).
+    const alone = await interleavedLatency({ raw: rawCall }, N);
+    // Sequential latency, interleaved; the 64-image rows take fewer rounds of their own.
+    const single = await interleavedLatency(Object.fromEntries(Object.entries(calls)
+      .filter(([name]) => !name.startsWith('batch64')).map(([name, r]) => [name, r.call])), N);
+    const batched = await interleavedLatency(Object.fromEntries(Object.entries(calls)
+      .filter(([name]) => name.startsWith('batch64')).map(([name, r]) => [name, r.call])), Math.ceil(N / 16));
+    // Throughput at concurrency C cannot interleave: one row at a time.
+    for (const [name, r] of Object.entries(calls)) {
+      results[name] = { ...(single[name] ?? batched[name]), rps: await throughput(r.call, r.requests, r.concurrency) };
+    }
+    report(results, alone.raw.p50, loadMs, manifest.name, manifest.members.length);
+  } finally {
+    agent.destroy();
+    await session.release();
+    for (const s of servers) await s.stop();
   }
-  await session.release();
-  await bare.close();
-  for (const app of apps) await app.close();
+}
 
-  const rows = Object.entries(results).map(([name, f]) =>
-    `| ${name.padEnd(16)} | ${f.p50.toFixed(3).padStart(8)} | ${f.p99.toFixed(3).padStart(8)} | ${f.rps.toFixed(0).padStart(8)} | ${(f.rps * (name.startsWith('batch64') ? 64 : 1)).toFixed(0).padStart(8)} |`);
+function report(results: Record<string, Figures>, aloneP50: number, loadMs: Record<string, number>, name: string, members: number): void {
+  const rows = Object.entries(results).map(([row, f]) =>
+    `| ${row.padEnd(16)} | ${f.p50.toFixed(3).padStart(8)} | ${f.p99.toFixed(3).padStart(8)} | ${f.rps.toFixed(0).padStart(8)} | ${(f.rps * (row.startsWith('batch64') ? 64 : 1)).toFixed(0).padStart(8)} |`);
   const r = results;
   const latencyRatio = r['classify random'].p50 / (r['bare route'].p50 + r['raw member'].p50);
-  const aloneRatio = r['classify random'].p50 / (r['bare route'].p50 + alone.raw.p50);
+  const aloneRatio = r['classify random'].p50 / (r['bare route'].p50 + aloneP50);
   const throughputRatio = r['classify random'].rps / r['classify mean'].rps;
   const batchRatio = r['batch64 random'].rps / r['batch64 mean'].rps;
   process.stdout.write([
-    `model ${manifest.name} (${manifest.members.length} members), ${N} requests, concurrency ${C}, ${WORKERS} workers`,
+    `model ${name} (${members} members), ${N} requests, concurrency ${C}, ${WORKERS} workers; servers in child processes`,
     '',
     '| path             | p50 ms   | p99 ms   | req/s    | images/s |',
     '|------------------|----------|----------|----------|----------|',
     ...rows,
     '',
     `random p50 / (bare route p50 + raw member p50) = ${latencyRatio.toFixed(2)}  (target <= 1.2)`,
-    `same, raw member measured alone (p50 ${alone.raw.p50.toFixed(3)} ms) = ${aloneRatio.toFixed(2)}`,
+    `same, raw member measured alone (p50 ${aloneP50.toFixed(3)} ms) = ${aloneRatio.toFixed(2)}`,
     `same, tensor input (no image decoding)         = ${(r['tensor random'].p50 / (r['bare route'].p50 + r['raw member'].p50)).toFixed(2)}`,
     `random throughput / mean throughput            = ${throughputRatio.toFixed(2)}  (target >= 3.5)`,
     `same, 64 images per v2 binary request          = ${batchRatio.toFixed(2)}`,
-    ...Object.entries(loadMs).map(([name, ms]) => `load ${name} (read, generate, ${WORKERS} workers warm) = ${ms.toFixed(0)} ms`),
+    `bare route throughput / random throughput      = ${(r['bare route'].rps / r['classify random'].rps).toFixed(2)}  (one-image requests: HTTP's share)`,
+    ...Object.entries(loadMs).map(([pkgName, ms]) => `load ${pkgName} (read, generate, ${WORKERS} workers warm) = ${ms.toFixed(0)} ms`),
     ...Object.keys(results).filter((k) => k.endsWith(' random') && !['classify', 'batch64', 'tensor'].some((p) => k.startsWith(p))).map((k) =>
       `${k} p50 / classify random p50 = ${(results[k].p50 / results['classify random'].p50).toFixed(2)}  (target within 1.1)`),
     '',

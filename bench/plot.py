@@ -18,7 +18,7 @@ def main(src: str, out: str) -> None:
     for target in targets:
         rows = sorted((p for p in points if p["target"] == target), key=lambda p: p["concurrency"])
         cs = [p["concurrency"] for p in rows]
-        style = "--" if target == "raw batched" else "-"
+        style = "--" if target.startswith("raw batched") or target.startswith("bare") else "-"
         ax_t.plot(cs, [p["rps"] for p in rows], style, marker="o", label=target)
         ax_l.plot(cs, [p["p99"] for p in rows], style, marker="o", label=target)
     for ax in (ax_t, ax_l):

@@ -3,8 +3,14 @@
  * (default 1, 4, 16, 64), each client sending one-image Open Inference Protocol (v2) JSON requests
  * back to back over keep-alive connections, against, in one run on this machine:
  *
- *   raw batched        onnxruntime in this process, batches of `concurrency` images, the same CPU
- *                      threads as the servers' workers: the limit, with no HTTP, JSON or queue
+ *   raw batched        onnxruntime in this process, batches of `concurrency` images, one session
+ *                      per member on as many intra-op threads as the servers have workers
+ *   raw batched, parallel  as many threads as the servers have workers, each with its own sessions
+ *                      on one intra-op thread (as redserve's workers run them), `concurrency`
+ *                      images in flight between them: the machine's limit, with no HTTP, JSON or
+ *                      queue (on a small model a single session's thread pool stalls; see rawParallel)
+ *   bare Fastify route a Fastify server that answers every request with a constant (bench/bare-server.ts):
+ *                      the ceiling of any Fastify service here with this load generator
  *   redserve random    dist/src/server.js, random sampling, dynamic batching on (the defaults)
  *   redserve random, binary  the same server, the tensor sent as raw FP32 bytes (the v2 binary
  *                      tensor extension, Triton's client default) instead of a JSON number array
@@ -24,8 +30,10 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { readPackage } from '../src/ensemble/manifest.js';
 import { createSession } from '../src/ensemble/runtime.js';
+import type { RawWorkerData, RawWorkerResult } from './raw-worker.js';
 
 export interface SweepOptions {
   readonly modelDir: string;
@@ -65,6 +73,9 @@ interface Point {
 const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
 const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
 
+const RAW_PARALLEL = 'raw batched, parallel';
+const BARE = 'bare Fastify route';
+
 /** Images per request in the open-loop overload test. */
 const OPEN_LOOP_IMAGES = 16;
 
@@ -93,7 +104,7 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-interface Started { child: ChildProcess; url: string; stop(): Promise<void> }
+export interface Started { child: ChildProcess; url: string; stop(): Promise<void> }
 
 async function startProcess(cmd: string, args: string[], env: NodeJS.ProcessEnv, readyUrl: string, url: string): Promise<Started> {
   const child = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
@@ -121,12 +132,19 @@ async function startProcess(cmd: string, args: string[], env: NodeJS.ProcessEnv,
   };
 }
 
-async function startRedserve(modelDir: string, workers: number, flags: string[]): Promise<Started> {
+export async function startRedserve(modelDir: string, workers: number, flags: string[]): Promise<Started> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   return startProcess(process.execPath, [path.join(ROOT, 'dist', 'src', 'server.js'), '--model', modelDir, '--port', String(port),
     '--host', '127.0.0.1', '--workers', String(workers), '--metrics-port', 'off', '--log-level', 'warn', ...flags], {},
   `${url}/readyz`, url);
+}
+
+export async function startBare(): Promise<Started> {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  return startProcess(process.execPath, [path.join(ROOT, 'dist', 'bench', 'bare-server.js'), '--port', String(port), '--host', '127.0.0.1'],
+    {}, `${url}/readyz`, url);
 }
 
 async function startPeer(modelDir: string, workers: number): Promise<Started> {
@@ -302,6 +320,28 @@ async function rawBatched(modelDir: string, threads: number, c: number, warmupS:
   return { rps: images / seconds, p50: percentile(lat, 0.5), p90: percentile(lat, 0.9), p99: percentile(lat, 0.99), ok: images, rejected: 0, rejectedP99: null };
 }
 
+/**
+ * The machine's compute limit with no HTTP: `workers` threads side by side (as many as there are
+ * images in flight, at most), each with its own sessions on one onnxruntime thread (how redserve's
+ * workers run them), together keeping `c` images in flight in batches of ceil(c / threads). One
+ * session on `workers` intra-op threads (rawBatched) can be far slower on a small model: on this
+ * project's 2-core machine its pool stalls now and then (p90 several times its p50).
+ */
+async function rawParallel(modelDir: string, workers: number, c: number, warmupS: number, durationS: number): Promise<Omit<Point, 'target' | 'concurrency'>> {
+  const threads = Math.max(1, Math.min(workers, c));
+  const batch = Math.ceil(c / threads);
+  const startAt = performance.timeOrigin + performance.now() + Math.max(warmupS, 1) * 1000;
+  const results = await Promise.all(Array.from({ length: threads }, () => new Promise<RawWorkerResult>((resolve, reject) => {
+    const worker = new Worker(new URL('./raw-worker.js', import.meta.url), { workerData: { modelDir, batch, startAt, durationS } satisfies RawWorkerData });
+    worker.once('message', resolve);
+    worker.once('error', reject);
+    worker.once('exit', (code) => { if (code !== 0) reject(new Error(`raw worker exited with code ${code}`)); });
+  })));
+  const lat = results.flatMap((r) => r.latencies).sort((a, b) => a - b);
+  const images = results.reduce((sum, r) => sum + r.images, 0);
+  return { rps: images / durationS, p50: percentile(lat, 0.5), p90: percentile(lat, 0.9), p99: percentile(lat, 0.99), ok: images, rejected: 0, rejectedP99: null };
+}
+
 function machine(): string[] {
   const cpus = os.cpus();
   const training = (() => {
@@ -349,8 +389,12 @@ function markdown(points: Point[], options: SweepOptions, env: string[], envEnd:
     '',
     '| ratio | value | target |',
     '|---|---:|---|',
-    `| redserve random (batched) / raw batched | ${ratio(at('redserve random', c16), at('raw batched', c16))} | >= 0.70 |`,
-    `| same, binary tensor requests | ${ratio(at('redserve random, binary', c16), at('raw batched', c16))} | >= 0.70 |`,
+    `| redserve random (batched) / raw batched, parallel (the machine's limit) | ${ratio(at('redserve random', c16), at(RAW_PARALLEL, c16))} | >= 0.70 |`,
+    `| same, binary tensor requests | ${ratio(at('redserve random, binary', c16), at(RAW_PARALLEL, c16))} | >= 0.70 |`,
+    `| bare Fastify route (answers a constant) / raw batched, parallel | ${ratio(at(BARE, c16), at(RAW_PARALLEL, c16))} | |`,
+    `| redserve random (batched) / bare Fastify route | ${ratio(at('redserve random', c16), at(BARE, c16))} | |`,
+    `| redserve random (batched) / raw batched, one session on ${options.workers} threads | ${ratio(at('redserve random', c16), at('raw batched', c16))} | |`,
+    `| same, binary tensor requests | ${ratio(at('redserve random, binary', c16), at('raw batched', c16))} | |`,
     `| redserve random (batched) / fastapi peer | ${ratio(at('redserve random', c16), at('fastapi peer', c16))} | >= 2 |`,
     `| redserve random batched / unbatched | ${ratio(at('redserve random', c16), at('redserve unbatched', c16))} | |`,
     `| redserve random / redserve mean | ${ratio(at('redserve random', c16), at('redserve mean', c16))} | |`,
@@ -405,7 +449,11 @@ export async function runSweep(options: SweepOptions): Promise<void> {
   for (const c of options.concurrency) {
     log({ target: 'raw batched', concurrency: c, ...await rawBatched(options.modelDir, options.workers, c, options.warmupS, options.durationS) });
   }
+  for (const c of options.concurrency) {
+    log({ target: RAW_PARALLEL, concurrency: c, ...await rawParallel(options.modelDir, options.workers, c, options.warmupS, options.durationS) });
+  }
   const servers: [string, () => Promise<Started>, RequestBody][] = [
+    [BARE, () => startBare(), body],
     ['redserve random', () => startRedserve(options.modelDir, options.workers, []), body],
     ['redserve random, binary', () => startRedserve(options.modelDir, options.workers, []), binaryBody],
     ['redserve unbatched', () => startRedserve(options.modelDir, options.workers, ['--max-batch-images', '1']), body],
@@ -460,7 +508,7 @@ export async function runSweep(options: SweepOptions): Promise<void> {
 
   const envEnd = machine().filter((l) => l.startsWith('- machine')).map((l) => l.replace(/^- machine: .*load average/, '- load average at the end:'));
   await mkdir(options.outDir, { recursive: true });
-  const targets = ['raw batched', ...servers.map(([t]) => t)];
+  const targets = ['raw batched', RAW_PARALLEL, ...servers.map(([t]) => t)];
   await writeFile(path.join(options.outDir, 'bench.json'), `${JSON.stringify({ command: options.command, points }, null, 1)}\n`);
   await writeFile(path.join(options.outDir, 'bench.md'), markdown(points, options, envStart, envEnd, targets));
   try {

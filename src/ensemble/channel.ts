@@ -114,7 +114,7 @@ export class PoolChannel {
 
 /**
  * The worker's end: serve jobs forever. `run` computes a job's logits from its images (a private
- * copy). `exitFlag` set to 1 makes the worker exit after the current run without answering
+ * copy, valid until `run` returns). `exitFlag` set to 1 makes the worker exit after the current run without answering
  * (WorkerPool.killOne).
  */
 export async function serveJobs(buffer: SharedArrayBuffer, shape: ChannelShape,
@@ -122,6 +122,9 @@ export async function serveJobs(buffer: SharedArrayBuffer, shape: ChannelShape,
   exitFlag?: Int32Array): Promise<never> {
   const v = views(buffer, shape);
   const { control } = v;
+  // onnxruntime-node refuses tensors over shared memory, so each job's images are copied out of the
+  // channel, into one private buffer reused for every job (the run has returned before the next).
+  const own = new Float32Array(shape.maxImages * shape.imageSize);
   // Start from the last answered job, not the last posted one: the pool may post a job before this
   // loop starts (right after the worker reports ready), and that job must not be skipped.
   let seen = Atomics.load(control, ACK);
@@ -134,7 +137,9 @@ export async function serveJobs(buffer: SharedArrayBuffer, shape: ChannelShape,
     const n = control[IMAGES];
     const started = performance.now();
     try {
-      const logits = await run(member, v.input.slice(0, n * shape.imageSize), n);
+      const images = own.subarray(0, n * shape.imageSize);
+      images.set(v.input.subarray(0, n * shape.imageSize));
+      const logits = await run(member, images, n);
       v.seconds[0] = (performance.now() - started) / 1000;
       if (exitFlag && Atomics.load(exitFlag, 0) === 1) process.exit(1);
       v.output.set(logits.subarray(0, n * shape.classes));

@@ -115,9 +115,15 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger, observer
     const draws = sampling.mode === 'fixed' ? new Array<number>(n).fill(sampling.member) : drawMembers(n, nMembers);
     log.debug({ draws }, 'members drawn');
     const groups = new Map<number, number[]>();
-    draws.forEach((m, i) => groups.set(m, [...(groups.get(m) ?? []), i]));
+    draws.forEach((m, i) => {
+      const indices = groups.get(m);
+      if (indices) indices.push(i);
+      else groups.set(m, [i]);
+    });
     const parts = [...groups].map(([member, indices]) => {
       observer.drawn(member, indices.length);
+      // One member for every image (one image, or fixed:K): its images are `data` as it is.
+      if (indices.length === n) return { member, data, n };
       const batch = new Float32Array(indices.length * imageSize);
       indices.forEach((img, j) => batch.set(data.subarray(img * imageSize, (img + 1) * imageSize), j * imageSize));
       return { member, data: batch, n: indices.length };

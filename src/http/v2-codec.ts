@@ -72,8 +72,13 @@ function readBinaryData(bytes: Buffer, out: Float32Array, where: string): void {
   // Copy through bytes: the slice need not be 4-byte aligned. The protocol's byte order is little
   // endian, as is every platform onnxruntime-node ships for.
   new Uint8Array(out.buffer, out.byteOffset, out.byteLength).set(bytes);
-  for (let k = 0; k < out.length; k++) {
-    if (!Number.isFinite(out[k])) throw badRequest('bad_tensor', `${where}: element ${k} is ${out[k]}; every element must be a finite number`);
+  // A float32 is NaN or infinite exactly when its 8 exponent bits are all ones: one integer test
+  // per element, several times faster than Number.isFinite on the float for a 64-image batch.
+  const bits = new Uint32Array(out.buffer, out.byteOffset, out.length);
+  for (let k = 0; k < bits.length; k++) {
+    if ((bits[k] & 0x7f800000) === 0x7f800000) {
+      throw badRequest('bad_tensor', `${where}: element ${k} is ${out[k]}; every element must be a finite number`);
+    }
   }
 }
 

@@ -169,8 +169,12 @@ t.test('bad requests get 4xx { error, code } naming the field; the service keeps
   nan[5] = Number.NaN;
   const binaryBody = (h: Buffer, bytes: Uint8Array) => Buffer.concat([h, Buffer.from(bytes)]);
   const h = header(3136);
+  // The check reads each float's exponent bits: both infinities are refused as well as NaN.
+  const infinite = (k: number, v: number) => { const a = new Float32Array(784); a[k] = v; return new Uint8Array(a.buffer); };
   cases.push(
     ['binary NaN', post(binaryBody(h, new Uint8Array(nan.buffer)), { 'inference-header-content-length': String(h.length), 'content-type': 'application/octet-stream' }), 400, 'bad_tensor', /element 5 is NaN/],
+    ['binary +Infinity', post(binaryBody(h, infinite(783, Infinity)), { 'inference-header-content-length': String(h.length) }), 400, 'bad_tensor', /element 783 is Infinity/],
+    ['binary -Infinity', post(binaryBody(h, infinite(0, -Infinity)), { 'inference-header-content-length': String(h.length) }), 400, 'bad_tensor', /element 0 is -Infinity/],
     ['binary too short', post(binaryBody(h, new Uint8Array(100)), { 'inference-header-content-length': String(h.length) }), 400, 'bad_request', /binary part has 100 bytes; the inputs declare 3136/],
     ['declared size wrong', post(binaryBody(header(8), new Uint8Array(8)), { 'inference-header-content-length': String(header(8).length) }), 400, 'bad_tensor', /8 bytes, the shape needs 3136/],
     ['header length past the body', post(h, { 'inference-header-content-length': '99999' }), 400, 'bad_request', /Inference-Header-Content-Length: '99999' is out of range/],
@@ -186,6 +190,12 @@ t.test('bad requests get 4xx { error, code } naming the field; the service keeps
   }
   const ok = await post({ inputs: [input()] });
   t.equal(ok.statusCode, 200, 'still serving');
+  // The largest finite float32 and a subnormal are finite: accepted.
+  const extremes = new Float32Array(784);
+  extremes[0] = 3.4028234663852886e38;
+  extremes[1] = -1e-45;
+  const finite = await post(binaryBody(h, new Uint8Array(extremes.buffer)), { 'inference-header-content-length': String(h.length) });
+  t.equal(finite.statusCode, 200, 'extreme finite binary values are accepted');
   const missing = await app.server.inject({ url: '/v2/models/nope/ready' });
   t.same([missing.statusCode, missing.json().code], [404, 'unknown_model']);
 });

@@ -7,7 +7,8 @@ parameters and the random-draw clean test accuracy after the given epochs.
 
 Each variant is a JSON object of `hypernet` keys laid over training/configs/fmnist-psred.yaml
 (`"method": "red"` trains N independent members instead, the reference; `"lr"` sets optim.lr;
-`"distill"` sets loss.distill, e.g. `{"distill": {"teacher": "models/fmnist-red"}}`).
+`"distill"` sets loss.distill, e.g. `{"distill": {"teacher": "models/fmnist-red"}}`; `"model"` is laid over
+the member architecture, e.g. `{"model": {"hidden": 32}}`).
 Clean training ranks shapes by how well the shared generator can express one member at all; the
 adversarial gap is larger (see training/README.md, "Shipped packages"). `--full-objective
 --train-limit N` trains with the config's whole RED objective on the first N images instead: slower,
@@ -66,6 +67,7 @@ def main() -> None:
         raw["optim"]["lr"] = variant.pop("lr", raw["optim"]["lr"])
         if "distill" in variant:
             raw["loss"]["distill"] = variant.pop("distill")
+        raw["model"].update(variant.pop("model", {}))
         raw["hypernet"].update(variant)
         cfg = config_from_dict(raw)
         torch.manual_seed(0)

@@ -1,0 +1,47 @@
+/**
+ * One thread of the sweep's "raw batched, parallel" row (bench/sweep.ts): its own onnxruntime
+ * session per member with one intra-op thread, as each redserve worker runs them, running batches
+ * of `batch` images back to back (members in turn) from `startAt` for `durationS` seconds, after a
+ * warm-up. Several of these side by side are what the machine can compute with no HTTP at all.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { readPackage } from '../src/ensemble/manifest.js';
+import { createSession } from '../src/ensemble/runtime.js';
+
+export interface RawWorkerData {
+  readonly modelDir: string;
+  readonly batch: number;
+  /** performance.timeOrigin + performance.now() at which every thread starts measuring. */
+  readonly startAt: number;
+  readonly durationS: number;
+}
+
+export interface RawWorkerResult {
+  readonly images: number;
+  /** Milliseconds of each measured batch run. */
+  readonly latencies: number[];
+}
+
+const { modelDir, batch, startAt, durationS } = workerData as RawWorkerData;
+const pkg = await readPackage(modelDir);
+const { manifest } = pkg;
+if (manifest.kind !== 'ensemble') throw new Error('the raw rows need an ensemble package');
+const spec = { inputName: manifest.input.name, outputName: manifest.output.name, shape: manifest.input.shape, classes: manifest.output.classes };
+const sessions = await Promise.all(pkg.members.map((m, i) => createSession(m, spec, { kind: 'cpu' }, 1, `member ${i}`)));
+const size = pkg.golden[0].input.length;
+const data = new Float32Array(batch * size);
+for (let i = 0; i < batch; i++) data.set(pkg.golden[0].input, i * size);
+const now = () => performance.timeOrigin + performance.now();
+let member = 0;
+const runOne = () => sessions[member++ % sessions.length].session.run(data, batch);
+while (now() < startAt) await runOne(); // warm-up until the common start
+const latencies: number[] = [];
+let images = 0;
+for (const end = startAt + durationS * 1000; now() < end;) {
+  const t0 = performance.now();
+  await runOne();
+  latencies.push(performance.now() - t0);
+  images += batch;
+}
+await Promise.all(sessions.map((s) => s.session.release()));
+parentPort!.postMessage({ images, latencies } satisfies RawWorkerResult);
