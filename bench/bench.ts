@@ -183,9 +183,9 @@ async function main(): Promise<void> {
     // The same image already pre-processed (JSON tensor): the service's cost without decoding.
     'tensor random': { call: () => post(agent, `${randomUrl}/classify`, oneTensorBody, { 'content-type': 'application/json' }), requests: N, concurrency: C },
     // Compute-bound: 64 pre-processed images per request, so member runs outweigh HTTP and decoding.
-    'batch64 random': { call: batchCall(randomUrl), requests: Math.ceil(N / 16), concurrency: C },
+    'batch64 random': { call: batchCall(randomUrl), requests: Math.ceil(N / 4), concurrency: C },
     'classify mean': { call: () => post(agent, `${meanUrl}/classify`, png, pngType), requests: N, concurrency: C },
-    'batch64 mean': { call: batchCall(meanUrl), requests: Math.ceil(N / 16), concurrency: C },
+    'batch64 mean': { call: batchCall(meanUrl), requests: Math.ceil(N / 4), concurrency: C },
   };
   if (psred) calls[`${psred.manifest.name} random`] = { call: () => post(agent, `${psredUrl}/classify`, psredPng!, pngType), requests: N, concurrency: C };
 

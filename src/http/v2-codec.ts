@@ -74,8 +74,9 @@ function readBinaryData(bytes: Buffer, out: Float32Array, where: string): void {
   new Uint8Array(out.buffer, out.byteOffset, out.byteLength).set(bytes);
   // A float32 is NaN or infinite exactly when its 8 exponent bits are all ones: one integer test
   // per element, several times faster than Number.isFinite on the float for a 64-image batch.
-  const bits = new Uint32Array(out.buffer, out.byteOffset, out.length);
-  for (let k = 0; k < bits.length; k++) {
+  const bits = new Int32Array(out.buffer, out.byteOffset, out.length);
+  const count = bits.length;
+  for (let k = 0; k < count; k++) {
     if ((bits[k] & 0x7f800000) === 0x7f800000) {
       throw badRequest('bad_tensor', `${where}: element ${k} is ${out[k]}; every element must be a finite number`);
     }
@@ -207,7 +208,8 @@ export function encodeInferResponse(req: InferRequest, probs: readonly Float32Ar
     } else {
       const flat = new Float32Array(req.n * classes);
       probs.forEach((p, i) => flat.set(p, i * classes));
-      tensor = { name: o.name, datatype: DATATYPE, shape: [req.n, classes], data: Array.from(flat) };
+      // Binary outputs go as bytes: no JSON array of them is built.
+      tensor = { name: o.name, datatype: DATATYPE, shape: [req.n, classes], ...(o.binary ? {} : { data: Array.from(flat) }) };
       bytes = () => Buffer.from(flat.buffer, flat.byteOffset, flat.byteLength);
     }
     if (!o.binary) return tensor;

@@ -25,6 +25,20 @@ t.test('drawMembers is uniform (chi-square, 60 000 draws over 5 members, alpha 0
   t.ok(drawMembers(1000, 3).every((m) => Number.isInteger(m) && m >= 0 && m < 3), 'draws are valid member indices');
 });
 
+t.test('drawMembers stays uniform where 256 is not a multiple of the member count, and past 256 members', async (t) => {
+  // 7 members: bytes 252..255 must be rejected, or members 0..3 would be drawn 37/256 of the time
+  // and 4..6 36/256. Over 280 000 draws that bias gives chi2 of about 51 (the limit is 22.46).
+  const counts = new Array(7).fill(0);
+  for (const m of drawMembers(280_000, 7)) counts[m]++;
+  const stat = chiSquare(counts);
+  t.ok(stat < CHI2_CRIT_0_001[6], `7 members: chi2 = ${stat.toFixed(2)} < ${CHI2_CRIT_0_001[6]} (counts ${counts})`);
+  t.same(drawMembers(50, 1), new Array(50).fill(0), 'one member: always member 0');
+  t.equal(drawMembers(0, 5).length, 0, 'no images, no draws');
+  const many = drawMembers(5000, 300);
+  t.ok(many.every((m) => Number.isInteger(m) && m >= 0 && m < 300) && new Set(many).size > 250, '300 members: valid and spread');
+  t.throws(() => drawMembers(1, 0), /members: 0 is not an integer >= 1/);
+});
+
 t.test('random sampling over HTTP: every member answers, uniformly (chi-square)', async (t) => {
   t.equal(new Set(memberProbs.map((p) => p.join())).size, memberProbs.length, 'fixture members differ');
   const app = await startApp({ sampling: { mode: 'random' } });
