@@ -3,7 +3,8 @@
 #   docker build -t redserve:0.1.0-cuda --build-arg VARIANT=cuda .     # + onnxruntime's CUDA provider
 # Run: docker run -p 8080:8080 redserve:0.1.0   (serves models/fmnist-red; -e REDSERVE_MODEL=/app/models/<name>)
 #      docker run --gpus all -e REDSERVE_DEVICE=cuda -p 8080:8080 redserve:0.1.0-cuda
-# Port 9464 serves Prometheus /metrics: publish it only to your monitoring network.
+# Port 9464 serves Prometheus /metrics, bound to 0.0.0.0 in the image (REDSERVE_METRICS_HOST) so that
+# Prometheus can scrape the container: publish it only to your monitoring network.
 
 ARG NODE_IMAGE=node:20-bookworm-slim
 # onnxruntime-node's CUDA provider needs the CUDA 12 runtime libraries and cuDNN 9 beside the driver.
@@ -46,6 +47,7 @@ ENV NODE_ENV=production \
     PORT=8080 \
     HOST=0.0.0.0 \
     REDSERVE_METRICS_PORT=9464 \
+    REDSERVE_METRICS_HOST=0.0.0.0 \
     REDSERVE_MODEL=/app/models/fmnist-red \
     REDSERVE_DEVICE=auto
 WORKDIR /app

@@ -47,6 +47,9 @@ export interface Config {
   readonly trustProxy: boolean | number | readonly string[];
   /** Port of the Prometheus /metrics server; null: no metrics server. */
   readonly metricsPort: number | null;
+  /** Bind address of the metrics server. Loopback by default: with little traffic, the per-member
+   * draw counter read around one's own request tells which member answered it. */
+  readonly metricsHost: string;
   readonly logLevel: string;
 }
 
@@ -63,6 +66,7 @@ export const DEFAULTS = {
   requestTimeoutMs: 30_000,
   drainTimeoutMs: 25_000,
   metricsPort: 9464,
+  metricsHost: '127.0.0.1',
   logLevel: 'info',
 } as const;
 
@@ -88,6 +92,7 @@ const OPTIONS = {
   'rate-burst': { env: 'REDSERVE_RATE_BURST', help: 'requests a client may save up (default: the rate, at least 1)' },
   'trust-proxy': { env: 'REDSERVE_TRUST_PROXY', help: 'off | hops | addresses/CIDRs (comma-separated) whose X-Forwarded-For is believed (default off)' },
   'metrics-port': { env: 'REDSERVE_METRICS_PORT', help: `Prometheus /metrics port, or off (default ${DEFAULTS.metricsPort}; keep it internal)` },
+  'metrics-host': { env: 'REDSERVE_METRICS_HOST', help: `bind address of /metrics (default ${DEFAULTS.metricsHost}: this machine only)` },
   'log-level': { env: 'LOG_LEVEL', help: `pino level (default ${DEFAULTS.logLevel})` },
 } as const;
 
@@ -187,6 +192,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
     rateLimit,
     trustProxy: parseTrustProxy(get('trust-proxy') ?? 'off'),
     metricsPort: get('metrics-port') === 'off' ? null : num('metrics-port', DEFAULTS.metricsPort, 0, 65535),
+    metricsHost: get('metrics-host') ?? DEFAULTS.metricsHost,
     logLevel: get('log-level') ?? DEFAULTS.logLevel,
   };
   const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];

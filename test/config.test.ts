@@ -11,6 +11,9 @@ t.test('defaults', async (t) => {
   t.equal(c.metricsPort, 9464);
   t.equal(loadConfig(['--metrics-port', 'off'], {}).metricsPort, null);
   t.equal(loadConfig([], { REDSERVE_METRICS_PORT: '9100' }).metricsPort, 9100);
+  t.equal(c.metricsHost, '127.0.0.1', 'metrics (per-member draw counts) on loopback unless asked');
+  t.equal(loadConfig([], { REDSERVE_METRICS_HOST: '0.0.0.0' }).metricsHost, '0.0.0.0');
+  t.equal(loadConfig(['--metrics-host', '10.1.2.3'], { REDSERVE_METRICS_HOST: '0.0.0.0' }).metricsHost, '10.1.2.3');
   t.same([c.maxBatchImages, c.queueDelayUs], [64, 500], 'batching on by default, with a small delay');
   const off = loadConfig(['--max-batch-images', '1', '--queue-delay-us', '0'], { REDSERVE_QUEUE_DELAY_US: '900' });
   t.same([off.maxBatchImages, off.queueDelayUs], [1, 0]);

@@ -29,6 +29,7 @@ t.test('Dockerfile: multi-stage, non-root, healthcheck on /readyz, ports, CUDA v
   t.match(df, /COPY package.json package-lock.json .npmrc/, 'installs with the project npm config (CUDA download skipped)');
   t.match(df, new RegExp(`REDSERVE_MODEL=/app/${DEFAULTS.modelDir}`), 'default model matches the code default');
   t.match(df, new RegExp(`REDSERVE_METRICS_PORT=${DEFAULTS.metricsPort}`));
+  t.match(df, /REDSERVE_METRICS_HOST=0\.0\.0\.0/, 'metrics reachable from outside the container (the code default is loopback)');
   const envs = [...df.matchAll(/^\s*(?:ENV\s+)?([A-Z][A-Z0-9_]*)=\S+\s*\\?$/gm)].map((m) => m[1]);
   t.ok(envs.length >= 5, `ENV lines read: ${envs.join(', ')}`);
   for (const e of envs) t.ok(ENV_VARS.includes(e) || OTHER_ENV.includes(e), `${e} is read by the service`);

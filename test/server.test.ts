@@ -4,6 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
 import { cudaProviderInstalled } from '../src/ensemble/runtime.js';
@@ -61,6 +62,29 @@ async function metric(r: Running, name: string): Promise<number> {
 
 /** A JSON body of 64 pre-processed images, enough work to keep one worker busy for a while. */
 const heavyBody = JSON.stringify({ tensors: Array(64).fill([Array.from({ length: 28 }, () => new Array(28).fill(0.5))]) });
+
+t.test('metrics bind to loopback unless --metrics-host says otherwise, even when the service binds every address', async (t) => {
+  const r = await start(['--model', SHIPPED, '--workers', '1', '--host', '0.0.0.0']);
+  t.teardown(() => { r.child.kill('SIGKILL'); });
+  const res = await fetch(r.metricsUrl);
+  t.equal(res.status, 200, 'scrapeable from this machine');
+  // The addresses the kernel holds listening sockets on, read from /proc (Fastify's log names
+  // 127.0.0.1 even for a server bound to every address).
+  const listening = async (port: number) => {
+    const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+    const rows = (await Promise.all(['/proc/net/tcp', '/proc/net/tcp6'].map((f) => readFile(f, 'utf8').catch(() => ''))))
+      .join('\n').split('\n').map((l) => l.trim().split(/\s+/));
+    return rows.filter((c) => c[1]?.endsWith(`:${hexPort}`) && c[3] === '0A').map((c) => c[1].split(':')[0]);
+  };
+  if (process.platform === 'linux') {
+    const metricsAt = await listening(Number(new URL(r.metricsUrl).port));
+    t.same(metricsAt, ['0100007F'], `metrics listen on 127.0.0.1 only (${metricsAt.join(', ')})`);
+    const serviceAt = await listening(Number(new URL(r.url).port));
+    t.ok(serviceAt.includes('00000000') || serviceAt.some((a) => /^0+$/.test(a)), `the service listens on every address (${serviceAt.join(', ')})`);
+  }
+  r.child.kill('SIGTERM');
+  await r.exited;
+});
 
 t.test('SIGTERM: in-flight requests all finish with 200, new connections are refused, exit 0', async (t) => {
   const r = await start(['--model', SHIPPED, '--workers', '1', '--log-level', 'info']);
