@@ -176,35 +176,35 @@ async function main(): Promise<void> {
   // The servers run as child processes, as in a deployment: this process is only their client
   // (node:http on keep-alive connections), so its work does not share their event loops.
   const servers: Started[] = [];
-  const start = async (started: Promise<Started>) => { const s = await started; servers.push(s); return s.url; };
-  const flags = ['--max-queue', '100000'];
-  const bareUrl = await start(startBare());
-  const randomUrl = await start(startRedserve(modelDir, WORKERS, flags));
-  // Its own server: a server that also answered another row would get two requests a round and
-  // stay warmer than the PS-RED server it is compared with (a plain package in that slot read 1.19).
-  const tensorUrl = await start(startRedserve(modelDir, WORKERS, flags));
-  const meanUrl = await start(startRedserve(modelDir, WORKERS, [...flags, '--sampling', 'mean']));
-  const psredUrl = psred ? await start(startRedserve(psredDir, WORKERS, flags)) : null;
-  const psredPng = psred ? await readFile(path.join(psredDir, psred.golden[0].file)) : null;
-
   const agent = new http.Agent({ keepAlive: true, maxSockets: Math.max(C, 1) * 8 });
-  const pngType = { 'content-type': 'image/png' };
-  const batchCall = (url: string) => () => post(agent, `${url}/v2/models/${manifest.name}/infer`, batchBody.data, batchBody.headers);
-  const rawCall = async () => { await session.run(x, 1); };
-  const calls: Record<string, { call: () => Promise<void>; requests: number; concurrency: number }> = {
-    'raw member': { call: rawCall, requests: N, concurrency: 1 },
-    'bare route': { call: () => post(agent, `${bareUrl}/bare`, png, pngType), requests: N, concurrency: C },
-    'classify random': { call: () => post(agent, `${randomUrl}/classify`, png, pngType), requests: N, concurrency: C },
-    // The same image already pre-processed (JSON tensor): the service's cost without decoding.
-    'tensor random': { call: () => post(agent, `${tensorUrl}/classify`, oneTensorBody, { 'content-type': 'application/json' }), requests: N, concurrency: C },
-    // Compute-bound: 64 pre-processed images per request, so member runs outweigh HTTP and decoding.
-    'batch64 random': { call: batchCall(randomUrl), requests: Math.ceil(N / 4), concurrency: C },
-    'classify mean': { call: () => post(agent, `${meanUrl}/classify`, png, pngType), requests: N, concurrency: C },
-    'batch64 mean': { call: batchCall(meanUrl), requests: Math.ceil(N / 4), concurrency: C },
-  };
-  if (psred) calls[`${psred.manifest.name} random`] = { call: () => post(agent, `${psredUrl}/classify`, psredPng!, pngType), requests: N, concurrency: C };
-
   try {
+    const start = async (started: Promise<Started>) => { const s = await started; servers.push(s); return s.url; };
+    const flags = ['--max-queue', '100000'];
+    const bareUrl = await start(startBare());
+    const randomUrl = await start(startRedserve(modelDir, WORKERS, flags));
+    // Its own server: a server that also answered another row would get two requests a round and
+    // stay warmer than the PS-RED server it is compared with (a plain package in that slot read 1.19).
+    const tensorUrl = await start(startRedserve(modelDir, WORKERS, flags));
+    const meanUrl = await start(startRedserve(modelDir, WORKERS, [...flags, '--sampling', 'mean']));
+    const psredUrl = psred ? await start(startRedserve(psredDir, WORKERS, flags)) : null;
+    const psredPng = psred ? await readFile(path.join(psredDir, psred.golden[0].file)) : null;
+
+    const pngType = { 'content-type': 'image/png' };
+    const batchCall = (url: string) => () => post(agent, `${url}/v2/models/${manifest.name}/infer`, batchBody.data, batchBody.headers);
+    const rawCall = async () => { await session.run(x, 1); };
+    const calls: Record<string, { call: () => Promise<void>; requests: number; concurrency: number }> = {
+      'raw member': { call: rawCall, requests: N, concurrency: 1 },
+      'bare route': { call: () => post(agent, `${bareUrl}/bare`, png, pngType), requests: N, concurrency: C },
+      'classify random': { call: () => post(agent, `${randomUrl}/classify`, png, pngType), requests: N, concurrency: C },
+      // The same image already pre-processed (JSON tensor): the service's cost without decoding.
+      'tensor random': { call: () => post(agent, `${tensorUrl}/classify`, oneTensorBody, { 'content-type': 'application/json' }), requests: N, concurrency: C },
+      // Compute-bound: 64 pre-processed images per request, so member runs outweigh HTTP and decoding.
+      'batch64 random': { call: batchCall(randomUrl), requests: Math.ceil(N / 4), concurrency: C },
+      'classify mean': { call: () => post(agent, `${meanUrl}/classify`, png, pngType), requests: N, concurrency: C },
+      'batch64 mean': { call: batchCall(meanUrl), requests: Math.ceil(N / 4), concurrency: C },
+    };
+    if (psred) calls[`${psred.manifest.name} random`] = { call: () => post(agent, `${psredUrl}/classify`, psredPng!, pngType), requests: N, concurrency: C };
+
     // The member run alone, back to back (warm caches: the best case, which the service never sees).
     const alone = await interleavedLatency({ raw: rawCall }, N, N);
     // Sequential latency, interleaved, twice: one request per row per round (each server idle, its
@@ -236,7 +236,8 @@ function report(results: Record<string, Figures>, aloneP50: number, loadMs: Reco
   const throughputRatio = r['classify random'].rps / r['classify mean'].rps;
   const batchRatio = r['batch64 random'].rps / r['batch64 mean'].rps;
   process.stdout.write([
-    `model ${name} (${members} members), ${N} requests, concurrency ${C}, ${WORKERS} workers; servers in child processes`,
+    `model ${name} (${members} members), ${N} requests, concurrency ${C}, ${WORKERS} workers; servers in child processes; `
+      + `warm blocks of ${BLOCK} consecutive requests (${Math.max(1, Math.ceil(BLOCK / 16))} for the 64-image rows)`,
     '',
     `| path             | p50 ms   | p99 ms   | p50 ms, blocks of ${BLOCK} | req/s    | images/s |`,
     '|------------------|----------|----------|----------|----------|----------|',

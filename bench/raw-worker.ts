@@ -18,6 +18,9 @@ export interface RawWorkerData {
 
 export interface RawWorkerResult {
   readonly images: number;
+  /** When this thread's first and last measured runs started and ended (absolute ms). */
+  readonly startedAt: number;
+  readonly endedAt: number;
   /** Milliseconds of each measured batch run. */
   readonly latencies: number[];
 }
@@ -37,11 +40,13 @@ const runOne = () => sessions[member++ % sessions.length].session.run(data, batc
 while (now() < startAt) await runOne(); // warm-up until the common start
 const latencies: number[] = [];
 let images = 0;
+const startedAt = now();
 for (const end = startAt + durationS * 1000; now() < end;) {
   const t0 = performance.now();
   await runOne();
   latencies.push(performance.now() - t0);
   images += batch;
 }
+const endedAt = now();
 await Promise.all(sessions.map((s) => s.session.release()));
-parentPort!.postMessage({ images, latencies } satisfies RawWorkerResult);
+parentPort!.postMessage({ images, latencies, startedAt, endedAt } satisfies RawWorkerResult);

@@ -154,6 +154,12 @@ export function parseTrustProxy(raw: string): boolean | number | string[] {
   return list;
 }
 
+/** An empty bind address would make Node listen on every address: refuse it. */
+function nonEmpty(name: string, raw: string): string {
+  if (raw.trim() === '') throw new ConfigError(`--${name}: an empty address would bind every interface; give one (e.g. 127.0.0.1)`);
+  return raw.trim();
+}
+
 /** Build the frozen config from argv (without node and script) and an environment. */
 export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Config {
   let values: Partial<Record<OptionName, string>>;
@@ -192,7 +198,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
     rateLimit,
     trustProxy: parseTrustProxy(get('trust-proxy') ?? 'off'),
     metricsPort: get('metrics-port') === 'off' ? null : num('metrics-port', DEFAULTS.metricsPort, 0, 65535),
-    metricsHost: get('metrics-host') ?? DEFAULTS.metricsHost,
+    metricsHost: nonEmpty('metrics-host', get('metrics-host') ?? DEFAULTS.metricsHost),
     logLevel: get('log-level') ?? DEFAULTS.logLevel,
   };
   const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];

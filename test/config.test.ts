@@ -14,6 +14,7 @@ t.test('defaults', async (t) => {
   t.equal(c.metricsHost, '127.0.0.1', 'metrics (per-member draw counts) on loopback unless asked');
   t.equal(loadConfig([], { REDSERVE_METRICS_HOST: '0.0.0.0' }).metricsHost, '0.0.0.0');
   t.equal(loadConfig(['--metrics-host', '10.1.2.3'], { REDSERVE_METRICS_HOST: '0.0.0.0' }).metricsHost, '10.1.2.3');
+  t.throws(() => loadConfig([], { REDSERVE_METRICS_HOST: ' ' }), /--metrics-host: an empty address would bind every interface/);
   t.same([c.maxBatchImages, c.queueDelayUs], [64, 500], 'batching on by default, with a small delay');
   const off = loadConfig(['--max-batch-images', '1', '--queue-delay-us', '0'], { REDSERVE_QUEUE_DELAY_US: '900' });
   t.same([off.maxBatchImages, off.queueDelayUs], [1, 0]);

@@ -55,7 +55,8 @@ export function drawMembers(n: number, members: number): number[] {
   if (members > 256) return Array.from({ length: n }, () => randomInt(members));
   const limit = 256 - (256 % members);
   const draws: number[] = [];
-  const bytes = Buffer.allocUnsafe(Math.max(16, n + (n >> 2)));
+  // Not Buffer.allocUnsafe: that slices Node's shared pool, where the bytes (the draws) would linger.
+  const bytes = new Uint8Array(Math.max(16, n + (n >> 2)));
   while (draws.length < n) {
     randomFillSync(bytes);
     for (let i = 0; i < bytes.length && draws.length < n; i++) {
