@@ -58,6 +58,7 @@ t.test('docker-compose.yml: replicas behind an nginx load balancer, health check
   t.match(svc.healthcheck.test.join(' '), new RegExp(`127\\.0\\.0\\.1:${DEFAULTS.port}/readyz`));
   t.equal(svc.environment.REDSERVE_SAMPLING, 'random');
   for (const e of Object.keys(svc.environment)) t.ok(ENV_VARS.includes(e), `${e} is read by the service`);
+  t.notMatch(String(svc.environment.REDSERVE_METRICS_HOST ?? '0.0.0.0'), /^127\./, 'metrics scrapeable on the compose network (the image binds them to 0.0.0.0)');
   const drainS = Number(svc.environment.REDSERVE_DRAIN_TIMEOUT_MS ?? DEFAULTS.drainTimeoutMs) / 1000;
   t.ok(parseInt(svc.stop_grace_period, 10) > drainS, `stop_grace_period ${svc.stop_grace_period} > drain ${drainS} s`);
 
@@ -103,6 +104,7 @@ t.test('Kubernetes manifests: Deployment with probes, Service, HPA, PDB agree wi
   t.equal(c.livenessProbe.httpGet.path, '/healthz', 'liveness does not depend on the model');
   const env = Object.fromEntries(c.env.map((e: { name: string; value: string }) => [e.name, e.value]));
   for (const e of Object.keys(env)) t.ok(ENV_VARS.includes(e), `${e} is read by the service`);
+  t.notMatch(String(env.REDSERVE_METRICS_HOST ?? '0.0.0.0'), /^127\./, 'metrics scrapeable by the prometheus.io annotations (the image binds them to 0.0.0.0)');
   t.equal(env.REDSERVE_MODEL, `/app/${DEFAULTS.modelDir}`, 'a model shipped in the image');
   const preStopS = Number(c.lifecycle.preStop.exec.command[1]);
   const drainS = Number(env.REDSERVE_DRAIN_TIMEOUT_MS ?? DEFAULTS.drainTimeoutMs) / 1000;
