@@ -62,13 +62,18 @@ const { values } = parseArgs({
     out: { type: 'string', default: 'reports' },
   },
 });
-if (!['all', 'latency', 'sweep'].includes(values.suite!)) throw new Error(`--suite: '${values.suite}' is not one of all, latency, sweep`);
+/** A bad flag: one line naming it and the allowed values, exit 2 (no stack trace). */
+function usageError(message: string): never {
+  process.stderr.write(`bench: ${message}\n`);
+  process.exit(2);
+}
+if (!['all', 'latency', 'sweep'].includes(values.suite!)) usageError(`--suite: '${values.suite}' is not one of all, latency, sweep`);
 const modelDir = path.resolve(values.model!);
 const N = Number(values.requests);
 const C = Number(values.concurrency);
 const WORKERS = Number(values.workers);
 const BLOCK = Number(values.block);
-if (!Number.isInteger(BLOCK) || BLOCK < 1) throw new Error(`--block: '${values.block}' is not an integer >= 1`);
+if (!Number.isInteger(BLOCK) || BLOCK < 1) usageError(`--block: '${values.block}' is not an integer >= 1`);
 
 interface Figures { p50: number; p99: number; warmP50: number; rps: number }
 

@@ -67,7 +67,10 @@ def main() -> None:
         raw["optim"]["lr"] = variant.pop("lr", raw["optim"]["lr"])
         if "distill" in variant:
             raw["loss"]["distill"] = variant.pop("distill")
-        raw["model"].update(variant.pop("model", {}))
+        model = variant.pop("model", {})
+        if not isinstance(model, dict):
+            raise UserError(f"variant {text!r}: \"model\" must be a JSON object of model keys, got {model!r}")
+        raw["model"].update(model)
         raw["hypernet"].update(variant)
         cfg = config_from_dict(raw)
         torch.manual_seed(0)
