@@ -39,7 +39,7 @@ import { parseArgs } from 'node:util';
 import { buildApp } from '../src/app.js';
 import { testConfig } from '../src/config.js';
 import { readPackage } from '../src/ensemble/manifest.js';
-import { createSession } from '../src/ensemble/runtime.js';
+import { createSession, sessionSpec } from '../src/ensemble/runtime.js';
 import { runSweep, startBare, startRedserve, v2Binary, type Started } from './sweep.js';
 
 const { values } = parseArgs({
@@ -74,6 +74,8 @@ const C = Number(values.concurrency);
 const WORKERS = Number(values.workers);
 const BLOCK = Number(values.block);
 if (!Number.isInteger(BLOCK) || BLOCK < 1) usageError(`--block: '${values.block}' is not an integer >= 1`);
+/** The 64-image rows' block: 1/16 as many requests as the others, in blocks 1/16 as long. */
+const BLOCK64 = Math.max(1, Math.ceil(BLOCK / 16));
 
 interface Figures { p50: number; p99: number; warmP50: number; rps: number }
 
@@ -174,9 +176,8 @@ async function main(): Promise<void> {
 
   // Every row's target is started first, so that the latency rounds can interleave them.
   // raw member: in-process onnxruntime, batch 1, the first member.
-  const spec = { inputName: manifest.input.name, outputName: manifest.output.name, shape: manifest.input.shape, classes: manifest.output.classes };
   if (manifest.kind !== 'ensemble') throw new Error('the raw-member row needs an ensemble package');
-  const { session } = await createSession(pkg.members[0], spec, { kind: 'cpu' }, 1, 'member 0');
+  const { session } = await createSession(pkg.members[0], sessionSpec(manifest), { kind: 'cpu' }, 1, 'member 0');
   const x = Float32Array.from(pkg.golden[0].input);
   // The servers run as child processes, as in a deployment: this process is only their client
   // (node:http on keep-alive connections), so its work does not share their event loops.
@@ -218,7 +219,7 @@ async function main(): Promise<void> {
     const one = Object.fromEntries(Object.entries(calls).filter(([name]) => !name.startsWith('batch64')).map(([name, r]) => [name, r.call]));
     const sixtyFour = Object.fromEntries(Object.entries(calls).filter(([name]) => name.startsWith('batch64')).map(([name, r]) => [name, r.call]));
     const cold = { ...await interleavedLatency(one, N, 1), ...await interleavedLatency(sixtyFour, Math.ceil(N / 16), 1) };
-    const warm = { ...await interleavedLatency(one, N, BLOCK), ...await interleavedLatency(sixtyFour, Math.ceil(N / 16), Math.max(1, Math.ceil(BLOCK / 16))) };
+    const warm = { ...await interleavedLatency(one, N, BLOCK), ...await interleavedLatency(sixtyFour, Math.ceil(N / 16), BLOCK64) };
     // Throughput at concurrency C cannot interleave: one row at a time.
     for (const [name, r] of Object.entries(calls)) {
       results[name] = { ...cold[name], warmP50: warm[name].p50, rps: await throughput(r.call, r.requests, r.concurrency) };
@@ -242,7 +243,7 @@ function report(results: Record<string, Figures>, aloneP50: number, loadMs: Reco
   const batchRatio = r['batch64 random'].rps / r['batch64 mean'].rps;
   process.stdout.write([
     `model ${name} (${members} members), ${N} requests, concurrency ${C}, ${WORKERS} workers; servers in child processes; `
-      + `warm blocks of ${BLOCK} consecutive requests (${Math.max(1, Math.ceil(BLOCK / 16))} for the 64-image rows)`,
+      + `warm blocks of ${BLOCK} consecutive requests (${BLOCK64} for the 64-image rows)`,
     '',
     `| path             | p50 ms   | p99 ms   | p50 ms, blocks of ${BLOCK} | req/s    | images/s |`,
     '|------------------|----------|----------|----------|----------|----------|',

@@ -5,8 +5,7 @@
  * warm-up. Several of these side by side are what the machine can compute with no HTTP at all.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { readPackage } from '../src/ensemble/manifest.js';
-import { createSession } from '../src/ensemble/runtime.js';
+import { openRawMembers } from './raw.js';
 
 export interface RawWorkerData {
   readonly modelDir: string;
@@ -26,17 +25,12 @@ export interface RawWorkerResult {
 }
 
 const { modelDir, batch, startAt, durationS } = workerData as RawWorkerData;
-const pkg = await readPackage(modelDir);
-const { manifest } = pkg;
-if (manifest.kind !== 'ensemble') throw new Error('the raw rows need an ensemble package');
-const spec = { inputName: manifest.input.name, outputName: manifest.output.name, shape: manifest.input.shape, classes: manifest.output.classes };
-const sessions = await Promise.all(pkg.members.map((m, i) => createSession(m, spec, { kind: 'cpu' }, 1, `member ${i}`)));
-const size = pkg.golden[0].input.length;
-const data = new Float32Array(batch * size);
-for (let i = 0; i < batch; i++) data.set(pkg.golden[0].input, i * size);
+const raw = await openRawMembers(modelDir, 1);
+const { sessions } = raw;
+const data = raw.batch(batch);
 const now = () => performance.timeOrigin + performance.now();
 let member = 0;
-const runOne = () => sessions[member++ % sessions.length].session.run(data, batch);
+const runOne = () => sessions[member++ % sessions.length].run(data, batch);
 while (now() < startAt) await runOne(); // warm-up until the common start
 const latencies: number[] = [];
 let images = 0;
@@ -48,5 +42,5 @@ for (const end = startAt + durationS * 1000; now() < end;) {
   images += batch;
 }
 const endedAt = now();
-await Promise.all(sessions.map((s) => s.session.release()));
+await raw.release();
 parentPort!.postMessage({ images, latencies, startedAt, endedAt } satisfies RawWorkerResult);

@@ -32,7 +32,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { readPackage } from '../src/ensemble/manifest.js';
-import { createSession } from '../src/ensemble/runtime.js';
+import { openRawMembers } from './raw.js';
 import type { RawWorkerData, RawWorkerResult } from './raw-worker.js';
 
 export interface SweepOptions {
@@ -297,28 +297,23 @@ async function loadOpen(url: string, body: RequestBody, rate: number, warmupS: n
 
 /** In-process onnxruntime on batches of c images for warmup + duration: the compute limit. */
 async function rawBatched(modelDir: string, threads: number, c: number, warmupS: number, durationS: number): Promise<Omit<Point, 'target' | 'concurrency'>> {
-  const pkg = await readPackage(modelDir);
-  const { manifest } = pkg;
-  if (manifest.kind !== 'ensemble') throw new Error('the raw row needs an ensemble package');
-  const spec = { inputName: manifest.input.name, outputName: manifest.output.name, shape: manifest.input.shape, classes: manifest.output.classes };
-  const sessions = await Promise.all(pkg.members.map((m, i) => createSession(m, spec, { kind: 'cpu' }, threads, `member ${i}`)));
-  const size = pkg.golden[0].input.length;
-  const batch = new Float32Array(c * size);
-  for (let i = 0; i < c; i++) batch.set(pkg.golden[0].input, i * size);
+  const raw = await openRawMembers(modelDir, threads);
+  const { sessions } = raw;
+  const batch = raw.batch(c);
   const lat: number[] = [];
   let images = 0;
   const until = (ms: number) => performance.now() + ms;
   let member = 0;
-  for (const end = until(warmupS * 1000); performance.now() < end;) await sessions[member++ % sessions.length].session.run(batch, c);
+  for (const end = until(warmupS * 1000); performance.now() < end;) await sessions[member++ % sessions.length].run(batch, c);
   const t0 = performance.now();
   for (const end = until(durationS * 1000); performance.now() < end;) {
     const s = performance.now();
-    await sessions[member++ % sessions.length].session.run(batch, c);
+    await sessions[member++ % sessions.length].run(batch, c);
     lat.push(performance.now() - s);
     images += c;
   }
   const seconds = (performance.now() - t0) / 1000;
-  await Promise.all(sessions.map((s) => s.session.release()));
+  await raw.release();
   lat.sort((a, b) => a - b);
   return { rps: images / seconds, p50: percentile(lat, 0.5), p90: percentile(lat, 0.9), p99: percentile(lat, 0.99), ok: images, rejected: 0, rejectedP99: null };
 }

@@ -14,7 +14,7 @@ import { ConfigError, PackageError } from '../errors.js';
 import { readPackage, type Manifest, type MemberSource, type ModelPackage } from './manifest.js';
 import { NO_OBSERVER, type InferenceObserver } from './observer.js';
 import { WorkerPool, type PoolLogger } from './pool.js';
-import { generateMembers, type Provider } from './runtime.js';
+import { generateMembers, sessionSpec, type Provider } from './runtime.js';
 
 export interface EnsembleLogger extends PoolLogger {
   info(obj: object, msg: string): void;
@@ -97,7 +97,7 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger, observer
   const classes = manifest.output.classes;
   const pool = new WorkerPool({
     members: await materialise(pkg, log),
-    spec: { inputName: manifest.input.name, outputName: manifest.output.name, shape: manifest.input.shape, classes },
+    spec: sessionSpec(manifest),
     device: config.device,
     threads: config.threadsPerWorker,
     golden: { inputs: pkg.golden.map((g) => g.input), logits: pkg.golden.map((g) => g.logits) },

@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { Device } from '../config.js';
-import type { MemberSource, TensorSlot } from './manifest.js';
+import type { Manifest, MemberSource, TensorSlot } from './manifest.js';
 
 export type Provider = 'cpu' | 'cuda';
 
@@ -25,6 +25,11 @@ export interface SessionSpec {
   /** [C, H, W] */
   readonly shape: readonly number[];
   readonly classes: number;
+}
+
+/** What a member session is checked against, from the package's manifest. */
+export function sessionSpec(manifest: Manifest): SessionSpec {
+  return { inputName: manifest.input.name, outputName: manifest.output.name, shape: manifest.input.shape, classes: manifest.output.classes };
 }
 
 function options(provider: Provider, device: Device, threads: number): ort.InferenceSession.SessionOptions {
