@@ -72,6 +72,11 @@ class HyperEnsemble(nn.Module):
         self.generator = nn.Sequential(
             nn.Linear(hc.member_dim + hc.chunk_dim, hc.hidden), nn.ReLU(), nn.Linear(hc.hidden, hc.chunk_size)
         )
+        # Optional FiLM-style scale of the generator's hidden layer by the member embedding (shared).
+        # Zero at the start, so training starts as without it and members grow apart as L_sim asks.
+        self.member_scale = nn.Linear(hc.member_dim, hc.hidden, bias=False) if hc.member_scale else None
+        if self.member_scale is not None:
+            nn.init.zeros_(self.member_scale.weight)
         # Each member keeps its own biases, initialised as an ordinary member would be.
         self.direct = nn.Parameter(torch.stack([
             torch.cat([dict(t.named_parameters())[s.name].detach().flatten() for s in self.direct_slots])
@@ -96,9 +101,12 @@ class HyperEnsemble(nn.Module):
         self.generator[-1].bias.zero_()
 
     def _raw(self, index: torch.Tensor | int) -> torch.Tensor:
-        z = self.member_embedding[index].expand(self.n_chunks, -1)
-        chunks = self.generator(torch.cat([z, self.chunk_embedding], dim=1))
-        return chunks.flatten()[: self.generated_numel]
+        z = self.member_embedding[index]
+        first, act, last = self.generator
+        hidden = act(first(torch.cat([z.expand(self.n_chunks, -1), self.chunk_embedding], dim=1)))
+        if self.member_scale is not None:
+            hidden = hidden * (1 + self.member_scale(z))
+        return last(hidden).flatten()[: self.generated_numel]
 
     def generate(self, index: torch.Tensor | int) -> dict[str, torch.Tensor]:
         """Member `index`'s named parameter tensors (differentiable w.r.t. the hypernetwork)."""
@@ -130,7 +138,8 @@ class HyperEnsemble(nn.Module):
         """Parameters of the hypernetwork ensemble against N ordinary members of the same architecture."""
         per_member = sum(s.numel for s in self.generated) + sum(s.numel for s in self.direct_slots)
         return {
-            "generator": sum(p.numel() for p in self.generator.parameters()),
+            "generator": sum(p.numel() for p in self.generator.parameters())
+            + (self.member_scale.weight.numel() if self.member_scale is not None else 0),
             "chunkEmbeddings": self.chunk_embedding.numel(),
             "memberEmbeddings": self.member_embedding.numel(),
             "directPerMember": self.direct.shape[1] + (self.gains.shape[1] if self.gains is not None else 0),

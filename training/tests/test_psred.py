@@ -167,3 +167,30 @@ def test_member_gains_scale_output_channels_and_are_exported(tmp_path):
     assert torch.equal(after[first][1:], before[first][1:])
     pkg = export_package(cfg, ens, tmp_path / "pkg", synthetic_dataset(n_train=64, n_test=32))
     assert _worst_golden_error(pkg, check_package(pkg), cfg.members) <= 1e-4
+
+
+def test_member_scale_starts_as_the_plain_generator_and_is_exported(tmp_path):
+    """hypernet.member_scale: the member embedding also scales the generator's hidden layer. It starts
+    at zero, so a fresh ensemble generates what the plain generator would from the same weights; once
+    trained it changes members apart from the shared shift, and the export carries it."""
+    cfg = tiny_config(method="ps-red", hypernet={"member_scale": True})
+    torch.manual_seed(0)
+    ens = build_ensemble(cfg, 10)
+    torch.manual_seed(0)
+    plain = build_ensemble(tiny_config(method="ps-red"), 10)
+    hidden, member_dim = cfg.hypernet.hidden, cfg.hypernet.member_dim
+    assert ens.parameter_report()["total"] - plain.parameter_report()["total"] == hidden * member_dim
+    assert ens.parameter_report()["total"] == count_parameters(ens)
+    for name, value in plain.generate(1).items():
+        assert torch.allclose(ens.generate(1)[name], value, atol=1e-6), name
+    with torch.no_grad():
+        ens.member_scale.weight.normal_(std=0.1)
+        z = ens.member_embedding[1]
+        features = ens.generator[1](ens.generator[0](torch.cat([z.expand(ens.n_chunks, -1), ens.chunk_embedding], 1)))
+        expected = ens.generator[2](features * (1 + ens.member_scale(z))).flatten()[: ens.generated_numel]
+    first = ens.generated[0]
+    generated = ens.generate(1)[first.name].detach()
+    assert torch.allclose(generated.flatten(), expected[: first.numel] * first.scale, atol=1e-6)
+    assert not torch.allclose(generated, plain.generate(1)[first.name].detach(), atol=1e-3)
+    pkg = export_package(cfg, ens, tmp_path / "pkg", synthetic_dataset(n_train=64, n_test=32))
+    assert _worst_golden_error(pkg, check_package(pkg), cfg.members) <= 1e-4
