@@ -19,6 +19,7 @@ Protocols, all at Linf eps in pixel space [0, 1]:
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import os
 import sys
@@ -36,6 +37,7 @@ from tqdm import tqdm
 from redtrain.attacks import apgd, member_ce, pgd, pgd_worst, project
 from redtrain.data import load_dataset, to_unit
 from redtrain.errors import UserError
+from redtrain.losses import input_gradients
 from redtrain.manifest import check_package, sha256_file
 from redtrain.onnx_torch import OnnxMember
 from redtrain.train import git_commit
@@ -167,6 +169,15 @@ def ensemble_correct(members: Sequence[OnnxMember], x: torch.Tensor, y: torch.Te
         return probs.argmax(dim=1) == y
 
 
+def gradient_cosine(members: Sequence[OnnxMember], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """[B]: per example, the mean over member pairs of |cos| between the members' input gradients of
+    their CE; the batch mean is L_sim (losses.gradient_similarity) at clean points. 1 means the members
+    share one gradient direction (alike to a first-order attacker), 0 means orthogonal gradients."""
+    grads = [input_gradients(m, x, y)[1].detach() for m in members]
+    pairs = [F.cosine_similarity(a, b, dim=1, eps=1e-12).abs() for a, b in itertools.combinations(grads, 2)]
+    return torch.stack(pairs).mean(dim=0)
+
+
 def _scored(members: Sequence[OnnxMember], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return member_correct(members, x, y), ensemble_correct(members, x, y)
 
@@ -249,6 +260,9 @@ def evaluate_target(target: Target, x: torch.Tensor, y: torch.Tensor, settings: 
     result: dict = {"name": target.name, "spec": target.spec, "members": len(members)}
     clean = over_batches("clean", lambda xb, yb: _scored(members, xb, yb))
     result["clean"] = summarise(torch.cat([c for c, _ in clean], dim=1), torch.cat([e for _, e in clean]))
+    if len(members) > 1:
+        cosine = torch.cat([gradient_cosine(members, xb, yb) for xb, yb in _batches(x, y, settings.batch_size)])
+        result["clean"]["gradientCosine"] = round(float(cosine.mean()), 4)
 
     weak = over_batches("weak", lambda xb, yb: weak_protocol(members, xb, yb, eps, settings.weak_steps, generator))
     result["weak"] = {"name": f"PGD-{settings.weak_steps}, one random member per step, judged by another draw",
@@ -322,13 +336,18 @@ def render_markdown(results: list[dict], meta: dict) -> str:
         "",
         "## Clean accuracy",
         "",
-        "| target | members | each member | random draw (expected) | averaged ensemble |",
-        "|---|---|---|---|---|",
+        "The last column is the members' input-gradient similarity at the clean test points: per example the "
+        "mean over member pairs of |cos| between their CE input gradients (the L_sim of training), then the mean "
+        "over examples. Near 1, the members look alike to a gradient attacker.",
+        "",
+        "| target | members | each member | random draw (expected) | averaged ensemble | gradient \\|cos\\| |",
+        "|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r["clean"]
+        cosine = f"{c['gradientCosine']:.2f}" if "gradientCosine" in c else "-"
         lines.append(f"| {r['name']} | {r['members']} | {', '.join(_pct(a) for a in c['perMember'])} | "
-                     f"{_pct(c['expected'])} | {_pct(c['ensemble'])} |")
+                     f"{_pct(c['expected'])} | {_pct(c['ensemble'])} | {cosine} |")
     names = list(results[0]["attacks"])
     lines += ["", f"## Robust accuracy at eps {eps:g}", "",
               "Expected accuracy under each attack; the weak protocol's accuracy first for contrast.", "",

@@ -15,8 +15,8 @@ from torch import nn
 from conftest import synthetic_dataset
 from redtrain.attacks import apgd, apgd_checkpoints, dlr_loss, pgd_worst
 from redtrain.errors import UserError
-from redtrain.evaluate import (Settings, Target, check_parity, evaluate_target, load_target, render_markdown,
-                               run_evaluation, transfer_counts, transfer_matrix)
+from redtrain.evaluate import (Settings, Target, check_parity, evaluate_target, gradient_cosine, load_target,
+                               render_markdown, run_evaluation, transfer_counts, transfer_matrix)
 from redtrain.models import ResNet20
 from redtrain.onnx_torch import OnnxMember
 
@@ -148,6 +148,17 @@ def test_transfer_between_identical_members_equals_white_box():
     assert matrix[0][1] == matrix[0][0] and matrix[1][0] == matrix[1][1] and matrix[0][0] > 0
 
 
+def test_gradient_cosine_is_one_for_identical_members_and_zero_for_orthogonal_ones():
+    x = torch.rand(5, 1, 2, 2)
+    y = torch.zeros(5, dtype=torch.long)
+    a = _linear_member(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    b = _linear_member(torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    assert torch.allclose(gradient_cosine([a, a], x, y), torch.ones(5), atol=1e-6)
+    assert torch.allclose(gradient_cosine([a, b], x, y), torch.zeros(5), atol=1e-6)
+    # three members: pairs (a, a) 1, (a, b) 0, (a, b) 0 -> 1/3 on every example
+    assert torch.allclose(gradient_cosine([a, a, b], x, y), torch.full((5,), 1 / 3), atol=1e-6)
+
+
 def test_report_from_a_small_run(tmp_path):
     data = synthetic_dataset(n_train=8, n_test=24)
     settings = Settings(limit=16, apgd_steps=3, pgd_steps=2, weak_steps=2, transfer_steps=2, curve_steps=2,
@@ -167,6 +178,8 @@ def test_report_from_a_small_run(tmp_path):
         assert all(worst <= a["expected"] + 1e-9 for k, a in r["attacks"].items() if "worst" not in k)
         assert set(r["curve"]) == {"0.05", "0.1", "0.15", "0.2"}
     assert "transfer" in results[0] and "transfer" not in results[1]
+    assert 0 <= results[0]["clean"]["gradientCosine"] <= 1 and "gradientCosine" not in results[1]["clean"]
+    assert "| gradient \\|cos\\| |" in text
     assert (tmp_path / "robustness-eps.png").stat().st_size > 0
     assert (tmp_path / "robustness-transfer.png").stat().st_size > 0
     assert report["meta"]["examples"] == 16 and report["meta"]["settings"]["seed"] == 0
