@@ -197,7 +197,7 @@ async function main(): Promise<void> {
 
     const pngType = { 'content-type': 'image/png' };
     const batchCall = (url: string) => () => post(agent, `${url}/v2/models/${manifest.name}/infer`, batchBody.data, batchBody.headers);
-    const rawCall = async () => { await session.run(x, 1); };
+    const rawCall = async () => { session.run(x, 1); };
     const calls: Record<string, { call: () => Promise<void>; requests: number; concurrency: number }> = {
       'raw member': { call: rawCall, requests: N, concurrency: 1 },
       'bare route': { call: () => post(agent, `${bareUrl}/bare`, png, pngType), requests: N, concurrency: C },
@@ -227,7 +227,7 @@ async function main(): Promise<void> {
     report(results, alone.raw.p50, loadMs, manifest.name, manifest.members.length);
   } finally {
     agent.destroy();
-    await session.release();
+    session.release();
     for (const s of servers) await s.stop();
   }
 }

@@ -31,13 +31,13 @@ const data = raw.batch(batch);
 const now = () => performance.timeOrigin + performance.now();
 let member = 0;
 const runOne = () => sessions[member++ % sessions.length].run(data, batch);
-while (now() < startAt) await runOne(); // warm-up until the common start
+while (now() < startAt) runOne(); // warm-up until the common start
 const latencies: number[] = [];
 let images = 0;
 const startedAt = now();
 for (const end = startAt + durationS * 1000; now() < end;) {
   const t0 = performance.now();
-  await runOne();
+  runOne();
   latencies.push(performance.now() - t0);
   images += batch;
 }

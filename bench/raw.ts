@@ -26,6 +26,6 @@ export async function openRawMembers(modelDir: string, threads: number): Promise
       for (let i = 0; i < n; i++) data.set(image, i * image.length);
       return data;
     },
-    release: async () => { await Promise.all(sessions.map((s) => s.release())); },
+    release: async () => { for (const s of sessions) s.release(); },
   };
 }

@@ -304,11 +304,11 @@ async function rawBatched(modelDir: string, threads: number, c: number, warmupS:
   let images = 0;
   const until = (ms: number) => performance.now() + ms;
   let member = 0;
-  for (const end = until(warmupS * 1000); performance.now() < end;) await sessions[member++ % sessions.length].run(batch, c);
+  for (const end = until(warmupS * 1000); performance.now() < end;) sessions[member++ % sessions.length].run(batch, c);
   const t0 = performance.now();
   for (const end = until(durationS * 1000); performance.now() < end;) {
     const s = performance.now();
-    await sessions[member++ % sessions.length].run(batch, c);
+    sessions[member++ % sessions.length].run(batch, c);
     lat.push(performance.now() - s);
     images += c;
   }

@@ -1,22 +1,35 @@
 /**
  * The only module that imports onnxruntime-node. It runs inside worker threads (see worker.ts):
  * `session.run` is synchronous underneath and would block the event loop of the HTTP thread.
+ *
+ * Member sessions call onnxruntime-node's native binding directly. Its public
+ * `InferenceSession.run` defers each call with setImmediate and wraps it in promises and argument
+ * checks; in a worker that has just woken from Atomics.wait that detour cost about 140 us per
+ * one-image run (p50 of the round trip from the pool's notify, 437-460 us against 300-320 us,
+ * fmnist-red member 0, interleaved, 1 ms apart), more than the hand-off between the threads. The
+ * worker has nothing else to do while a member runs, so the synchronous call blocks nothing. The
+ * binding's path is internal to onnxruntime-node (`dist/binding`, pinned in package-lock.json): a
+ * version that moves it fails every session at creation, which the test suite exercises.
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
+import type { Binding } from 'onnxruntime-node/dist/binding.js';
 import type { Device } from '../config.js';
 import type { Manifest, MemberSource, TensorSlot } from './manifest.js';
+
+const native = createRequire(import.meta.url)('onnxruntime-node/dist/binding') as
+  typeof import('onnxruntime-node/dist/binding.js');
 
 export type Provider = 'cpu' | 'cuda';
 
 export interface MemberSession {
   readonly inputName: string;
   readonly outputName: string;
-  /** Logits [n, classes] for n images laid out as NCHW float32 in `data`. */
-  run(data: Float32Array, n: number): Promise<Float32Array>;
-  release(): Promise<void>;
+  /** Logits [n, classes] for n images laid out as NCHW float32 in `data` (synchronous: blocks the thread). */
+  run(data: Float32Array, n: number): Float32Array;
+  release(): void;
 }
 
 export interface SessionSpec {
@@ -42,22 +55,38 @@ function options(provider: Provider, device: Device, threads: number): ort.Infer
 }
 
 /** Check a session's declared input/output against the manifest; returns problems, one per mismatch. */
-function checkSignature(session: ort.InferenceSession, spec: SessionSpec, label: string): string[] {
+function checkSignature(session: Binding.InferenceSession, spec: SessionSpec, label: string): string[] {
   const problems: string[] = [];
-  if (session.inputNames.length !== 1 || session.inputNames[0] !== spec.inputName) {
-    problems.push(`${label}: inputs are [${session.inputNames.join(', ')}], the manifest says [${spec.inputName}]`);
+  const inputs = session.inputMetadata.map((m) => m.name);
+  const outputs = session.outputMetadata.map((m) => m.name);
+  if (inputs.length !== 1 || inputs[0] !== spec.inputName) {
+    problems.push(`${label}: inputs are [${inputs.join(', ')}], the manifest says [${spec.inputName}]`);
   }
-  if (session.outputNames.length !== 1 || session.outputNames[0] !== spec.outputName) {
-    problems.push(`${label}: outputs are [${session.outputNames.join(', ')}], the manifest says [${spec.outputName}]`);
+  if (outputs.length !== 1 || outputs[0] !== spec.outputName) {
+    problems.push(`${label}: outputs are [${outputs.join(', ')}], the manifest says [${spec.outputName}]`);
   }
   const meta = session.inputMetadata.find((m) => m.name === spec.inputName);
   if (meta && meta.isTensor) {
+    // The binding reports a symbolic dimension as -1 (with its name in symbolicDimensions).
+    const shown = meta.shape.map((d, i) => (d < 0 ? meta.symbolicDimensions[i] || '?' : d));
     const dims = meta.shape.slice(1);
     const fixedOk = dims.length === spec.shape.length && dims.every((d, i) => d === spec.shape[i]);
-    if (!fixedOk) problems.push(`${label}: input shape is [${meta.shape.join(', ')}], the manifest says [batch, ${spec.shape.join(', ')}]`);
-    if (meta.type !== 'float32') problems.push(`${label}: input type is ${meta.type}, expected float32`);
+    if (!fixedOk) problems.push(`${label}: input shape is [${shown.join(', ')}], the manifest says [batch, ${spec.shape.join(', ')}]`);
+    if (meta.type !== FLOAT32) problems.push(`${label}: input type is ${TYPE_NAMES[meta.type] ?? meta.type}, expected float32`);
   }
   return problems;
+}
+
+// The binding's element type codes (ONNX TensorProto.DataType).
+const FLOAT32 = 1;
+const TYPE_NAMES: Record<number, string> = { 1: 'float32', 2: 'uint8', 3: 'int8', 5: 'int16', 6: 'int32', 7: 'int64', 9: 'bool', 10: 'float16', 11: 'float64' };
+
+/** A native session over `bytes` (throws what onnxruntime says when the model or an option is refused). */
+function loadNative(bytes: Uint8Array, sessionOptions: ort.InferenceSession.SessionOptions): Binding.InferenceSession {
+  native.initOrt();
+  const session = new native.binding.InferenceSession();
+  session.loadModel(bytes.buffer as ArrayBuffer, bytes.byteOffset, bytes.byteLength, sessionOptions);
+  return session;
 }
 
 export interface CreatedSession {
@@ -100,7 +129,7 @@ export async function createSession(source: MemberSource, spec: SessionSpec, dev
   // onnxruntime prints its own error when the CUDA provider library is missing, before any session
   // option applies; under `auto` that is the expected path on CPU machines, and we log the fallback.
   if (device.kind === 'auto') ort.env.logLevel = 'fatal';
-  let session: ort.InferenceSession;
+  let session: Binding.InferenceSession;
   let provider: Provider = device.kind === 'cpu' ? 'cpu' : 'cuda';
   let fallbackReason: string | undefined;
   if (device.kind === 'auto' && cudaProviderInstalled() === false) {
@@ -108,33 +137,34 @@ export async function createSession(source: MemberSource, spec: SessionSpec, dev
     fallbackReason = CUDA_NOT_INSTALLED;
   }
   try {
-    session = await ort.InferenceSession.create(bytes, withData(options(provider, device, threads)));
+    session = loadNative(bytes, withData(options(provider, device, threads)));
   } catch (err) {
     const reason = (err as Error).message.split('\n')[0].slice(0, 300);
     if (device.kind !== 'auto' || provider === 'cpu') throw new Error(`${label}: cannot create a ${provider} session: ${reason}`);
     provider = 'cpu';
     fallbackReason = reason;
-    session = await ort.InferenceSession.create(bytes, withData(options('cpu', device, threads)));
+    session = loadNative(bytes, withData(options('cpu', device, threads)));
   }
   const problems = checkSignature(session, spec, label);
   if (problems.length) {
-    await session.release();
+    session.dispose();
     throw new Error(problems.join('; '));
   }
   const [c, h, w] = spec.shape;
+  const fetches = { [spec.outputName]: null };
+  const runOptions = {};
   const wrapped: MemberSession = {
     inputName: spec.inputName,
     outputName: spec.outputName,
-    async run(data: Float32Array, n: number): Promise<Float32Array> {
+    run(data: Float32Array, n: number): Float32Array {
       const input = new ort.Tensor('float32', data, [n, c, h, w]);
-      const out = await session.run({ [spec.inputName]: input });
-      const logits = out[spec.outputName];
+      const logits = session.run({ [spec.inputName]: input }, fetches, runOptions)[spec.outputName] as ort.Tensor;
       if (logits.type !== 'float32' || logits.dims.length !== 2 || logits.dims[0] !== n || logits.dims[1] !== spec.classes) {
         throw new Error(`${label}: output has shape [${logits.dims.join(', ')}], expected [${n}, ${spec.classes}]`);
       }
       return logits.data as Float32Array;
     },
-    release: () => session.release(),
+    release: () => session.dispose(),
   };
   return { session: wrapped, provider, fallbackReason };
 }

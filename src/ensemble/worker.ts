@@ -41,7 +41,7 @@ async function checkGolden(sessions: readonly MemberSession[], init: WorkerInit)
   inputs.forEach((x, i) => data.set(x, i * size));
   let worst = 0;
   for (const [m, session] of sessions.entries()) {
-    const out = await session.run(data.slice(), inputs.length);
+    const out = session.run(data.slice(), inputs.length);
     for (let i = 0; i < inputs.length; i++) {
       for (let k = 0; k < init.spec.classes; k++) {
         const err = Math.abs(out[i * init.spec.classes + k] - logits[i][m][k]);
