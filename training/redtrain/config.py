@@ -109,6 +109,10 @@ class HypernetConfig:
     # member only shifts that layer, and the trained members come out nearly alike (input-gradient
     # cosine 0.88 between the shipped fmnist-psred's members, 0.35 for fmnist-red's).
     member_scale: bool = False
+    # Learning rate of the chunk and member embeddings as a multiple of optim.lr. They start at unit
+    # scale (randn), ten times the scale of a direct member weight, so at the same Adam step size
+    # they move ten times slower relative to their size.
+    embedding_lr_scale: float = 1.0
     # How hypernet.onnx stores its parameters. float16 halves the bytes on disk: export rounds the
     # trained parameters to half precision first, so the package's golden logits, accuracy and
     # parity checks are those of the rounded hypernetwork, and an in-graph Cast restores float32.
@@ -153,6 +157,8 @@ class Config:
                 problems.append(f"{key}.eps: {attack.eps} is outside (0, 1]")
             if attack.steps < 1:
                 problems.append(f"{key}.steps: {attack.steps} must be >= 1")
+        if not self.hypernet.embedding_lr_scale > 0:
+            problems.append(f"hypernet.embedding_lr_scale: {self.hypernet.embedding_lr_scale} must be > 0")
         if self.hypernet.storage not in ("float32", "float16"):
             problems.append(f"hypernet.storage: '{self.hypernet.storage}' is not one of float32, float16")
         if self.loss.distill.teacher:

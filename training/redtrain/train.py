@@ -198,6 +198,20 @@ def accuracy(members: Sequence[Member], images: torch.Tensor, labels: torch.Tens
     }
 
 
+def parameter_groups(ensemble: nn.Module, cfg: Config) -> list[dict]:
+    """The optimizer's parameter groups: one, or for ps-red with `hypernet.embedding_lr_scale` != 1 a
+    second group holding the chunk and member embeddings at optim.lr times that scale (the schedule
+    scales both alike)."""
+    params = [p for p in ensemble.parameters() if p.requires_grad]
+    scale = cfg.hypernet.embedding_lr_scale
+    if cfg.method != "ps-red" or scale == 1.0:
+        return [{"params": params}]
+    embeddings = [ensemble.chunk_embedding, ensemble.member_embedding]
+    chosen = {id(p) for p in embeddings}
+    return [{"params": [p for p in params if id(p) not in chosen]},
+            {"params": embeddings, "lr": cfg.optim.lr * scale}]
+
+
 def _atomic_save(obj: object, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -261,7 +275,7 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
 
     seed_everything(cfg.seed)
     ensemble = build_ensemble(cfg, len(data.labels)).to(device)
-    params = [p for p in ensemble.parameters() if p.requires_grad]
+    params = parameter_groups(ensemble, cfg)
     o = cfg.optim
     if o.optimizer == "adam":
         optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)

@@ -13,7 +13,7 @@ from redtrain.manifest import check_package, validate_manifest
 from redtrain.models import build_member, count_parameters
 from redtrain.psred import HyperEnsemble
 from redtrain.psred_export import member_weights, target_logits
-from redtrain.train import build_ensemble, load_run, loss_terms, train
+from redtrain.train import build_ensemble, load_run, loss_terms, parameter_groups, train
 
 
 def shipped_like(members=5):
@@ -194,3 +194,17 @@ def test_member_scale_starts_as_the_plain_generator_and_is_exported(tmp_path):
     assert not torch.allclose(generated, plain.generate(1)[first.name].detach(), atol=1e-3)
     pkg = export_package(cfg, ens, tmp_path / "pkg", synthetic_dataset(n_train=64, n_test=32))
     assert _worst_golden_error(pkg, check_package(pkg), cfg.members) <= 1e-4
+
+
+def test_embedding_lr_scale_puts_the_embeddings_in_their_own_group():
+    cfg = tiny_config(method="ps-red", hypernet={"embedding_lr_scale": 10.0})
+    ens = build_ensemble(cfg, 10)
+    groups = parameter_groups(ens, cfg)
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(10 * cfg.optim.lr)
+    assert {id(p) for p in groups[1]["params"]} == {id(ens.chunk_embedding), id(ens.member_embedding)}
+    assert len(groups[0]["params"]) + 2 == len(list(ens.parameters()))
+    # the default, and methods without embeddings, keep one group
+    assert len(parameter_groups(ens, tiny_config(method="ps-red"))) == 1
+    assert len(parameter_groups(build_ensemble(tiny_config(), 10), tiny_config())) == 1
+    with pytest.raises(UserError, match="embedding_lr_scale"):
+        tiny_config(method="ps-red", hypernet={"embedding_lr_scale": 0})
