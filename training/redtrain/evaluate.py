@@ -37,7 +37,6 @@ from tqdm import tqdm
 from redtrain.attacks import apgd, member_ce, pgd, pgd_worst, project
 from redtrain.data import load_dataset, to_unit
 from redtrain.errors import UserError
-from redtrain.losses import input_gradients
 from redtrain.manifest import check_package, sha256_file
 from redtrain.onnx_torch import OnnxMember
 from redtrain.train import git_commit
@@ -173,7 +172,11 @@ def gradient_cosine(members: Sequence[OnnxMember], x: torch.Tensor, y: torch.Ten
     """[B]: per example, the mean over member pairs of |cos| between the members' input gradients of
     their CE; the batch mean is L_sim (losses.gradient_similarity) at clean points. 1 means the members
     share one gradient direction (alike to a first-order attacker), 0 means orthogonal gradients."""
-    grads = [input_gradients(m, x, y)[1].detach() for m in members]
+    grads = []
+    for m in members:
+        z = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(m(z), y, reduction="sum"), z)  # no graph kept: not trained
+        grads.append(g.flatten(1))
     pairs = [F.cosine_similarity(a, b, dim=1, eps=1e-12).abs() for a, b in itertools.combinations(grads, 2)]
     return torch.stack(pairs).mean(dim=0)
 
