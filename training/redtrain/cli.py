@@ -1,4 +1,4 @@
-"""Command line: python -m redtrain {train,export,validate,evaluate} ...
+"""Command line: python -m redtrain {train,export,validate,evaluate,study} ...
 
 User errors (bad config, missing data, broken package) print one line and exit 2.
 """
@@ -64,6 +64,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from redtrain.study import run_study
+
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    stages = set(args.stages.split(","))
+    unknown = stages - {"train", "export", "evaluate", "report"}
+    if unknown:
+        raise UserError(f"--stages: unknown stage(s) {', '.join(sorted(unknown))} (allowed: train, export, evaluate, report)")
+    path = run_study(args.plan, args.jobs, stages, set(args.only.split(",")) if args.only else None)
+    print(f"wrote {path}" if path else "no run evaluated yet: no report")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="redtrain", description="Train and export RED / PS-RED model packages.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep results already in --out for unchanged packages evaluated with the same settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("study", help="train, export, evaluate and report every arm and seed of a study plan (resumable)")
+    p.add_argument("--plan", required=True, help="study plan YAML, e.g. training/configs/experiments/study.yaml")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained or evaluated at once, one thread each (default 2)")
+    p.add_argument("--stages", default="train,export,evaluate,report",
+                   help="comma-separated subset of train,export,evaluate,report (default: all)")
+    p.add_argument("--only", help="comma-separated arm names (default: every arm)")
+    p.set_defaults(func=_study)
     return parser
 
 

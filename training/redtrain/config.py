@@ -19,6 +19,7 @@ from redtrain.errors import UserError
 METHODS = ("independent", "independent-at", "red", "ps-red")
 DATASETS = ("fashion-mnist", "cifar10")
 ARCHS = ("cnn-small", "resnet20")
+TRAINERS = ("auto", "stacked", "loop")
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,12 @@ class HypernetConfig:
     # scale (randn), ten times the scale of a direct member weight, so at the same Adam step size
     # they move ten times slower relative to their size.
     embedding_lr_scale: float = 1.0
+    # One generator per member, as the public PS-RED code does (each member's own generator weights
+    # and chunk embeddings; nothing but the layout is shared). Off: one generator shared by all.
+    per_member: bool = False
+    # Rank of a per-member low-rank adapter on the shared generator's output layer (0: none): member
+    # m's chunks are last(hidden) + (hidden A_m) B_m, A_m starting at zero.
+    adapter_rank: int = 0
     # How hypernet.onnx stores its parameters. float16 halves the bytes on disk: export rounds the
     # trained parameters to half precision first, so the package's golden logits, accuracy and
     # parity checks are those of the rounded hypernetwork, and an in-graph Cast restores float32.
@@ -127,6 +134,9 @@ class Config:
     seed: int = 0
     # Torch CPU threads (None: torch's default). Two runs side by side on 2 cores: 1 each.
     threads: typing.Optional[int] = None
+    # How a step is computed: "stacked" evaluates all members in one vectorised pass (cnn-small only),
+    # "loop" one member after another; "auto" picks stacked where it applies. Same objective either way.
+    trainer: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -142,6 +152,10 @@ class Config:
             problems.append(f"data.name: '{self.data.name}' is not one of {', '.join(DATASETS)}")
         if self.model.arch not in ARCHS:
             problems.append(f"model.arch: '{self.model.arch}' is not one of {', '.join(ARCHS)}")
+        if self.trainer not in TRAINERS:
+            problems.append(f"trainer: '{self.trainer}' is not one of {', '.join(TRAINERS)}")
+        elif self.trainer == "stacked" and self.model.arch != "cnn-small":
+            problems.append(f"trainer: 'stacked' needs model.arch cnn-small, got '{self.model.arch}'")
         if self.members < 1:
             problems.append(f"members: {self.members} must be >= 1")
         if self.method in ("red", "ps-red") and self.members < 2 and self.loss.l_sim > 0:
@@ -159,6 +173,11 @@ class Config:
                 problems.append(f"{key}.steps: {attack.steps} must be >= 1")
         if not self.hypernet.embedding_lr_scale > 0:
             problems.append(f"hypernet.embedding_lr_scale: {self.hypernet.embedding_lr_scale} must be > 0")
+        if self.hypernet.adapter_rank < 0:
+            problems.append(f"hypernet.adapter_rank: {self.hypernet.adapter_rank} must be >= 0")
+        if self.hypernet.per_member and (self.hypernet.adapter_rank or self.hypernet.member_scale):
+            problems.append("hypernet.per_member: members already have their own generators; "
+                            "adapter_rank and member_scale apply to a shared one")
         if self.hypernet.storage not in ("float32", "float16"):
             problems.append(f"hypernet.storage: '{self.hypernet.storage}' is not one of float32, float16")
         if self.loss.distill.teacher:
@@ -174,6 +193,11 @@ class Config:
             problems.append("optim: epochs must be >= 1 and batch_size >= 2")
         if problems:
             raise UserError("invalid config: " + "; ".join(problems))
+
+    @property
+    def stacked(self) -> bool:
+        """Whether training uses the vectorised all-members step (redtrain.stacked)."""
+        return self.trainer == "stacked" or (self.trainer == "auto" and self.model.arch == "cnn-small")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -72,6 +72,24 @@ class HyperEnsemble(nn.Module):
         self.generator = nn.Sequential(
             nn.Linear(hc.member_dim + hc.chunk_dim, hc.hidden), nn.ReLU(), nn.Linear(hc.hidden, hc.chunk_size)
         )
+        # hypernet.per_member: every member owns a generator of that shape and its own chunk embeddings
+        # (stacked along a leading member axis), as in the public PS-RED code.
+        self.per_member = hc.per_member
+        if self.per_member:
+            gens = [nn.Sequential(nn.Linear(hc.member_dim + hc.chunk_dim, hc.hidden), nn.ReLU(),
+                                  nn.Linear(hc.hidden, hc.chunk_size)) for _ in range(cfg.members)]
+            self.gen_w1 = nn.Parameter(torch.stack([g[0].weight.detach().t() for g in gens]))  # [M, in, hidden]
+            self.gen_b1 = nn.Parameter(torch.stack([g[0].bias.detach() for g in gens]))
+            self.gen_w2 = nn.Parameter(torch.stack([g[2].weight.detach().t() for g in gens]))  # [M, hidden, chunk]
+            self.gen_b2 = nn.Parameter(torch.stack([g[2].bias.detach() for g in gens]))
+            self.chunk_embedding = nn.Parameter(torch.randn(cfg.members, self.n_chunks, hc.chunk_dim))
+            self.generator = None
+        # hypernet.adapter_rank: member m adds (hidden A_m) B_m to the shared output layer; A_m = 0 at
+        # the start, so training starts from the shared generator and members grow apart from there.
+        self.adapter_a = self.adapter_b = None
+        if hc.adapter_rank:
+            self.adapter_a = nn.Parameter(torch.zeros(cfg.members, hc.hidden, hc.adapter_rank))
+            self.adapter_b = nn.Parameter(torch.randn(cfg.members, hc.adapter_rank, hc.chunk_size) / math.sqrt(hc.hidden))
         # Optional FiLM-style scale of the generator's hidden layer by the member embedding (shared).
         # Zero at the start, so training starts as without it and members grow apart as L_sim asks.
         self.member_scale = nn.Linear(hc.member_dim, hc.hidden, bias=False) if hc.member_scale else None
@@ -96,17 +114,43 @@ class HyperEnsemble(nn.Module):
     @torch.no_grad()
     def _normalise_generator(self) -> None:
         """Scale the generator's output layer so raw chunks start with unit variance."""
+        if self.per_member:
+            for m in range(self.n_members):
+                self.gen_w2[m].div_(self._raw(m).std().clamp_min(1e-6))
+            self.gen_b2.zero_()
+            return
         std = self._raw(0).std().clamp_min(1e-6)
         self.generator[-1].weight.div_(std)
         self.generator[-1].bias.zero_()
 
-    def _raw(self, index: torch.Tensor | int) -> torch.Tensor:
-        z = self.member_embedding[index]
+    def _chunks(self, z: torch.Tensor, chunks: torch.Tensor, index: torch.Tensor | int | None) -> torch.Tensor:
+        """Raw chunk values [..., n_chunks, chunk_size] from member embedding(s) z [..., member_dim] and
+        chunk embeddings [..., n_chunks, chunk_dim]; `index` is the member (None: all, stacked)."""
+        inputs = torch.cat([z.unsqueeze(-2).expand(*z.shape[:-1], self.n_chunks, z.shape[-1]), chunks], dim=-1)
+        if self.per_member:
+            w1, b1, w2, b2 = (p if index is None else p[index] for p in (self.gen_w1, self.gen_b1, self.gen_w2, self.gen_b2))
+            hidden = torch.relu(inputs @ w1 + b1.unsqueeze(-2))
+            return hidden @ w2 + b2.unsqueeze(-2)
         first, act, last = self.generator
-        hidden = act(first(torch.cat([z.expand(self.n_chunks, -1), self.chunk_embedding], dim=1)))
+        hidden = act(first(inputs))
         if self.member_scale is not None:
-            hidden = hidden * (1 + self.member_scale(z))
-        return last(hidden).flatten()[: self.generated_numel]
+            hidden = hidden * (1 + self.member_scale(z)).unsqueeze(-2)
+        out = last(hidden)
+        if self.adapter_a is not None:
+            a, b = (self.adapter_a, self.adapter_b) if index is None else (self.adapter_a[index], self.adapter_b[index])
+            out = out + (hidden @ a) @ b
+        return out
+
+    def _raw(self, index: torch.Tensor | int) -> torch.Tensor:
+        chunks = self.chunk_embedding[index] if self.per_member else self.chunk_embedding
+        return self._chunks(self.member_embedding[index], chunks, index).flatten()[: self.generated_numel]
+
+    def _raw_all(self) -> torch.Tensor:
+        """Every member's flat generated vector at once, [M, generated_numel]."""
+        z = self.member_embedding
+        m = z.shape[0]
+        chunks = self.chunk_embedding if self.per_member else self.chunk_embedding.unsqueeze(0).expand(m, -1, -1)
+        return self._chunks(z, chunks, None).reshape(m, -1)[:, : self.generated_numel]
 
     def generate(self, index: torch.Tensor | int) -> dict[str, torch.Tensor]:
         """Member `index`'s named parameter tensors (differentiable w.r.t. the hypernetwork)."""
@@ -119,6 +163,19 @@ class HyperEnsemble(nn.Module):
                 params[s.name] = params[s.name] * per_channel
         direct = self.direct[index]
         params.update({s.name: direct[s.offset:s.offset + s.numel].view(s.shape) for s in self.direct_slots})
+        return params
+
+    def stacked_params(self) -> dict[str, torch.Tensor]:
+        """Every member's parameters with a leading member axis (what `stacked.stacked_logits` takes)."""
+        flat = self._raw_all()
+        m = flat.shape[0]
+        params = {s.name: flat[:, s.offset:s.offset + s.numel].reshape(m, *s.shape) * s.scale for s in self.generated}
+        if self.gains is not None:
+            for s, start in zip(self.generated, self.gain_offsets):
+                per_channel = self.gains[:, start:start + s.shape[0]].reshape(m, -1, *([1] * (len(s.shape) - 1)))
+                params[s.name] = params[s.name] * per_channel
+        params.update({s.name: self.direct[:, s.offset:s.offset + s.numel].reshape(m, *s.shape)
+                       for s in self.direct_slots})
         return params
 
     def forward_member(self, index: int, x: torch.Tensor) -> torch.Tensor:
@@ -137,9 +194,14 @@ class HyperEnsemble(nn.Module):
     def parameter_report(self) -> dict[str, int]:
         """Parameters of the hypernetwork ensemble against N ordinary members of the same architecture."""
         per_member = sum(s.numel for s in self.generated) + sum(s.numel for s in self.direct_slots)
+        generator = (sum(p.numel() for p in (self.gen_w1, self.gen_b1, self.gen_w2, self.gen_b2)) if self.per_member
+                     else sum(p.numel() for p in self.generator.parameters()))
+        if self.member_scale is not None:
+            generator += self.member_scale.weight.numel()
+        if self.adapter_a is not None:
+            generator += self.adapter_a.numel() + self.adapter_b.numel()
         return {
-            "generator": sum(p.numel() for p in self.generator.parameters())
-            + (self.member_scale.weight.numel() if self.member_scale is not None else 0),
+            "generator": generator,
             "chunkEmbeddings": self.chunk_embedding.numel(),
             "memberEmbeddings": self.member_embedding.numel(),
             "directPerMember": self.direct.shape[1] + (self.gains.shape[1] if self.gains is not None else 0),

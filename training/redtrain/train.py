@@ -28,6 +28,7 @@ from redtrain.data import Dataset, load_dataset, to_unit
 from redtrain.errors import UserError
 from redtrain.losses import ensemble_log_probs, gradient_similarity, input_gradients, lipschitz_penalty
 from redtrain.models import build_member
+from redtrain.stacked import loss_terms_stacked, stack_members, stacked_logits
 
 Member = Callable[[torch.Tensor], torch.Tensor]
 
@@ -70,6 +71,10 @@ class Ensemble(nn.Module):
     def member_module(self, index: int) -> nn.Module:
         """A standalone nn.Module computing member `index` (what export writes as ONNX)."""
         return self.nets[index]
+
+    def stacked_params(self) -> dict[str, torch.Tensor]:
+        """Every member's parameters with a leading member axis (for the vectorised trainer)."""
+        return stack_members(list(self.nets))
 
 
 def build_ensemble(cfg: Config, classes: int) -> nn.Module:
@@ -175,6 +180,19 @@ def loss_terms(members: Sequence[Member], x: torch.Tensor, y: torch.Tensor, cfg:
     return terms
 
 
+def step_terms(ensemble: nn.Module, members: Sequence[Member], x: torch.Tensor, y: torch.Tensor, cfg: Config,
+               generator: torch.Generator, teacher: Sequence[Member] | None = None) -> dict[str, torch.Tensor]:
+    """One step's loss terms, vectorised over members where the config allows it (cfg.stacked)."""
+    if not cfg.stacked:
+        return loss_terms(members, x, y, cfg, generator, teacher)
+    params = ensemble.stacked_params()
+    teacher_logits = None
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = torch.stack([t(x) for t in teacher])
+    return loss_terms_stacked(lambda z: stacked_logits(params, z), len(members), x, y, cfg, generator, teacher_logits)
+
+
 @torch.no_grad()
 def accuracy(members: Sequence[Member], images: torch.Tensor, labels: torch.Tensor, device: torch.device,
              batch_size: int = 1000) -> dict[str, object]:
@@ -233,13 +251,13 @@ def _subset(split_images: torch.Tensor, split_labels: torch.Tensor, limit: int |
 def _resume_identity(config: dict) -> dict:
     """The parts of a config a resumed run must share with the run it continues.
 
-    `threads` changes speed, not the objective, and `hypernet.storage` only how export writes the
+    `threads` and `trainer` change speed, not the objective, and `hypernet.storage` only how export writes the
     result; the hypernet section means nothing outside ps-red, so a later change of its defaults
     must not strand runs of the other methods.
     Keys added since a run started compare equal to their absence while they hold their defaults
     (no distillation teacher, no member gains), so older runs still resume.
     """
-    identity = json.loads(json.dumps({k: v for k, v in config.items() if k != "threads"}))
+    identity = json.loads(json.dumps({k: v for k, v in config.items() if k not in ("threads", "trainer")}))
     if identity.get("method") != "ps-red":
         identity.pop("hypernet", None)
     elif isinstance(identity.get("hypernet"), dict):
@@ -313,19 +331,21 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
         order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         attack_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{o.epochs}", disable=not progress,
-                   mininterval=2.0, dynamic_ncols=True)
+                   mininterval=2.0, dynamic_ncols=True, unit="step")
         sums: dict[str, float] = {}
         for step in bar:
             idx = order[step * o.batch_size:(step + 1) * o.batch_size]
             x, y = to_unit(train_x[idx]).to(device), train_y[idx].to(device)
-            terms = loss_terms(members, x, y, cfg, attack_gen, teacher)
+            terms = step_terms(ensemble, members, x, y, cfg, attack_gen, teacher)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
             scheduler.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.set_postfix({k: f"{v / (step + 1):.3f}" for k, v in sums.items()}, refresh=False)
+            images_per_s = (step + 1) * o.batch_size / max(time.time() - started, 1e-9)
+            bar.set_postfix({**{k: f"{v / (step + 1):.3f}" for k, v in sums.items()}, "img/s": f"{images_per_s:.0f}"},
+                            refresh=False)
         bar.close()
         ensemble.eval()
         evaluation = accuracy(ensemble.members(), test_x, test_y, device)
