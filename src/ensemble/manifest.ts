@@ -125,7 +125,7 @@ function fieldPath(pointer: string, data: unknown): string {
 const child = (path: string, key: string) => (path === 'manifest' ? key : `${path}.${key}`);
 
 /** A short rendering of a JSON value, the same in both languages (training/redtrain/manifest.py). */
-export function describeValue(v: unknown): string {
+function describeValue(v: unknown): string {
   if (v === null) return 'null';
   if (typeof v === 'string') {
     const text = JSON.stringify(v);
