@@ -54,6 +54,8 @@ WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json openapi.yaml ./
+# The package format the service validates manifests against (read at start-up).
+COPY docs/model-format.schema.json ./docs/
 COPY models ./models
 USER node
 EXPOSE 8080 9464

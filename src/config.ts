@@ -208,7 +208,8 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
   return Object.freeze(config);
 }
 
-/** A config for tests and benchmarks: defaults plus overrides, frozen. */
+/** Defaults plus overrides, frozen, for a program that embeds the service in-process (bench/bench.ts).
+ * Tests build theirs in test/helpers.ts. */
 export function testConfig(overrides: Partial<Config> & { modelDir: string }): Config {
   return Object.freeze({
     ...loadConfig([], {}),

@@ -46,6 +46,9 @@ t.test('Dockerfile: multi-stage, non-root, healthcheck on /readyz, ports, CUDA v
   }
   const ignore = await read('.dockerignore');
   for (const p of ['node_modules', '.venv', 'runs']) t.match(ignore, new RegExp(`^${p.replace('.', '\\.')}$`, 'm'));
+  t.match(ignore, /^attack$/m, 'the attack client is its own program, not part of the image');
+  t.notMatch(df, /COPY attack/, 'nothing copies the attack client into the image');
+  t.match(df, /^COPY docs\/model-format\.schema\.json \.\/docs\/$/m, 'the package format travels with the service');
 });
 
 t.test('docker-compose.yml: replicas behind an nginx load balancer, health checks, ports and env match the code', async (t) => {

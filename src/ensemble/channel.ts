@@ -114,8 +114,8 @@ export class PoolChannel {
 
 /**
  * The worker's end: serve jobs forever. `run` computes a job's logits from its images (a private
- * copy, valid until `run` returns). `exitFlag` set to 1 makes the worker exit after the current run without answering
- * (WorkerPool.killOne).
+ * copy, valid until `run` returns). `exitFlag` set to 1 makes the worker exit after the current run
+ * without answering (WorkerPool.close stops a busy worker this way).
  */
 export async function serveJobs(buffer: SharedArrayBuffer, shape: ChannelShape,
   run: (member: number, images: Float32Array, n: number) => Promise<Float32Array> | Float32Array,

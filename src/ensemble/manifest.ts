@@ -1,10 +1,18 @@
 /**
  * The model package contract (docs/model-format.md): types, a validator that reports every problem
  * at once, and `readPackage`, which also checks every file's sha256 and reads golden.json.
+ *
+ * The format itself is docs/model-format.schema.json, shared with the Python side
+ * (training/redtrain/manifest.py), which words each violation the same way; both are tested on one
+ * corpus of good and bad manifests (test/fixtures/manifests). What a schema cannot say is here:
+ * relations between fields, file presence and sha256, and golden.json against the manifest.
  */
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import { PackageError } from '../errors.js';
 
 export type Fit = 'fill' | 'contain' | 'cover';
@@ -85,172 +93,119 @@ export interface ModelPackage {
   readonly golden: readonly GoldenImage[];
 }
 
-const TOP_LEVEL = new Set([
-  'format', 'formatVersion', 'name', 'version', 'kind', 'description', 'input', 'output', 'labels',
-  'members', 'golden', 'training', 'evaluation', 'export', 'hypernet', 'target',
-]);
-const OPTIONAL = new Set(['description', 'hypernet', 'target']);
-const NAME_RE = /^[a-z0-9][a-z0-9._-]*$/;
-const SHA_RE = /^[0-9a-f]{64}$/;
-const FITS: readonly string[] = ['fill', 'contain', 'cover'];
-const KERNELS: readonly string[] = ['nearest', 'linear', 'cubic', 'lanczos3'];
+const SCHEMA_FILE = fileURLToPath(new URL('../../../docs/model-format.schema.json', import.meta.url));
+
+/** The format, compiled once: reports every violation, with the failing subschema and value. */
+let compiled: ValidateFunction | undefined;
+function schemaValidator(): ValidateFunction {
+  compiled ??= new Ajv2020({ allErrors: true, verbose: true, strictTypes: false })
+    .compile(JSON.parse(readFileSync(SCHEMA_FILE, 'utf8')) as object);
+  return compiled;
+}
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isInt = (v: unknown): v is number => Number.isInteger(v);
 const isNumber = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
-const isPlainFile = (v: unknown): v is string =>
-  typeof v === 'string' && v !== '' && !v.includes('/') && !v.includes('\\') && v !== '.' && v !== '..';
 /** golden image paths may sit in one sub-folder (golden/0.png) but never leave the package. */
 const isPackagePath = (v: unknown): v is string =>
   typeof v === 'string' && v !== '' && !path.isAbsolute(v) && !v.split(/[\\/]/).some((p) => p === '..' || p === '');
 
-function checkInput(inp: unknown, problems: string[]): void {
-  if (!isObject(inp)) {
-    problems.push('input: expected an object');
-    return;
+/** A JSON pointer into `data` -> 'members[1].sha256' (array positions in brackets); the root is 'manifest'. */
+function fieldPath(pointer: string, data: unknown): string {
+  let out = '';
+  let node = data;
+  for (const raw of pointer.split('/').slice(1)) {
+    const key = raw.replace(/~1/g, '/').replace(/~0/g, '~');
+    out += Array.isArray(node) ? `[${key}]` : out ? `.${key}` : key;
+    node = (node as Record<string, unknown> | undefined)?.[key];
   }
-  if (typeof inp.name !== 'string' || inp.name === '') problems.push('input.name: expected a non-empty string');
-  const shape = inp.shape;
-  const shapeOk = Array.isArray(shape) && shape.length === 3 && shape.every((d) => Number.isInteger(d) && d > 0);
-  if (!shapeOk) problems.push('input.shape: expected [C, H, W] of positive integers');
-  const c = shapeOk ? (shape as number[])[0] : undefined;
-  if (inp.channels !== 'gray' && inp.channels !== 'rgb') {
-    problems.push(`input.channels: ${JSON.stringify(inp.channels)} is not 'gray' or 'rgb'`);
-  } else if (c !== undefined && c !== (inp.channels === 'gray' ? 1 : 3)) {
-    problems.push(`input.shape: C=${c} does not match channels '${inp.channels}'`);
-  }
-  if (!isNumber(inp.scale) || inp.scale <= 0) problems.push('input.scale: expected a positive number');
-  for (const key of ['mean', 'std'] as const) {
-    const v = inp[key];
-    if (!Array.isArray(v) || !v.every(isNumber) || (c !== undefined && v.length !== c)) {
-      problems.push(`input.${key}: expected ${c ?? 'C'} numbers`);
-    } else if (key === 'std' && v.some((x) => x <= 0)) {
-      problems.push('input.std: every value must be > 0');
-    }
-  }
-  const r = inp.resize;
-  if (!isObject(r)) {
-    problems.push('input.resize: expected an object { fit, kernel, background }');
-  } else {
-    if (!FITS.includes(r.fit as string)) problems.push(`input.resize.fit: ${JSON.stringify(r.fit)} is not one of ${FITS.join(', ')}`);
-    if (!KERNELS.includes(r.kernel as string)) {
-      problems.push(`input.resize.kernel: ${JSON.stringify(r.kernel)} is not one of ${KERNELS.join(', ')}`);
-    }
-    if (!isNumber(r.background) || r.background < 0 || r.background > 255) {
-      problems.push('input.resize.background: expected a number in [0, 255]');
-    }
-  }
-  const unknown = Object.keys(inp).filter((k) => !['name', 'shape', 'channels', 'scale', 'mean', 'std', 'resize'].includes(k));
-  if (unknown.length) problems.push(`input: unknown keys ${unknown.sort().join(', ')}`);
+  return out || 'manifest';
 }
 
-function checkPsRed(m: Record<string, unknown>, problems: string[]): void {
-  (m.members as unknown[]).forEach((mem, i) => {
-    if (!isObject(mem) || mem.index !== i) problems.push(`members[${i}]: expected { index: ${i}, parameters }`);
-    else if (!(Number.isInteger(mem.parameters) && (mem.parameters as number) > 0)) {
-      problems.push(`members[${i}].parameters: expected a positive integer`);
-    }
-  });
-  for (const key of ['hypernet', 'target'] as const) {
-    const e = m[key];
-    if (!(isObject(e) && isPlainFile(e.file) && typeof e.sha256 === 'string' && SHA_RE.test(e.sha256))) {
-      problems.push(`${key}: expected { file, sha256 (64 hex), ... }`);
-    }
+const child = (path: string, key: string) => (path === 'manifest' ? key : `${path}.${key}`);
+
+/** A short rendering of a JSON value, the same in both languages (training/redtrain/manifest.py). */
+function describeValue(v: unknown): string {
+  if (v === null) return 'null';
+  if (typeof v === 'string') {
+    const text = JSON.stringify(v);
+    return text.length <= 42 ? text : `${text.slice(0, 40)}..."`;
   }
-  const h = m.hypernet;
-  if (isObject(h) && !(typeof h.input === 'string' && h.input !== '')) problems.push('hypernet.input: expected the name of the member-index input');
-  const tg = m.target;
-  if (!isObject(tg)) return;
-  if (!isPlainFile(tg.externalData)) problems.push('target.externalData: expected a plain file name');
-  if (!Array.isArray(tg.tensors) || tg.tensors.length === 0) {
-    problems.push('target.tensors: expected a non-empty list of { name, shape, offset, length }');
-    return;
-  }
-  let offset = 0;
-  tg.tensors.forEach((t: unknown, i: number) => {
-    if (!(isObject(t) && typeof t.name === 'string' && Array.isArray(t.shape)
-      && t.shape.every((d) => Number.isInteger(d) && d > 0) && Number.isInteger(t.offset) && Number.isInteger(t.length))) {
-      problems.push(`target.tensors[${i}]: expected { name, shape, offset, length }`);
-      return;
-    }
-    const expected = 4 * (t.shape as number[]).reduce((a, b) => a * b, 1);
-    if (t.length !== expected) problems.push(`target.tensors[${i}] (${t.name}): length ${t.length} != 4 * prod(shape) = ${expected}`);
-    if (t.offset !== offset) problems.push(`target.tensors[${i}] (${t.name}): offset ${t.offset}, expected ${offset} (contiguous)`);
-    offset = (t.offset as number) + (t.length as number);
-  });
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  if (Array.isArray(v)) return `a list of ${v.length}`;
+  return 'an object';
 }
 
-/** Every way `m` departs from docs/model-format.md; an empty list means valid. */
-export function validateManifest(m: unknown): string[] {
-  if (!isObject(m)) return ['manifest: expected a JSON object'];
+function problemOf(e: ErrorObject, data: unknown): string | null {
+  const path = fieldPath(e.instancePath, data);
+  if (e.keyword === 'required') return `${child(path, (e.params as { missingProperty: string }).missingProperty)}: missing`;
+  if (e.keyword === 'additionalProperties') {
+    return `${child(path, (e.params as { additionalProperty: string }).additionalProperty)}: unknown key`;
+  }
+  // 'if' only says that its 'then' failed; the failures themselves are reported.
+  if (e.keyword === 'if') return null;
+  const description = (e.parentSchema as { description?: string } | undefined)?.description
+    ?? `a value that satisfies '${e.keyword}'`;
+  if (e.keyword === 'not') return `${path}: ${description}`;
+  return `${path}: expected ${description}, got ${describeValue(e.data)}`;
+}
+
+/** What the schema cannot say: fields that must agree with each other. Each check runs only where
+ * the fields it reads already have the schema's shape. */
+function relations(m: Record<string, unknown>): string[] {
   const problems: string[] = [];
-  for (const key of [...TOP_LEVEL].sort()) if (!OPTIONAL.has(key) && !(key in m)) problems.push(`${key}: missing`);
-  for (const key of Object.keys(m).sort()) if (!TOP_LEVEL.has(key)) problems.push(`${key}: unknown key`);
-  if ('format' in m && m.format !== 'redserve-package') {
-    problems.push(`format: expected 'redserve-package', got ${JSON.stringify(m.format)}`);
-  }
-  if ('formatVersion' in m && m.formatVersion !== 1) problems.push(`formatVersion: expected 1, got ${JSON.stringify(m.formatVersion)}`);
-  if ('name' in m && !(typeof m.name === 'string' && NAME_RE.test(m.name))) {
-    problems.push(`name: ${JSON.stringify(m.name)} must match ${NAME_RE.source}`);
-  }
-  if ('version' in m && !(typeof m.version === 'string' && m.version !== '')) problems.push('version: expected a non-empty string');
-  if ('kind' in m && m.kind !== 'ensemble' && m.kind !== 'ps-red') {
-    problems.push(`kind: ${JSON.stringify(m.kind)} is not 'ensemble' or 'ps-red'`);
-  }
-  if ('input' in m) checkInput(m.input, problems);
-  let classes: number | undefined;
-  if ('output' in m) {
-    const o = m.output;
-    if (isObject(o) && typeof o.name === 'string' && Number.isInteger(o.classes) && (o.classes as number) > 0) {
-      classes = o.classes as number;
-    } else {
-      problems.push('output: expected { name: string, classes: positive integer }');
+  const inp = m.input;
+  if (isObject(inp)) {
+    const { shape, channels } = inp;
+    const c = Array.isArray(shape) && shape.length === 3 && isInt(shape[0]) ? shape[0] : undefined;
+    if (c !== undefined && (channels === 'gray' || channels === 'rgb') && c !== (channels === 'gray' ? 1 : 3)) {
+      problems.push(`input.shape: C=${c} does not match channels '${channels}'`);
+    }
+    for (const key of ['mean', 'std'] as const) {
+      const v = inp[key];
+      if (c !== undefined && Array.isArray(v) && v.length !== c) problems.push(`input.${key}: ${v.length} values for C=${c}`);
     }
   }
-  if ('labels' in m) {
-    if (!Array.isArray(m.labels) || !m.labels.every((s) => typeof s === 'string')) {
-      problems.push('labels: expected a list of strings');
-    } else if (classes !== undefined && m.labels.length !== classes) {
-      problems.push(`labels: ${m.labels.length} labels for ${classes} classes`);
+  const classes = isObject(m.output) ? m.output.classes : undefined;
+  if (isInt(classes) && Array.isArray(m.labels) && m.labels.length !== classes) {
+    problems.push(`labels: ${m.labels.length} labels for ${classes} classes`);
+  }
+  const members = m.members;
+  if (m.kind === 'ps-red' && Array.isArray(members)) {
+    members.forEach((member: unknown, i) => {
+      if (isObject(member) && isInt(member.index) && member.index !== i) {
+        problems.push(`members[${i}].index: ${member.index}, expected ${i} (its position)`);
+      }
+    });
+  }
+  const tensors = m.kind === 'ps-red' && isObject(m.target) ? m.target.tensors : undefined;
+  if (Array.isArray(tensors)) {
+    let offset = 0;
+    for (const [i, t] of tensors.entries()) {
+      if (!(isObject(t) && Array.isArray(t.shape) && t.shape.every(isInt) && isInt(t.offset) && isInt(t.length))) break;
+      const expected = 4 * (t.shape as number[]).reduce((a, b) => a * b, 1);
+      if (t.length !== expected) problems.push(`target.tensors[${i}].length: ${t.length}, expected 4 * prod(shape) = ${expected}`);
+      if (t.offset !== offset) problems.push(`target.tensors[${i}].offset: ${t.offset}, expected ${offset} (contiguous)`);
+      offset = t.offset + t.length;
     }
   }
-  if ('members' in m) {
-    if (!Array.isArray(m.members) || m.members.length === 0) {
-      problems.push('members: expected a non-empty list');
-    } else if (m.kind === 'ps-red') {
-      checkPsRed(m, problems);
-    } else if (m.kind === 'ensemble') {
-      for (const key of ['hypernet', 'target']) if (key in m) problems.push(`${key}: only allowed in kind 'ps-red' packages`);
-      m.members.forEach((mem: unknown, i: number) => {
-        if (!isObject(mem)) {
-          problems.push(`members[${i}]: expected an object`);
-          return;
-        }
-        if (!isPlainFile(mem.file)) problems.push(`members[${i}].file: expected a plain file name in the package`);
-        if (!(typeof mem.sha256 === 'string' && SHA_RE.test(mem.sha256))) {
-          problems.push(`members[${i}].sha256: expected 64 lowercase hex digits`);
-        }
-        if (!(Number.isInteger(mem.parameters) && (mem.parameters as number) > 0)) {
-          problems.push(`members[${i}].parameters: expected a positive integer`);
-        }
-      });
-    }
-  }
-  if ('golden' in m) {
-    const g = m.golden;
-    if (!(isObject(g) && isPlainFile(g.file) && typeof g.sha256 === 'string' && SHA_RE.test(g.sha256) && isNumber(g.atol) && g.atol > 0)) {
-      problems.push('golden: expected { file, sha256 (64 hex), atol > 0 }');
-    }
-  }
-  for (const key of ['training', 'evaluation', 'export'] as const) {
-    if (key in m && !isObject(m[key])) problems.push(`${key}: expected an object`);
-  }
-  if (isObject(m.training)) {
-    for (const key of ['method', 'seed', 'dataset', 'commit']) if (!(key in m.training)) problems.push(`training.${key}: missing`);
-  }
-  if (isObject(m.export) && !(Number.isInteger(m.export.opset) && (m.export.opset as number) >= 17)) {
-    problems.push('export.opset: expected an integer >= 17');
+  const accuracies = isObject(m.evaluation) ? m.evaluation.memberAccuracy : undefined;
+  if (Array.isArray(accuracies) && Array.isArray(members) && members.length > 0 && accuracies.length !== members.length) {
+    problems.push(`evaluation.memberAccuracy: ${accuracies.length} values for ${members.length} members`);
   }
   return problems;
+}
+
+/**
+ * Every way `m` departs from the format (docs/model-format.schema.json, plus the relations between
+ * fields a schema cannot state), each naming its field, sorted; an empty list means valid.
+ */
+export function validateManifest(m: unknown): string[] {
+  const validate = schemaValidator();
+  validate(m);
+  const problems = (validate.errors ?? []).map((e) => problemOf(e, m)).filter((p): p is string => p !== null);
+  if (isObject(m)) problems.push(...relations(m));
+  return [...new Set(problems)].sort();
 }
 
 export function sha256(bytes: Uint8Array): string {

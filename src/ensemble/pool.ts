@@ -74,7 +74,7 @@ interface Batch {
 interface Slot {
   readonly worker: Worker;
   readonly channel: PoolChannel;
-  /** Set to 1 (killOne) to make the worker exit after its current run, without answering. */
+  /** Set to 1 to make the worker exit after its current run, without answering (close()). */
   readonly exitFlag: Int32Array;
   batch: Batch | null;
 }
@@ -201,15 +201,6 @@ export class WorkerPool {
       Atomics.store(slot.exitFlag, 0, 1);
       return exited;
     }));
-  }
-
-  /** For tests: terminate one worker as if it had crashed. */
-  async killOne(): Promise<void> {
-    const slot = this.slots[0];
-    if (!slot) return;
-    // As in close(): a busy worker is told to exit as soon as its run returns, unanswered.
-    if (slot.batch) Atomics.store(slot.exitFlag, 0, 1);
-    else await slot.worker.terminate();
   }
 
   /** Settle a job once: with logits, or with an error. */

@@ -4,9 +4,8 @@
  *
  * Member sessions call onnxruntime-node's native binding directly. Its public
  * `InferenceSession.run` defers each call with setImmediate and wraps it in promises and argument
- * checks; in a worker that has just woken from Atomics.wait that detour cost about 140 us per
- * one-image run (p50 of the round trip from the pool's notify, 437-460 us against 300-320 us,
- * fmnist-red member 0, interleaved, 1 ms apart), more than the hand-off between the threads. The
+ * checks; in a worker that has just woken from Atomics.wait that detour cost more per one-image run
+ * than the hand-off between the threads (measurement: reports/2026-latency-history.md). The
  * worker has nothing else to do while a member runs, so the synchronous call blocks nothing. The
  * binding's path is internal to onnxruntime-node (`dist/binding`, pinned in package-lock.json): a
  * version that moves it fails every session at creation, which the test suite exercises.

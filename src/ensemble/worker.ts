@@ -24,7 +24,7 @@ export interface WorkerData extends WorkerInit {
   /** The job channel's shared memory (channel.ts) and its layout. */
   readonly channel: SharedArrayBuffer;
   readonly channelShape: ChannelShape;
-  /** 1 asks the worker to exit after its current run, unanswered (WorkerPool.killOne). */
+  /** 1 asks the worker to exit after its current run, unanswered (WorkerPool.close). */
   readonly exitFlag: Int32Array;
 }
 

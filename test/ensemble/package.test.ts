@@ -38,7 +38,7 @@ t.test('bad packages stop start-up with a message naming the problem', async (t)
     ['missing member file', (dir) => rm(path.join(dir, 'member-2.onnx')), /members\[2\]: file member-2.onnx not found/],
     ['wrong input name', (dir) => editManifest(dir, (m) => { m.input.name = 'pixels'; }), /member 0: inputs are \[input\], the manifest says \[pixels\]/],
     ['wrong input shape', (dir) => editManifest(dir, (m) => { m.input.shape = [3, 28, 28]; m.input.channels = 'rgb'; m.input.mean = [0, 0, 0]; m.input.std = [1, 1, 1]; }), /golden.json images\[0\].input: expected 2352 numbers|input shape is/],
-    ['unknown kind', (dir) => editManifest(dir, (m) => { m.kind = 'forest'; }), /kind: "forest" is not 'ensemble' or 'ps-red'/],
+    ['unknown kind', (dir) => editManifest(dir, (m) => { m.kind = 'forest'; }), /kind: expected 'ensemble' or 'ps-red', got "forest"/],
   ];
   for (const [name, breakIt, message] of cases) {
     const dir = await copyPackage();

@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
+import { crashBusyWorker } from '../ensemble/worker-spy.js';
 import { goldenOf, startApp, TINY } from '../helpers.js';
 
 t.test('health answers while inference saturates every worker', async (t) => {
@@ -67,7 +68,7 @@ t.test('a killed worker fails its request with 503, never hangs, and is replaced
   const b64 = (await readFile(path.join(TINY, golden[0].file))).toString('base64');
   const inflight = app.server.inject({ method: 'POST', url: '/classify', payload: { images: Array(64).fill(b64) } });
   while (ens.pool.busy === 0) await new Promise((r) => setTimeout(r, 1));
-  await ens.pool.killOne();
+  crashBusyWorker();
   const res = await inflight;
   t.equal(res.statusCode, 503);
   t.equal(res.json().error, 'worker_failed');

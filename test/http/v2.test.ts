@@ -7,8 +7,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { createServer } from '../../src/app.js';
-import { testConfig } from '../../src/config.js';
-import { CHI2_CRIT_0_001, chiSquare, FIXTURES, goldenOf, manifestOf, softmax, startApp, TINY } from '../helpers.js';
+import { CHI2_CRIT_0_001, chiSquare, FIXTURES, goldenOf, manifestOf, softmax, startApp, testConfig, TINY } from '../helpers.js';
 
 interface Recorded {
   name: string;

@@ -31,22 +31,14 @@ from redtrain.data import Dataset, load_dataset, to_unit
 from redtrain.errors import UserError
 from redtrain.manifest import check_package, sha256_file
 from redtrain.models import count_parameters, input_shape
-from redtrain.train import accuracy, git_commit, load_run
+from redtrain.onnx_export import OPSET, export_onnx
+from redtrain.provenance import git_commit
+from redtrain.psred_export import write_psred
+from redtrain.train import accuracy, load_run
 
-OPSET = 17
 PARITY_ATOL = 1e-4
 GOLDEN_ATOL = 1e-4
 GOLDEN_IMAGES = 4
-
-
-def export_onnx(module: nn.Module, shape: tuple[int, int, int], path: Path) -> None:
-    module = module.cpu().eval()
-    dummy = torch.zeros(1, *shape)
-    torch.onnx.export(
-        module, (dummy,), str(path), input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET, dynamo=False,
-    )
-    onnx.checker.check_model(onnx.load(str(path)))
 
 
 def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
@@ -116,8 +108,6 @@ def _write_members(cfg: Config, ensemble: nn.Module, shape: tuple[int, int, int]
     """Write the members' ONNX files into `pkg` after checking each against PyTorch; return the
     manifest fragment (kind, members, and for ps-red the hypernet and target entries)."""
     if cfg.method == "ps-red":
-        from redtrain.psred_export import write_psred  # noqa: PLC0415
-
         return write_psred(ensemble, shape, pkg, probe, atol, storage=cfg.hypernet.storage)
     entries = []
     for i in range(len(ensemble.members())):

@@ -1,7 +1,10 @@
 """The model package contract (docs/model-format.md), checked in Python.
 
-`validate_manifest` returns every problem at once (an empty list means valid); `check_package`
-adds the file checks (presence, sha256) and raises one UserError listing them all.
+The format itself is docs/model-format.schema.json, shared with the service; this module reads it
+with `jsonschema`, words each violation as '<field>: expected <the schema's description>, got
+<value>' exactly as src/ensemble/manifest.ts does, and adds what a schema cannot say: relations
+between fields here, file presence and sha256 in `check_package`. Both sides are tested on one
+corpus of good and bad manifests (test/fixtures/manifests).
 """
 
 from __future__ import annotations
@@ -9,22 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
+from functools import cache
 from pathlib import Path
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
 
 from redtrain.errors import UserError
 
-FORMAT = "redserve-package"
-FORMAT_VERSION = 1
-TOP_LEVEL = {
-    "format", "formatVersion", "name", "version", "kind", "description", "input", "output", "labels",
-    "members", "golden", "training", "evaluation", "export", "hypernet", "target",
-}
-REQUIRED = TOP_LEVEL - {"description", "hypernet", "target"}
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-FITS = ("fill", "contain", "cover")
-KERNELS = ("nearest", "linear", "cubic", "lanczos3")
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "model-format.schema.json"
 
 
 def sha256_file(path: Path) -> str:
@@ -35,192 +31,110 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+@cache
+def _validator() -> Draft202012Validator:
+    if not SCHEMA_PATH.is_file():
+        raise UserError(f"the package format {SCHEMA_PATH} is missing: redtrain runs from a checkout of the repository "
+                        "(pip install -e training)")
+    schema = json.loads(SCHEMA_PATH.read_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
 
 
-def _plain_file(name: object) -> bool:
-    return isinstance(name, str) and name != "" and "/" not in name and "\\" not in name and name not in (".", "..")
+def field_path(parts) -> str:
+    """['members', 1, 'sha256'] -> 'members[1].sha256'; the root is 'manifest'."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "manifest"
 
 
-def _check_input(inp: object, problems: list[str]) -> None:
-    if not isinstance(inp, dict):
-        problems.append("input: expected an object")
-        return
-    if not isinstance(inp.get("name"), str) or not inp.get("name"):
-        problems.append("input.name: expected a non-empty string")
-    shape = inp.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape)):
-        problems.append("input.shape: expected [C, H, W] of positive integers")
-        shape = None
-    channels = inp.get("channels")
-    if channels not in ("gray", "rgb"):
-        problems.append(f"input.channels: {channels!r} is not 'gray' or 'rgb'")
-    elif shape and shape[0] != (1 if channels == "gray" else 3):
-        problems.append(f"input.shape: C={shape[0]} does not match channels '{channels}'")
-    if not _is_number(inp.get("scale")) or inp.get("scale") <= 0:
-        problems.append("input.scale: expected a positive number")
-    c = shape[0] if shape else None
-    for key in ("mean", "std"):
-        v = inp.get(key)
-        if not (isinstance(v, list) and all(_is_number(x) for x in v)) or (c is not None and len(v) != c):
-            problems.append(f"input.{key}: expected {c if c else 'C'} numbers")
-        elif key == "std" and any(x <= 0 for x in v):
-            problems.append("input.std: every value must be > 0")
-    resize = inp.get("resize")
-    if not isinstance(resize, dict):
-        problems.append("input.resize: expected an object {fit, kernel, background}")
-    else:
-        if resize.get("fit") not in FITS:
-            problems.append(f"input.resize.fit: {resize.get('fit')!r} is not one of {', '.join(FITS)}")
-        if resize.get("kernel") not in KERNELS:
-            problems.append(f"input.resize.kernel: {resize.get('kernel')!r} is not one of {', '.join(KERNELS)}")
-        bg = resize.get("background")
-        if not (_is_number(bg) and 0 <= bg <= 255):
-            problems.append("input.resize.background: expected a number in [0, 255]")
-    unknown = set(inp) - {"name", "shape", "channels", "scale", "mean", "std", "resize"}
-    if unknown:
-        problems.append(f"input: unknown keys {', '.join(sorted(unknown))}")
+def _child(path: str, key: str) -> str:
+    return key if path == "manifest" else f"{path}.{key}"
 
 
-def _check_psred(m: dict, problems: list[str]) -> None:
-    """The ps-red entries: members by index, the hypernetwork, and the weightless target with its tensor map."""
+def describe_value(v: object) -> str:
+    """A short rendering of a JSON value, the same in both languages."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, str):
+        text = json.dumps(v, ensure_ascii=False)
+        return text if len(text) <= 42 else text[:40] + '..."'
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() else repr(v)
+    if isinstance(v, list):
+        return f"a list of {len(v)}"
+    return "an object"
+
+
+def _problems_of(error: ValidationError) -> list[str]:
+    path = field_path(error.absolute_path)
+    if error.validator == "required":
+        return [f"{_child(path, key)}: missing" for key in error.validator_value if key not in error.instance]
+    if error.validator == "additionalProperties":
+        known = error.schema.get("properties", {})
+        return [f"{_child(path, key)}: unknown key" for key in error.instance if key not in known]
+    description = error.schema.get("description", f"a value that satisfies '{error.validator}'")
+    if error.validator == "not":
+        return [f"{path}: {description}"]
+    return [f"{path}: expected {description}, got {describe_value(error.instance)}"]
+
+
+def _relations(m: dict) -> list[str]:
+    """What the schema cannot say: fields that must agree with each other. Each check runs only
+    where the fields it reads already have the schema's shape."""
+    problems = []
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    inp = m.get("input")
+    if isinstance(inp, dict):
+        shape, channels = inp.get("shape"), inp.get("channels")
+        c = shape[0] if isinstance(shape, list) and len(shape) == 3 and is_int(shape[0]) else None
+        if c is not None and channels in ("gray", "rgb") and c != (1 if channels == "gray" else 3):
+            problems.append(f"input.shape: C={c} does not match channels '{channels}'")
+        for key in ("mean", "std"):
+            v = inp.get(key)
+            if c is not None and isinstance(v, list) and len(v) != c:
+                problems.append(f"input.{key}: {len(v)} values for C={c}")
+    out, labels = m.get("output"), m.get("labels")
+    classes = out.get("classes") if isinstance(out, dict) else None
+    if is_int(classes) and isinstance(labels, list) and len(labels) != classes:
+        problems.append(f"labels: {len(labels)} labels for {classes} classes")
     members = m.get("members")
-    if isinstance(members, list):
-        for i, mem in enumerate(members):
-            if not (isinstance(mem, dict) and mem.get("index") == i):
-                problems.append(f"members[{i}]: expected {{ index: {i}, parameters }}")
-            elif not (isinstance(mem.get("parameters"), int) and mem["parameters"] > 0):
-                problems.append(f"members[{i}].parameters: expected a positive integer")
-    for key in ("hypernet", "target"):
-        entry = m.get(key)
-        if not (isinstance(entry, dict) and _plain_file(entry.get("file"))
-                and isinstance(entry.get("sha256"), str) and SHA_RE.match(entry["sha256"])):
-            problems.append(f"{key}: expected {{ file, sha256 (64 hex), ... }}")
-    hypernet = m.get("hypernet")
-    if isinstance(hypernet, dict) and not (isinstance(hypernet.get("input"), str) and hypernet["input"]):
-        problems.append("hypernet.input: expected the name of the member-index input")
+    if m.get("kind") == "ps-red" and isinstance(members, list):
+        for i, member in enumerate(members):
+            if isinstance(member, dict) and is_int(member.get("index")) and member["index"] != i:
+                problems.append(f"members[{i}].index: {member['index']}, expected {i} (its position)")
     target = m.get("target")
-    if not isinstance(target, dict):
-        return
-    if not _plain_file(target.get("externalData")):
-        problems.append("target.externalData: expected a plain file name")
-    tensors = target.get("tensors")
-    if not (isinstance(tensors, list) and tensors):
-        problems.append("target.tensors: expected a non-empty list of { name, shape, offset, length }")
-        return
-    offset = 0
-    for i, t in enumerate(tensors):
-        ok = (isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("shape"), list)
-              and all(isinstance(d, int) and d > 0 for d in t["shape"])
-              and isinstance(t.get("offset"), int) and isinstance(t.get("length"), int))
-        if not ok:
-            problems.append(f"target.tensors[{i}]: expected {{ name, shape, offset, length }}")
-            return
-        expected = 4 * math.prod(t["shape"])
-        if t["length"] != expected:
-            problems.append(f"target.tensors[{i}] ({t['name']}): length {t['length']} != 4 * prod(shape) = {expected}")
-        if t["offset"] != offset:
-            problems.append(f"target.tensors[{i}] ({t['name']}): offset {t['offset']}, expected {offset} (contiguous)")
-        offset = t["offset"] + t["length"]
+    tensors = target.get("tensors") if m.get("kind") == "ps-red" and isinstance(target, dict) else None
+    if isinstance(tensors, list):
+        offset = 0
+        for i, t in enumerate(tensors):
+            if not (isinstance(t, dict) and isinstance(t.get("shape"), list) and all(is_int(d) for d in t["shape"])
+                    and is_int(t.get("offset")) and is_int(t.get("length"))):
+                break
+            expected = 4 * math.prod(t["shape"])
+            if t["length"] != expected:
+                problems.append(f"target.tensors[{i}].length: {t['length']}, expected 4 * prod(shape) = {expected}")
+            if t["offset"] != offset:
+                problems.append(f"target.tensors[{i}].offset: {t['offset']}, expected {offset} (contiguous)")
+            offset = t["offset"] + t["length"]
+    evaluation = m.get("evaluation")
+    accuracies = evaluation.get("memberAccuracy") if isinstance(evaluation, dict) else None
+    if isinstance(accuracies, list) and isinstance(members, list) and members and len(accuracies) != len(members):
+        problems.append(f"evaluation.memberAccuracy: {len(accuracies)} values for {len(members)} members")
+    return problems
 
 
 def validate_manifest(m: object) -> list[str]:
-    """Every way `m` departs from docs/model-format.md, as messages naming the key."""
-    if not isinstance(m, dict):
-        return ["manifest: expected a JSON object"]
-    problems: list[str] = []
-    for key in sorted(REQUIRED - set(m)):
-        problems.append(f"{key}: missing")
-    for key in sorted(set(m) - TOP_LEVEL):
-        problems.append(f"{key}: unknown key")
-    if "format" in m and m["format"] != FORMAT:
-        problems.append(f"format: expected '{FORMAT}', got {m['format']!r}")
-    if "formatVersion" in m and m["formatVersion"] != FORMAT_VERSION:
-        problems.append(f"formatVersion: expected {FORMAT_VERSION}, got {m['formatVersion']!r}")
-    if "name" in m and not (isinstance(m["name"], str) and NAME_RE.match(m["name"])):
-        problems.append(f"name: {m['name']!r} must match {NAME_RE.pattern}")
-    if "version" in m and not (isinstance(m["version"], str) and m["version"]):
-        problems.append("version: expected a non-empty string")
-    kind = m.get("kind")
-    if "kind" in m and kind not in ("ensemble", "ps-red"):
-        problems.append(f"kind: {kind!r} is not 'ensemble' or 'ps-red'")
-    if "input" in m:
-        _check_input(m["input"], problems)
-    out = m.get("output")
-    classes = None
-    if "output" in m:
-        if not (isinstance(out, dict) and isinstance(out.get("name"), str)
-                and isinstance(out.get("classes"), int) and out["classes"] > 0):
-            problems.append("output: expected { name: string, classes: positive integer }")
-        else:
-            classes = out["classes"]
-    labels = m.get("labels")
-    if "labels" in m:
-        if not (isinstance(labels, list) and all(isinstance(s, str) for s in labels)):
-            problems.append("labels: expected a list of strings")
-        elif classes is not None and len(labels) != classes:
-            problems.append(f"labels: {len(labels)} labels for {classes} classes")
-    members = m.get("members")
-    if "members" in m:
-        if not (isinstance(members, list) and members):
-            problems.append("members: expected a non-empty list")
-        elif kind == "ensemble":
-            for i, mem in enumerate(members):
-                if not isinstance(mem, dict):
-                    problems.append(f"members[{i}]: expected an object")
-                    continue
-                if not _plain_file(mem.get("file")):
-                    problems.append(f"members[{i}].file: expected a plain file name in the package")
-                if not (isinstance(mem.get("sha256"), str) and SHA_RE.match(mem["sha256"])):
-                    problems.append(f"members[{i}].sha256: expected 64 lowercase hex digits")
-                if not (isinstance(mem.get("parameters"), int) and mem["parameters"] > 0):
-                    problems.append(f"members[{i}].parameters: expected a positive integer")
-    golden = m.get("golden")
-    if "golden" in m:
-        if not (isinstance(golden, dict) and _plain_file(golden.get("file"))
-                and isinstance(golden.get("sha256"), str) and SHA_RE.match(golden["sha256"])
-                and _is_number(golden.get("atol")) and golden["atol"] > 0):
-            problems.append("golden: expected { file, sha256 (64 hex), atol > 0 }")
-    for key in ("training", "evaluation", "export"):
-        if key in m and not isinstance(m[key], dict):
-            problems.append(f"{key}: expected an object")
-    training = m.get("training")
-    if isinstance(training, dict):
-        for key in ("method", "seed", "dataset", "commit"):
-            if key not in training:
-                problems.append(f"training.{key}: missing")
-    evaluation = m.get("evaluation")
-    if isinstance(evaluation, dict):
-        for key in ("randomDrawAccuracy", "ensembleAccuracy"):
-            v = evaluation.get(key)
-            if not (_is_number(v) and 0 <= v <= 1):
-                problems.append(f"evaluation.{key}: expected a number in [0, 1]")
-        accs = evaluation.get("memberAccuracy")
-        if not (isinstance(accs, list) and all(_is_number(a) and 0 <= a <= 1 for a in accs)):
-            problems.append("evaluation.memberAccuracy: expected a list of numbers in [0, 1]")
-        elif isinstance(members, list) and len(accs) != len(members):
-            problems.append(f"evaluation.memberAccuracy: {len(accs)} values for {len(members)} members")
-    if isinstance(evaluation, dict):
-        if evaluation.get("split") != "test":
-            problems.append(f"evaluation.split: expected 'test', got {evaluation.get('split')!r}")
-        n = evaluation.get("examples")
-        if not (isinstance(n, int) and not isinstance(n, bool) and n > 0):
-            problems.append("evaluation.examples: expected a positive integer")
-    export = m.get("export")
-    if isinstance(export, dict):
-        if not (isinstance(export.get("opset"), int) and export["opset"] >= 17):
-            problems.append("export.opset: expected an integer >= 17")
-        for key in ("torch", "onnx", "onnxruntime", "createdAt"):
-            if not (isinstance(export.get(key), str) and export[key]):
-                problems.append(f"export.{key}: expected a non-empty string")
-    if kind == "ps-red":
-        _check_psred(m, problems)
-    if kind == "ensemble":
-        for key in ("hypernet", "target"):
-            if key in m:
-                problems.append(f"{key}: only allowed in kind 'ps-red' packages")
-    return problems
+    """Every way `m` departs from the format, each naming its field; an empty list means valid."""
+    problems = [p for error in _validator().iter_errors(m) for p in _problems_of(error)]
+    if isinstance(m, dict):
+        problems += _relations(m)
+    return sorted(set(problems))
 
 
 def check_package(package_dir: str | Path) -> dict:
@@ -238,10 +152,9 @@ def check_package(package_dir: str | Path) -> dict:
     if not problems:
         if manifest["kind"] == "ensemble":
             files += [(f"members[{i}]", mem["file"], mem["sha256"]) for i, mem in enumerate(manifest["members"])]
+        else:
+            files += [(key, manifest[key]["file"], manifest[key]["sha256"]) for key in ("hypernet", "target")]
         files.append(("golden", manifest["golden"]["file"], manifest["golden"]["sha256"]))
-        for key in ("hypernet", "target"):
-            if isinstance(manifest.get(key), dict) and "file" in manifest[key]:
-                files.append((key, manifest[key]["file"], manifest[key].get("sha256", "")))
     for where, name, sha in files:
         f = package_dir / name
         if not f.is_file():

@@ -25,6 +25,7 @@ from torch import nn
 
 from redtrain.errors import UserError
 from redtrain.manifest import sha256_file
+from redtrain.onnx_export import OPSET, export_onnx
 from redtrain.psred import HyperEnsemble
 
 WEIGHTS_FILE = "member.weights"
@@ -135,8 +136,6 @@ def write_psred(hyper: HyperEnsemble, shape: tuple[int, int, int], pkg: Path, pr
     storage float16 rounds `hyper`'s parameters in place first: everything computed from it afterwards
     (golden logits, accuracy) is what the package serves.
     """
-    from redtrain.export import OPSET, export_onnx  # noqa: PLC0415 (export imports this module lazily)
-
     hyper = hyper.cpu().eval()
     if storage == "float16":
         round_to_float16(hyper)

@@ -1,18 +1,58 @@
+import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+import yaml
 
 from redtrain.config import config_from_dict, load_config
 from redtrain.errors import UserError
 
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
 def test_shipped_configs_load():
-    for name in ("fmnist-red", "fmnist-baseline"):
-        cfg = load_config(f"training/configs/{name}.yaml" if not __file__.startswith("/") else
-                          __file__.rsplit("/tests/", 1)[0] + f"/configs/{name}.yaml")
+    for name in ("fmnist-red", "fmnist-baseline", "fmnist-psred"):
+        cfg = load_config(CONFIGS / f"{name}.yaml")
         assert cfg.members == 5 and cfg.adversarial.enabled and cfg.adversarial.attack.eps == 0.1
+
+
+def _settings(tree: dict, prefix: str = "") -> dict:
+    """{'optim.lr': 0.003, ...}: every leaf of a config tree by its dotted key."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_settings(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_configs_folder_holds_exactly_the_shipped_packages_recipes():
+    """configs/NAME.yaml made models/NAME: its settings, defaults included, are what the package recorded."""
+    shipped = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+    assert shipped == sorted(p.name for p in MODELS.iterdir() if (p / "manifest.json").is_file())
+    for name in shipped:
+        cfg = load_config(CONFIGS / f"{name}.yaml")
+        assert cfg.name == name
+        resolved = _settings(json.loads(json.dumps(cfg.to_dict())))  # as export records it
+        recorded = _settings(json.loads((MODELS / name / "manifest.json").read_text())["training"]["config"])
+        # The package records the run's name; hypernet settings mean nothing to other methods.
+        compared = [k for k in recorded if k != "name" and (cfg.method == "ps-red" or not k.startswith("hypernet."))]
+        assert {k: resolved.get(k) for k in compared} == {k: recorded[k] for k in compared}, name
+
+
+def test_experiment_names_cannot_collide_with_a_package():
+    experiments = sorted((CONFIGS / "experiments").glob("*.yaml"))
+    assert experiments
+    for path in experiments:
+        name = yaml.safe_load(path.read_text())["name"]
+        assert name == path.stem and name.startswith("exp-"), path.name
+        assert not (MODELS / name).exists()
 
 
 def test_unknown_key_is_named():

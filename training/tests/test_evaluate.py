@@ -1,4 +1,4 @@
-"""White-box evaluation: the ONNX-to-PyTorch rebuild, APGD and DLR on known cases, the report."""
+"""White-box evaluation: the ONNX-to-PyTorch rebuild, APGD and DLR on known cases, the protocols, the report."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from torch import nn
 from conftest import synthetic_dataset
 from redtrain.attacks import apgd, apgd_checkpoints, dlr_loss, pgd_worst
 from redtrain.errors import UserError
-from redtrain.evaluate import (Settings, Target, check_parity, evaluate_target, gradient_cosine, load_target,
-                               render_markdown, run_evaluation, transfer_counts, transfer_matrix)
+from redtrain.evaluate import run_evaluation
+from redtrain.package import load_target
+from redtrain.protocols import Settings, gradient_cosine, transfer_counts, transfer_matrix
 from redtrain.models import ResNet20
 from redtrain.onnx_torch import OnnxMember
 
@@ -69,20 +70,6 @@ def test_onnx_member_refuses_unknown_operators(tmp_path):
     _export(Odd(), (1, 2, 2), tmp_path / "odd.onnx")
     with pytest.raises(UserError, match="not supported by the evaluator: Sin"):
         OnnxMember(onnx.load(str(tmp_path / "odd.onnx")))
-
-
-@pytest.mark.parametrize("package", ["tiny-ensemble", "tiny-psred"])
-def test_served_members_rebuild_within_tolerance(package):
-    target = load_target(str(FIXTURES / package))
-    assert len(target.members) == len(target.manifest["members"])
-    assert check_parity(target, torch.rand(8, 1, 28, 28)) <= 1e-4
-
-
-def test_single_member_spec_and_its_range():
-    target = load_target(f"{FIXTURES / 'tiny-ensemble'}:1")
-    assert len(target.members) == 1 and target.name.endswith("member 1 alone")
-    with pytest.raises(UserError, match=r"member 7 is out of range \[0, 3\)"):
-        load_target(f"{FIXTURES / 'tiny-ensemble'}:7")
 
 
 def _linear_member(w: torch.Tensor) -> nn.Module:

@@ -1,6 +1,6 @@
 """How alike a package's members look to a gradient attacker: per package, the mean over the first
 N test images of the mean over member pairs of |cos| between the members' input gradients of their
-CE (the L_sim of training, at clean points; `redtrain.evaluate.gradient_cosine`). Members are the
+CE (the L_sim of training, at clean points; `redtrain.protocols.gradient_cosine`). Members are the
 served ONNX files rebuilt in PyTorch, as `redtrain evaluate` attacks them. Seconds, not an attack run:
 
     .venv/bin/python training/tools/member_similarity.py models/fmnist-red models/fmnist-baseline \
@@ -17,7 +17,8 @@ import torch
 
 from redtrain.data import load_dataset, to_unit
 from redtrain.errors import UserError
-from redtrain.evaluate import gradient_cosine, load_target
+from redtrain.package import load_target
+from redtrain.protocols import gradient_cosine
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ parameters and the random-draw clean test accuracy after the given epochs.
     .venv/bin/python training/tools/psred_capacity.py --threads 1 --epochs 1 \
         '{"method": "red"}' '{}' '{"chunk_dim": 32}' '{"chunk_dim": 36, "hidden": 44}'
 
-Each variant is a JSON object of `hypernet` keys laid over training/configs/fmnist-psred.yaml
+Each variant is a JSON object of `hypernet` keys laid over
+training/configs/experiments/exp-fmnist-psred-no-emblr.yaml (the PS-RED recipe before embedding_lr_scale)
 (`"method": "red"` trains N independent members instead, the reference; `"lr"` sets optim.lr;
 `"distill"` sets loss.distill, e.g. `{"distill": {"teacher": "models/fmnist-red"}}`; `"model"` is laid over
 the member architecture, e.g. `{"model": {"hidden": 32}}`).
@@ -31,7 +32,7 @@ from redtrain.errors import UserError
 from redtrain.psred import HyperEnsemble
 from redtrain.train import accuracy, build_ensemble, load_teacher, loss_terms
 
-BASE = Path(__file__).resolve().parents[1] / "configs" / "fmnist-psred.yaml"
+BASE = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "exp-fmnist-psred-no-emblr.yaml"
 
 
 def main() -> None:

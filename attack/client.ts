@@ -4,7 +4,18 @@
  * HTTP request is one query and one member draw; nothing is retried (a retry would be a hidden
  * query), so any failure stops the run with a message naming it.
  */
-import type { InputSpec } from '../ensemble/manifest.js';
+
+/** The input contract that GET /models publishes (docs/model-format.md, `input`). */
+export interface InputSpec {
+  readonly name: string;
+  /** [C, H, W] */
+  readonly shape: readonly [number, number, number];
+  readonly channels: 'gray' | 'rgb';
+  readonly scale: number;
+  readonly mean: readonly number[];
+  readonly std: readonly number[];
+  readonly resize: { readonly fit: 'fill' | 'contain' | 'cover'; readonly kernel: 'nearest' | 'linear' | 'cubic' | 'lanczos3'; readonly background: number };
+}
 
 /** What GET /models says about the target (recorded in the report as it came). */
 export interface ModelInfo {

@@ -8,13 +8,12 @@ import { gzipSync } from 'node:zlib';
 import t from 'tap';
 import sharp from 'sharp';
 import { buildApp } from '../../src/app.js';
-import { fashionMnistImages, readIdx, readImageDir, toPixels, writeFashionMnist } from '../../src/attack/images.js';
-import { runCli } from '../../src/attack/main.js';
-import { testConfig } from '../../src/config.js';
-import type { InputSpec } from '../../src/ensemble/manifest.js';
-import { manifestOf, ROOT, TINY_SINGLE } from '../helpers.js';
+import { fashionMnistImages, readIdx, readImageDir, toPixels, writeFashionMnist } from '../images.js';
+import { runCli } from '../main.js';
+import { manifestOf, ROOT, testConfig, TINY_SINGLE } from '../../test/helpers.js';
+import type { InputSpec } from '../client.js';
 
-const CLI = path.join(ROOT, 'dist', 'src', 'attack', 'cli.js');
+const CLI = path.join(ROOT, 'dist', 'attack', 'cli.js');
 const run = promisify(execFile);
 
 /**
@@ -63,7 +62,7 @@ t.test('Fashion-MNIST IDX files become labelled PNGs whose pixels are exact', as
   t.same([meta.width, meta.height, meta.channels], [28, 28, 1], '28 x 28 gray');
   const x = await toPixels(images[1], spec);
   const want = Array.from(idx.pixels.subarray(2 * 784, 3 * 784), (v) => Math.fround(v * spec.scale));
-  t.same(Array.from(x), want, 'pixel space = byte * scale, through the service pre-processing');
+  t.same(Array.from(x), want, 'pixel space = byte * scale, by the published pre-processing');
   t.ok(x.every((v) => v >= 0 && v <= 1));
 
   await t.rejects(fashionMnistImages(idx.dir, 3, 1), /images 1\.\.3 requested; the test split has 3 \(0\.\.2\)/);

@@ -1,7 +1,7 @@
 import t from 'tap';
-import { argmax, linfDistance, Oracle, StopAttack } from '../../src/attack/oracle.js';
-import { deriveSeed, Rng } from '../../src/attack/rng.js';
-import { marginLoss, projectLinf, pSchedule, squareAttack, squareSide } from '../../src/attack/square.js';
+import { argmax, linfDistance, Oracle, StopAttack } from '../oracle.js';
+import { deriveSeed, Rng } from '../rng.js';
+import { marginLoss, projectLinf, pSchedule, squareAttack, squareSide } from '../square.js';
 import { linear, linearScore } from './toy.js';
 
 t.test('the seeded RNG is reproducible and covers its range', async (t) => {

@@ -3,11 +3,11 @@ import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { buildApp, type App } from '../../src/app.js';
-import { TargetClient } from '../../src/attack/client.js';
-import { runAttacks } from '../../src/attack/harness.js';
-import { renderMarkdown } from '../../src/attack/report.js';
-import { testConfig, type Sampling } from '../../src/config.js';
-import { FIXTURES, TINY_SINGLE } from '../helpers.js';
+import { TargetClient } from '../client.js';
+import { runAttacks } from '../harness.js';
+import { renderMarkdown } from '../report.js';
+import type { Sampling } from '../../src/config.js';
+import { FIXTURES, testConfig, TINY_SINGLE } from '../../test/helpers.js';
 
 /** A service on a real port with a server-side count of every request, by route. */
 async function serve(modelDir: string, sampling: Sampling): Promise<{ app: App; url: string; counts: Map<string, number> }> {
@@ -39,7 +39,7 @@ for (const [name, k] of [['a.png', 0], ['b.png', 1], ['c.png', 2]] as const) {
 await writeFile(path.join(dir, 'labels.json'), JSON.stringify(labels));
 
 t.test('a small run against two in-process services: report structure and exact request counts', async (t) => {
-  const { readImageDir } = await import('../../src/attack/images.js');
+  const { readImageDir } = await import('../images.js');
   const images = await readImageDir(dir, 10);
   t.same(images.map((i) => [i.name, i.label]), [['a.png', 4], ['b.png', 4], ['c.png', 7]], 'labels from labels.json');
   const targets = [await TargetClient.connect(single.url), await TargetClient.connect(`${ensemble.url}/`)];
@@ -99,7 +99,7 @@ t.test('a small run against two in-process services: report structure and exact 
 });
 
 t.test('the time limit cuts an attack short; the cut image is reported, unverified, and still counted', async (t) => {
-  const { readImageDir } = await import('../../src/attack/images.js');
+  const { readImageDir } = await import('../images.js');
   const images = await readImageDir(dir, 10);
   const before = single.counts.get('POST /classify') ?? 0;
   const target = await TargetClient.connect(single.url);

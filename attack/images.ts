@@ -4,16 +4,15 @@
  *   (`...label7.png`);
  * - the Fashion-MNIST test split (IDX files, gzip or not), read directly or written into such a
  *   folder by `writeFashionMnist`.
- * Images become pixel-space tensors through the service's own pre-processing (src/preprocess), with
- * the target's input contract but no mean/std, so the attacker sees exactly the pixels the model sees.
+ * Images become pixel-space tensors by the pre-processing that docs/model-format.md publishes, driven
+ * by the input contract the target reports (GET /models), so the attacker sees the pixels the model
+ * sees without sharing code with the service.
  */
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import sharp from 'sharp';
-import type { InputSpec } from '../ensemble/manifest.js';
-import { imageToTensor } from '../preprocess/image.js';
-import { AttackError } from './client.js';
+import { AttackError, type InputSpec } from './client.js';
 
 export interface LabeledImage {
   /** File name (or a synthetic name for dataset images), for the report. */
@@ -119,18 +118,35 @@ export async function readImageDir(dir: string, limit: number): Promise<LabeledI
   }));
 }
 
+/** Larger images are refused: the attacker reads its own files, but a bomb should not stall a run. */
+const MAX_INPUT_PIXELS = 4096 * 4096;
+
 /**
- * The image as the model sees it, in pixel space (pixel * scale, CHW): the service's own decoding,
- * channel conversion and resize policy, with mean 0 and std 1 so no normalisation is applied.
+ * The image as the model sees it, in pixel space (pixel * scale, CHW, before mean/std), by the
+ * published pre-processing: decode, EXIF-rotate, flatten alpha onto the background, convert to the
+ * model's channels, resize by the contract's fit and kernel (a no-op at the model's size).
  */
 export async function toPixels(image: LabeledImage, spec: InputSpec): Promise<Float64Array> {
   const [c, h, w] = spec.shape;
-  const out = new Float32Array(c * h * w);
-  const raw = { ...spec, mean: new Array<number>(c).fill(0), std: new Array<number>(c).fill(1) };
+  const bg = spec.resize.background;
+  const background = { r: bg, g: bg, b: bg, alpha: 1 };
+  const pipeline = sharp(image.bytes, { limitInputPixels: MAX_INPUT_PIXELS, failOn: 'truncated', animated: false })
+    .rotate().flatten({ background });
+  (spec.channels === 'gray' ? pipeline.grayscale() : pipeline.toColourspace('srgb'))
+    .resize(w, h, { fit: spec.resize.fit, kernel: spec.resize.kernel, background });
+  let raw: { data: Buffer; info: { width: number; height: number; channels: number } };
   try {
-    await imageToTensor(image.bytes, raw, { maxInputPixels: 4096 * 4096 }, out, image.name);
+    raw = await pipeline.raw().toBuffer({ resolveWithObject: true });
   } catch (err) {
-    throw new AttackError(`${image.name}: ${(err as Error).message}`);
+    throw new AttackError(`${image.name}: cannot decode the image (${(err as Error).message.split('\n')[0]})`);
   }
-  return Float64Array.from(out);
+  const { data, info } = raw;
+  if (info.width !== w || info.height !== h || info.channels < c) {
+    throw new AttackError(`${image.name}: decoded to ${info.width}x${info.height}x${info.channels}, the model takes ${w}x${h}x${c}`);
+  }
+  const out = new Float64Array(c * h * w);
+  for (let ch = 0; ch < c; ch++) {
+    for (let p = 0; p < h * w; p++) out[ch * h * w + p] = Math.fround(data[p * info.channels + ch] * spec.scale);
+  }
+  return out;
 }

@@ -1,5 +1,5 @@
 /** Toy classifiers with known answers, for attack tests that need no service. */
-import type { Classify } from '../../src/attack/oracle.js';
+import type { Classify } from '../oracle.js';
 
 /**
  * Two classes from a linear score s(x) = w.x + b: class 1 when s > 0, else class 0, with

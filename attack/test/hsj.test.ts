@@ -1,7 +1,7 @@
 import t from 'tap';
-import { boundarySearch, clampAround, estimateGradient, hopSkipJump } from '../../src/attack/hsj.js';
-import { linfDistance, Oracle } from '../../src/attack/oracle.js';
-import { Rng } from '../../src/attack/rng.js';
+import { boundarySearch, clampAround, estimateGradient, hopSkipJump } from '../hsj.js';
+import { linfDistance, Oracle } from '../oracle.js';
+import { Rng } from '../rng.js';
 import { linear, linearScore } from './toy.js';
 
 t.test('clampAround keeps a point within radius r of x0 and inside the range', async (t) => {

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { median, renderMarkdown, resultsTable, summarize, type ImageOutcome, type Report } from '../../src/attack/report.js';
+import { median, renderMarkdown, resultsTable, summarize, type ImageOutcome, type Report } from '../report.js';
 
 const base: ImageOutcome = {
   image: 'x.png', label: 1, startCorrectVotes: 3, correctAtStart: true, stop: 'budget', queries: 100, anyHitQuery: null,

@@ -1,0 +1,28 @@
+"""Where an artefact came from, and writing it so that a crash never leaves half a file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+
+def git_commit() -> str:
+    """The commit that produced an artefact, with '-dirty' when the tree had uncommitted changes."""
+    # Only training/ is checked for changes: other parts of the tree (the service) do not affect
+    # the numbers, and someone working on them must not make every package look dirty.
+    try:
+        root = Path(__file__).resolve().parents[2]
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "training"], cwd=root,
+                               capture_output=True, text=True)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write beside the file, then rename over it: readers see the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
