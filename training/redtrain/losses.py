@@ -49,3 +49,10 @@ def gradient_similarity(grads: Sequence[torch.Tensor], eps: float = 1e-12) -> to
 def lipschitz_penalty(grads: Sequence[torch.Tensor]) -> torch.Tensor:
     """L_lip: mean over members of the batch mean of 2 * ||g_i||_2^2 (a squared input-gradient penalty)."""
     return torch.stack([2.0 * g.pow(2).sum(dim=1).mean() for g in grads]).mean()
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), batch mean (Hinton et al., 2015)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * t * t

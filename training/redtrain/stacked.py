@@ -4,7 +4,7 @@ Members of the `cnn-small` architecture are evaluated together: their conv weigh
 into one grouped convolution (groups = members) and their linear layers into batched matmuls, so a
 step costs a few large kernels instead of members x layers small ones. This is the same function as
 running each member alone; `tests/test_stacked.py` checks losses and parameter gradients against the
-per-member loop in `train.loss_terms`.
+per-member loop in `objective.loss_terms`.
 
 Shapes: M members, B examples. Stacked parameters carry SmallCNN's names with a leading member axis
 (`features.0.weight` is [M, out, in, 3, 3]). Inputs are either shared, [B, C, H, W], or one per
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from redtrain.attacks import pgd
 from redtrain.config import Config
+from redtrain.losses import distill_loss
 
 StackedParams = Mapping[str, torch.Tensor]
 StackedForward = Callable[[torch.Tensor], torch.Tensor]  # x -> [M, B, K]
@@ -111,13 +112,10 @@ def stacked_lipschitz(grads: torch.Tensor) -> torch.Tensor:
 def loss_terms_stacked(forward: StackedForward, members: int, x: torch.Tensor, y: torch.Tensor, cfg: Config,
                        generator: torch.Generator,
                        teacher_logits: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
-    """The objective of `train.loss_terms`, computed for all members at once (same terms, same values).
+    """The objective of `objective.loss_terms`, computed for all members at once (same terms, same values).
 
     `teacher_logits` ([M, B, K], no grad) replaces the teacher members when distilling.
     """
-    # Imported here: train imports this module.
-    from redtrain.train import distill_loss  # noqa: PLC0415
-
     adv = cfg.adversarial
     step = adv.attack.eps * adv.attack.step_ratio
     terms: dict[str, torch.Tensor] = {}

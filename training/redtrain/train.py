@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,38 +16,24 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import nn
 from tqdm import tqdm
 
-from redtrain.attacks import ensemble_ce, member_ce, pgd
-from redtrain.config import AttackConfig, Config, config_from_dict
+from redtrain.config import Config, config_from_dict
 from redtrain.data import Dataset, load_dataset, to_unit
 from redtrain.errors import UserError
-from redtrain.losses import ensemble_log_probs, gradient_similarity, input_gradients, lipschitz_penalty
+from redtrain.losses import ensemble_log_probs
 from redtrain.models import build_member
-from redtrain.stacked import loss_terms_stacked, stack_members, stacked_logits
+from redtrain.objective import step_terms
+from redtrain.provenance import git_commit, write_text_atomic
+from redtrain.stacked import stack_members
 
 Member = Callable[[torch.Tensor], torch.Tensor]
 
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def git_commit() -> str:
-    """The commit that produced an artefact, with '-dirty' when the tree had uncommitted changes."""
-    # Only training/ is checked for changes: other parts of the tree (the service) do not affect
-    # the numbers, and someone working on them must not make every package look dirty.
-    try:
-        root = Path(__file__).resolve().parents[2]
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "training"], cwd=root,
-                               capture_output=True, text=True)
-        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def seed_everything(seed: int) -> None:
@@ -85,29 +70,12 @@ def build_ensemble(cfg: Config, classes: int) -> nn.Module:
     return Ensemble(cfg, classes)
 
 
-def _step_size(attack: AttackConfig) -> float:
-    return attack.eps * attack.step_ratio
-
-
-def _attack_members(members: Sequence[Member], x: torch.Tensor, y: torch.Tensor, attack: AttackConfig,
-                    generator: torch.Generator) -> list[torch.Tensor]:
-    return [pgd(member_ce(m), x, y, attack.eps, _step_size(attack), attack.steps, attack.random_start, generator)
-            for m in members]
-
-
-def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), batch mean (Hinton et al., 2015)."""
-    t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                    reduction="batchmean", log_target=True) * t * t
-
-
 def load_teacher(cfg: Config, members: int) -> list[Member] | None:
     """The teacher package's members as frozen torch modules (loss.distill.teacher), or None."""
     path = cfg.loss.distill.teacher
     if not path:
         return None
-    from redtrain.evaluate import load_target  # noqa: PLC0415 (only distillation needs onnx)
+    from redtrain.package import load_target  # noqa: PLC0415 (only distillation needs onnx)
 
     target = load_target(path)
     if len(target.members) != members:
@@ -115,82 +83,6 @@ def load_teacher(cfg: Config, members: int) -> list[Member] | None:
     for m in target.members:
         m.requires_grad_(False)
     return list(target.members)
-
-
-def loss_terms(members: Sequence[Member], x: torch.Tensor, y: torch.Tensor, cfg: Config,
-               generator: torch.Generator, teacher: Sequence[Member] | None = None) -> dict[str, torch.Tensor]:
-    """The training objective of cfg.method, split into named terms; terms['loss'] is what to minimise.
-
-    independent     sum_i CE(f_i(x))
-    independent-at  sum_i (1-mix) CE(f_i(x)) + mix CE(f_i(x_i^adv)), x_i^adv = PGD on member i
-    red / ps-red    CE part as above (or clean CE without adversarial training)
-                    (with a teacher, each clean CE is (1-w) CE + w T^2 KL(teacher_i_T || f_i_T))
-                    + l_sim * L_sim  (gradients at the points the CE is taken at)
-                    + l_lip * L_lip  (on [clean half; PGD-against-the-averaged-ensemble half])
-    """
-    adv = cfg.adversarial
-    terms: dict[str, torch.Tensor] = {}
-    x_adv = _attack_members(members, x, y, adv.attack, generator) if adv.enabled else None
-
-    ce_total = x.new_zeros(())
-    grads: list[torch.Tensor] = []
-    distill = cfg.loss.distill
-    if teacher is not None:
-        with torch.no_grad():
-            teacher_logits = [t(x) for t in teacher]
-
-    def clean_ce(i: int, member: Member) -> torch.Tensor:
-        logits = member(x)
-        ce = F.cross_entropy(logits, y)
-        if teacher is None:
-            return ce
-        return (1 - distill.weight) * ce + distill.weight * distill_loss(logits, teacher_logits[i], distill.temperature)
-
-    want_sim = cfg.method in ("red", "ps-red") and cfg.loss.l_sim > 0
-    for i, member in enumerate(members):
-        point = x_adv[i] if x_adv is not None else x
-        if want_sim:
-            ce_point, g = input_gradients(member, point, y)
-            grads.append(g)
-            if x_adv is None and teacher is not None:
-                ce_point = clean_ce(i, member)
-        elif x_adv is None:
-            ce_point = clean_ce(i, member)
-        else:
-            ce_point = F.cross_entropy(member(point), y)
-        if x_adv is not None and adv.mix < 1.0:
-            ce_point = (1 - adv.mix) * clean_ce(i, member) + adv.mix * ce_point
-        ce_total = ce_total + ce_point
-    terms["ce"] = ce_total
-    loss = ce_total
-
-    if want_sim:
-        terms["sim"] = gradient_similarity(grads)
-        loss = loss + cfg.loss.l_sim * terms["sim"]
-    if cfg.method in ("red", "ps-red") and cfg.loss.l_lip > 0:
-        half = x.shape[0] // 2
-        lip = cfg.loss.lip_attack
-        x_far = pgd(ensemble_ce(members), x[half:], y[half:], lip.eps, _step_size(lip), lip.steps,
-                    lip.random_start, generator)
-        x_lip = torch.cat([x[:half], x_far])
-        lip_grads = [input_gradients(m, x_lip, y)[1] for m in members]
-        terms["lip"] = lipschitz_penalty(lip_grads)
-        loss = loss + cfg.loss.l_lip * terms["lip"]
-    terms["loss"] = loss
-    return terms
-
-
-def step_terms(ensemble: nn.Module, members: Sequence[Member], x: torch.Tensor, y: torch.Tensor, cfg: Config,
-               generator: torch.Generator, teacher: Sequence[Member] | None = None) -> dict[str, torch.Tensor]:
-    """One step's loss terms, vectorised over members where the config allows it (cfg.stacked)."""
-    if not cfg.stacked:
-        return loss_terms(members, x, y, cfg, generator, teacher)
-    params = ensemble.stacked_params()
-    teacher_logits = None
-    if teacher is not None:
-        with torch.no_grad():
-            teacher_logits = torch.stack([t(x) for t in teacher])
-    return loss_terms_stacked(lambda z: stacked_logits(params, z), len(members), x, y, cfg, generator, teacher_logits)
 
 
 @torch.no_grad()
@@ -233,12 +125,6 @@ def parameter_groups(ensemble: nn.Module, cfg: Config) -> list[dict]:
 def _atomic_save(obj: object, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -322,7 +208,7 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
         if progress:
             print(f"resuming {run_dir} after epoch {start_epoch}/{o.epochs}")
     else:
-        _atomic_write_text(cfg_path, yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+        write_text_atomic(cfg_path, yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
 
     members = ensemble.members()
     for epoch in range(start_epoch, o.epochs):
@@ -369,7 +255,7 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
                "threads": torch.get_num_threads(), "commit": commit,
                "evaluation": {k: evaluation[k] for k in ("memberAccuracy", "randomDrawAccuracy",
                                                            "ensembleAccuracy", "examples")}}
-    _atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return RunResult(run_dir, o.epochs, seconds, summary["evaluation"])
 
 

@@ -49,10 +49,15 @@ def test_configs_folder_holds_exactly_the_shipped_packages_recipes():
 def test_experiment_names_cannot_collide_with_a_package():
     experiments = sorted((CONFIGS / "experiments").glob("*.yaml"))
     assert experiments
+    packages = {p.name for p in MODELS.iterdir()}
     for path in experiments:
-        name = yaml.safe_load(path.read_text())["name"]
-        assert name == path.stem and name.startswith("exp-"), path.name
-        assert not (MODELS / name).exists()
+        raw = yaml.safe_load(path.read_text())
+        if "arms" in raw:  # a study plan (redtrain study), not a run config
+            continue
+        name = raw["name"]
+        # exp-* (single experiments), study-* and psred-* (study arms): never a package's name.
+        assert name == path.stem and name.startswith(("exp-", "study-", "psred-")), path.name
+        assert name not in packages and not name.startswith("fmnist-")
 
 
 def test_unknown_key_is_named():

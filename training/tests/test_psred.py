@@ -13,7 +13,8 @@ from redtrain.manifest import check_package, validate_manifest
 from redtrain.models import build_member, count_parameters
 from redtrain.psred import HyperEnsemble
 from redtrain.psred_export import member_weights, target_logits
-from redtrain.train import build_ensemble, load_run, loss_terms, parameter_groups, train
+from redtrain.objective import loss_terms
+from redtrain.train import build_ensemble, load_run, parameter_groups, train
 
 
 def shipped_like(members=5):

@@ -156,7 +156,7 @@ def test_manifest_validation_reports_every_problem(tmp_path, trained):
 def test_methods_build_the_right_terms(dataset):
     x = dataset.train.images[:16].float() / 255
     y = dataset.train.labels[:16]
-    from redtrain.train import loss_terms
+    from redtrain.objective import loss_terms
 
     for method, extra, expected in (
         ("independent", {"adversarial": {"enabled": False}, "loss": {}}, {"ce", "loss"}),
@@ -171,7 +171,7 @@ def test_methods_build_the_right_terms(dataset):
 
 
 def test_distill_loss_is_zero_for_the_teacher_itself_and_positive_otherwise():
-    from redtrain.train import distill_loss
+    from redtrain.losses import distill_loss
 
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
     assert float(distill_loss(logits, logits, 4.0)) == pytest.approx(0.0, abs=1e-6)
@@ -181,7 +181,8 @@ def test_distill_loss_is_zero_for_the_teacher_itself_and_positive_otherwise():
 def test_distillation_from_an_exported_package(tmp_path, trained, dataset):
     """A run distils from a package's members: the teacher changes the clean term, and a package
     with a different member count is refused by name."""
-    from redtrain.train import load_teacher, loss_terms
+    from redtrain.objective import loss_terms
+    from redtrain.train import load_teacher
 
     cfg, data, run, _result = trained
     _, ensemble, _ = load_run(run)

@@ -17,7 +17,7 @@ import torch
 
 from redtrain.config import load_config
 from redtrain.data import load_dataset, to_unit
-from redtrain.evaluate import load_target
+from redtrain.package import load_target
 from redtrain.stacked import stacked_input_gradients, stacked_lipschitz, stacked_logits, stacked_similarity
 from redtrain.train import build_ensemble
 

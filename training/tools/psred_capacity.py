@@ -30,7 +30,8 @@ from redtrain.config import config_from_dict
 from redtrain.data import load_dataset, to_unit
 from redtrain.errors import UserError
 from redtrain.psred import HyperEnsemble
-from redtrain.train import accuracy, build_ensemble, load_teacher, loss_terms
+from redtrain.objective import loss_terms
+from redtrain.train import accuracy, build_ensemble, load_teacher
 
 BASE = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "exp-fmnist-psred-no-emblr.yaml"
 

@@ -20,7 +20,8 @@ import torch
 
 from redtrain.config import load_config
 from redtrain.data import load_dataset, to_unit
-from redtrain.train import build_ensemble, seed_everything, step_terms
+from redtrain.objective import step_terms
+from redtrain.train import build_ensemble, seed_everything
 
 
 def main() -> None:
