@@ -157,24 +157,33 @@ export const v2InferSchema = {
   body: inferRequest,
   response: {
     200: {
-      description: 'the outputs (binary ones after the JSON header when the binary extension is used)',
-      type: 'object',
-      required: ['model_name', 'outputs'],
-      properties: {
-        model_name: { type: 'string' },
-        model_version: { type: 'string' },
-        id: { type: 'string' },
-        outputs: {
-          type: 'array',
-          items: {
+      description: 'the outputs; with binary outputs, a JSON header of Inference-Header-Content-Length bytes and then the tensors',
+      content: {
+        'application/json': {
+          schema: {
             type: 'object',
-            required: ['name', 'datatype', 'shape'],
+            required: ['model_name', 'outputs'],
             properties: {
-              ...tensorMetadata.properties,
-              parameters: { type: 'object', properties: { binary_data_size: { type: 'integer' } } },
-              data: { type: 'array', items: {} },
+              model_name: { type: 'string' },
+              model_version: { type: 'string' },
+              id: { type: 'string' },
+              outputs: {
+                type: 'array',
+                items: {
+                  type: 'object',
+                  required: ['name', 'datatype', 'shape'],
+                  properties: {
+                    ...tensorMetadata.properties,
+                    parameters: { type: 'object', properties: { binary_data_size: { type: 'integer' } } },
+                    data: { type: 'array', items: {} },
+                  },
+                },
+              },
             },
           },
+        },
+        'application/octet-stream': {
+          schema: { type: 'string', format: 'binary', description: 'the JSON header, then each binary output\'s bytes in order' },
         },
       },
     },
