@@ -6,6 +6,7 @@
 #
 #   bash scripts/fuzz.sh                 # 100 examples per operation and mode
 #   FUZZ_EXAMPLES=500 bash scripts/fuzz.sh
+#   FUZZ_MODES=negative bash scripts/fuzz.sh   # one pass only
 #
 # schemathesis goes into its own virtual environment ($FUZZ_VENV), never .venv. The server serves
 # the test fixture package (tiny, fast) on a loopback port; its log is kept in $FUZZ_OUT.
@@ -35,7 +36,7 @@ for _ in $(seq 1 300); do
 done
 
 status=0
-for mode in positive negative; do
+for mode in ${FUZZ_MODES:-positive negative}; do
   echo "== schemathesis, $mode mode, $examples examples per operation"
   "$venv/bin/schemathesis" run openapi.yaml --url "http://127.0.0.1:$port" --mode "$mode" --max-examples "$examples" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \

@@ -12,6 +12,7 @@ import { registerAccessControl } from './http/access.js';
 import { Admission } from './http/admission.js';
 import { sendError, type ErrorShape } from './http/error-handler.js';
 import { HttpError } from './http/http-error.js';
+import { MAX_FORM_FIELDS } from './http/multipart.js';
 import { RouteIndex } from './http/not-found.js';
 import { openapiInfo } from './http/openapi.js';
 import { registerRoutes } from './http/routes.js';
@@ -112,7 +113,7 @@ export function createServer(config: Config, state: ModelState,
   server.register(swaggerUi, { routePrefix: '/docs' });
   server.register(multipart, {
     // One file more than allowed reaches routes.ts, which names the limit in its error.
-    limits: { fileSize: config.maxBodyBytes, files: config.maxImagesPerRequest + 1, fields: 16, parts: config.maxImagesPerRequest + 16 },
+    limits: { fileSize: config.maxBodyBytes, files: config.maxImagesPerRequest + 1, fields: MAX_FORM_FIELDS, parts: config.maxImagesPerRequest + MAX_FORM_FIELDS },
   });
   server.register(async (scope) => registerRoutes(scope, config, state, admission));
   server.register(async (scope) => registerV2Routes(scope, config, state, { admission, routes, metrics: metrics ?? null }), { prefix: '/v2' });

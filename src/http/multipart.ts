@@ -12,9 +12,15 @@ const SENTENCES: [RegExp, string][] = [
   [/malformed part header/i, 'a part header of the multipart body is malformed'],
 ];
 
-/** The error to answer for `err`, thrown while reading a multipart body. */
-export function multipartError(err: Error): Error {
-  if (err instanceof InputError || err instanceof HttpError || (err as { code?: string }).code?.startsWith('FST_')) return err;
+/** Non-file fields a multipart body may carry (@fastify/multipart's `fields` limit). */
+export const MAX_FORM_FIELDS = 16;
+
+/** The error to answer for `err`, thrown while reading a multipart body; `maxImages` names the file limit. */
+export function multipartError(err: Error, maxImages: number): Error {
+  const code = (err as { code?: string }).code;
+  if (code === 'FST_FIELDS_LIMIT') return new InputError('too_many_fields', `the multipart body has more than ${MAX_FORM_FIELDS} non-file fields`);
+  if (code === 'FST_FILES_LIMIT' || code === 'FST_PARTS_LIMIT') return new InputError('too_many_images', `more than ${maxImages} images in one request`);
+  if (err instanceof InputError || err instanceof HttpError || code?.startsWith('FST_')) return err;
   const sentence = SENTENCES.find(([re]) => re.test(err.message))?.[1] ?? 'the multipart body is malformed';
   return new InputError('bad_multipart', sentence, { cause: err });
 }

@@ -52,7 +52,7 @@ async function multipartImages(req: FastifyRequest, config: Config): Promise<Buf
       files.push(bytes);
     }
   } catch (err) {
-    throw multipartError(err as Error);
+    throw multipartError(err as Error, config.maxImagesPerRequest);
   }
   if (files.length === 0) throw new InputError('empty_body', 'the multipart body holds no image file');
   return files;
