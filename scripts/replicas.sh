@@ -26,11 +26,16 @@ nginx_port=${NGINX_PORT:-18480}
 first=${REPLICA_PORT:-18481}
 replicas=3
 
+# Stops what the folder's pid files name, but only processes that are still ours: a pid left by a
+# run that was killed may since belong to something else.
 stop() {
   for f in "$dir"/nginx.pid "$dir"/replica-*.pid; do
     [ -f "$f" ] || continue
     pid=$(cat "$f")
-    kill "$pid" 2>/dev/null || true
+    cmdline=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)
+    case "$cmdline" in
+      *"dist/src/server.js"*|*"nginx"*"$dir"*) kill "$pid" 2>/dev/null || true ;;
+    esac
     rm -f "$f"
   done
 }

@@ -86,7 +86,7 @@ const OPTIONS = {
   'max-body-bytes': { env: 'REDSERVE_MAX_BODY_BYTES', help: `request body limit (default ${DEFAULTS.maxBodyBytes})` },
   'max-images': { env: 'REDSERVE_MAX_IMAGES', help: `images per request (default ${DEFAULTS.maxImagesPerRequest})` },
   'max-input-pixels': { env: 'REDSERVE_MAX_INPUT_PIXELS', help: `decoded pixels per image (default ${DEFAULTS.maxInputPixels})` },
-  'max-queue': { env: 'REDSERVE_MAX_QUEUE', help: `queued inference jobs before 503 (default ${DEFAULTS.maxQueue})` },
+  'max-queue': { env: 'REDSERVE_MAX_QUEUE', help: `admitted inference requests (body complete), and queued jobs, before 503 (default ${DEFAULTS.maxQueue})` },
   'max-batch-images': { env: 'REDSERVE_MAX_BATCH_IMAGES', help: `images per batched member run, 1 = no batching (default ${DEFAULTS.maxBatchImages})` },
   'queue-delay-us': { env: 'REDSERVE_QUEUE_DELAY_US', help: `wait for a batch to fill, microseconds (default ${DEFAULTS.queueDelayUs})` },
   'request-timeout-ms': { env: 'REDSERVE_REQUEST_TIMEOUT_MS', help: `inference deadline per request, then 503 (default ${DEFAULTS.requestTimeoutMs})` },
