@@ -103,6 +103,10 @@ export function registerRoutes(app: FastifyInstance, config: Config, state: Mode
       let images: Buffer[] | null = null;
       let data: Float32Array | null = null;
       let single = false;
+      if (body === undefined && !req.isMultipart()) {
+        // Fastify parses nothing when a request has neither a body nor a Content-Type.
+        throw new InputError('empty_body', `the request has no body; send an image (${IMAGE_TYPES.join(', ')}), multipart/form-data or application/json`);
+      }
       if (Buffer.isBuffer(body)) {
         images = [body];
         single = true;

@@ -42,7 +42,7 @@ function greyPng(width: number, height: number, inflatedBytes: number, extra: Bu
     chunk('IDAT', deflateSync(Buffer.alloc(inflatedBytes), { level: 9 })), chunk('IEND', Buffer.alloc(0))]);
 }
 
-const app = await startApp({ maxImagesPerRequest: 4, maxBodyBytes: 256 * 1024 });
+const app = await startApp({ maxImagesPerRequest: 4, maxBodyBytes: 256 * 1024, workers: 1 });
 t.teardown(() => app.close());
 const post = (headers: Record<string, string>, payload: unknown, url = '/classify') =>
   app.server.inject({ method: 'POST', url, headers, payload: payload as string });
@@ -103,6 +103,13 @@ t.test('undeclared methods on known paths get 405 with Allow; unknown paths 404'
   t.same([nope.statusCode, nope.json().error], [404, 'not_found']);
 });
 
+t.test('a POST without body or Content-Type is empty_body; a body without Content-Type is 415 naming what is accepted', async (t) => {
+  isErr(t, await app.server.inject({ method: 'POST', url: '/classify' }), 400, 'empty_body', /no body/);
+  const res = await app.server.inject({ method: 'POST', url: '/classify', payload: goldenPng, headers: { 'content-type': '' } });
+  isErr(t, res, 415, 'unsupported_media_type', /^Content-Type '\(none\)' is not accepted; send one of /);
+  for (const type of ['image/png', 'multipart/form-data', 'application/json']) t.match(res.json().message, type, `names ${type}`);
+});
+
 t.test('a non-string in images is named as such (was reported as empty_body)', async (t) => {
   isErr(t, await post({ 'content-type': 'application/json' }, { images: [5] }), 400, 'bad_request', /images\/0 must be string/);
   isErr(t, await post({ 'content-type': 'application/json' }, { images: [true] }), 400, 'bad_request', /images\/0 must be string/);
@@ -126,7 +133,7 @@ t.test('failed API key attempts count against the client\'s rate limit', async (
   const { loadConfig } = await import('../../src/config.js');
   const keys = loadConfig(['--api-key-file', file], {}).apiKeySha256;
   for (const [label, extra, burst] of [['with --rate-limit 2 (burst 3)', { rateLimit: { perSecond: 2, burst: 3 } }, 3], ['without --rate-limit', {}, 10]] as const) {
-    const keyed = await startApp({ apiKeySha256: keys, ...extra });
+    const keyed = await startApp({ apiKeySha256: keys, workers: 1, ...extra });
     const guess = (i: number) => keyed.server.inject({ method: 'POST', url: '/classify', headers: { 'content-type': 'image/png', 'x-api-key': `guess-${i}-0123456789abcdef` }, payload: goldenPng });
     const codes: number[] = [];
     for (let i = 0; i < burst + 5; i++) codes.push((await guess(i)).statusCode);
