@@ -5,16 +5,20 @@
 import multipart from '@fastify/multipart';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Config } from './config.js';
 import { loadEnsemble, type Ensemble } from './ensemble/ensemble.js';
-import { HttpError, overloaded } from './errors.js';
 import { registerAccessControl } from './http/access.js';
-import { toHttpError } from './http/error-handler.js';
-import { registerRoutes, type ModelState } from './http/routes.js';
+import { Admission } from './http/admission.js';
+import { sendError, type ErrorShape } from './http/error-handler.js';
+import { HttpError } from './http/http-error.js';
+import { MAX_FORM_FIELDS } from './http/multipart.js';
+import { RouteIndex } from './http/not-found.js';
 import { openapiInfo } from './http/openapi.js';
+import { registerRoutes } from './http/routes.js';
 import { registerV2Routes } from './http/v2.js';
 import { Metrics } from './metrics.js';
+import { ModelState } from './model-state.js';
 
 export interface App {
   readonly server: FastifyInstance;
@@ -30,14 +34,22 @@ export interface App {
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** Inference requests (POSTs) received and not yet answered. */
+    /** Inference requests admitted (body received) and not yet answered. */
     inflightRequests(): number;
   }
   interface FastifyRequest {
     /** The machine code of the error this request was answered with (for metrics), or null. */
     errorCode: string | null;
+    /** Stop the body timeout: the handler has read the whole body (multipart bodies are read there). */
+    bodyReceived(): void;
   }
 }
+
+const rootShape: ErrorShape = (e) => ({ error: e.code, message: e.message });
+
+/** Does the request carry a body (one the body timeout must watch)? */
+const hasBody = (req: FastifyRequest) =>
+  req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
 
 /** The Fastify instance with every plugin and route, serving whatever `state` holds. */
 export function createServer(config: Config, state: ModelState,
@@ -51,40 +63,42 @@ export function createServer(config: Config, state: ModelState,
     trustProxy: typeof config.trustProxy === 'number'
       ? ((hops: number) => (_address: string, hop: number) => hop < hops)(config.trustProxy)
       : config.trustProxy as boolean | string[],
-    // Reject unknown keys instead of silently dropping them; 'binary' is an OpenAPI-only format.
-    ajv: { customOptions: { strict: false, removeAdditional: false } },
+    // Reject unknown keys instead of silently dropping them, and never coerce types (a number is
+    // not a base64 string); 'binary' is an OpenAPI-only format.
+    ajv: { customOptions: { strict: false, removeAdditional: false, coerceTypes: false } },
   });
+  const routes = new RouteIndex(server);
 
   server.decorateRequest('errorCode', null);
-  server.setErrorHandler((err: FastifyError | HttpError, req, reply) => {
-    const e = toHttpError(err, req.log);
-    req.errorCode = e.code;
-    return reply.code(e.statusCode).headers(e.headers).send({ error: e.code, message: e.message });
-  });
-  server.setNotFoundHandler((req, reply) => {
-    req.errorCode = 'not_found';
-    return reply.code(404).send({ error: 'not_found', message: `no route for ${req.method} ${req.url.split('?')[0]}` });
-  });
+  server.decorateRequest('bodyReceived', () => undefined);
+  server.setErrorHandler((err: Error, req, reply) => sendError(err, req, reply, rootShape));
+  server.setNotFoundHandler((req, reply) => sendError(routes.miss(req), req, reply, rootShape));
   // While draining, every answer closes its connection, so that keep-alive clients cannot hold the
   // server open after their in-flight request (Fastify's close waits for every connection).
   server.addHook('onSend', async (_req, reply, payload) => {
     if (state.draining) reply.header('connection', 'close');
     return payload;
   });
-  // Shed before reading the body: past maxQueue inference requests in flight (receiving, queued or
-  // running), a POST is answered 503 at once. The pool's own bound counts jobs; this one keeps the
-  // main thread from parsing bodies it would only reject, which is what bounds latency when the
-  // event loop itself is the bottleneck.
-  let inflight = 0;
-  server.decorate('inflightRequests', () => inflight);
+  // A body not received within bodyTimeoutMs fails its reader (Fastify's body parser, or the
+  // multipart stream in the handler) with 408, and the connection closes after the answer. Without
+  // it, a client trickling a byte every few seconds keeps its connection and buffer for as long as
+  // Node's request timeout allows.
   server.addHook('onRequest', async (req, reply) => {
-    if (req.method !== 'POST') return;
-    if (inflight >= config.maxQueue) {
-      throw overloaded(`${inflight} inference requests in flight (the limit is ${config.maxQueue}); retry shortly`, 1);
-    }
-    inflight++;
-    reply.raw.once('close', () => { inflight--; });
+    if (!hasBody(req)) return;
+    const timer = setTimeout(() => {
+      const err = new HttpError(408, 'body_timeout',
+        `the request body was not received within ${config.bodyTimeoutMs} ms (--body-timeout-ms)`, { connection: 'close' });
+      if (req.raw.listenerCount('error') > 0) req.raw.emit('error', err);
+      else req.raw.destroy();
+    }, config.bodyTimeoutMs);
+    req.bodyReceived = () => clearTimeout(timer);
+    reply.raw.once('close', () => clearTimeout(timer));
   });
+  server.addHook('preValidation', async (req) => {
+    if (!req.isMultipart()) req.bodyReceived();
+  });
+  const admission = new Admission(config.maxQueue);
+  server.decorate('inflightRequests', () => admission.count);
   const { metrics } = options;
   if (metrics) {
     // The route pattern, never the raw URL, keeps label values bounded.
@@ -99,16 +113,16 @@ export function createServer(config: Config, state: ModelState,
   server.register(swaggerUi, { routePrefix: '/docs' });
   server.register(multipart, {
     // One file more than allowed reaches routes.ts, which names the limit in its error.
-    limits: { fileSize: config.maxBodyBytes, files: config.maxImagesPerRequest + 1, fields: 16, parts: config.maxImagesPerRequest + 16 },
+    limits: { fileSize: config.maxBodyBytes, files: config.maxImagesPerRequest + 1, fields: MAX_FORM_FIELDS, parts: config.maxImagesPerRequest + MAX_FORM_FIELDS },
   });
-  server.register(async (scope) => registerRoutes(scope, config, state));
-  server.register(async (scope) => registerV2Routes(scope, config, state), { prefix: '/v2' });
+  server.register(async (scope) => registerRoutes(scope, config, state, admission));
+  server.register(async (scope) => registerV2Routes(scope, config, state, { admission, routes, metrics: metrics ?? null }), { prefix: '/v2' });
   return server;
 }
 
 /** The service: the server plus the model, loading in the background (/readyz tells when it is warm). */
 export function buildApp(config: Config, options: { logger?: boolean | object } = {}): App {
-  const state: ModelState = { ensemble: null, failure: null, draining: false };
+  const state = new ModelState();
   const metrics = new Metrics({
     workers: () => state.ensemble?.pool.workers ?? 0,
     busyWorkers: () => state.ensemble?.pool.busy ?? 0,
@@ -120,10 +134,10 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
   const metricsServer = config.metricsPort === null ? null : metrics.createServer();
 
   const modelReady = loadEnsemble(config, server.log, metrics.observer).then((ensemble) => {
-    state.ensemble = ensemble;
+    state.setReady(ensemble);
     return ensemble;
   }, (err: Error) => {
-    state.failure = err.message;
+    state.setFailed(err.message);
     throw err;
   });
   modelReady.catch(() => undefined); // the caller decides; never an unhandled rejection
@@ -136,7 +150,7 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
     async close() {
       // Readiness turns 503 first; Fastify then stops accepting, answers requests that arrive on
       // open connections with 503, and resolves once every in-flight request has been answered.
-      state.draining = true;
+      state.startDraining();
       // A response sent just before draining began left its keep-alive connection open and idle;
       // Node closes idle connections once, when close starts, so sweep until the server is closed
       // (otherwise close waits for the client's keep-alive timeout, past the drain timeout).

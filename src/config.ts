@@ -28,7 +28,8 @@ export interface Config {
   readonly maxImagesPerRequest: number;
   /** Decoded pixel limit per image (width * height), the guard against decompression bombs. */
   readonly maxInputPixels: number;
-  /** Inference jobs waiting for a worker before new requests get 503. */
+  /** Inference requests admitted (body received, not yet answered), and separately inference jobs
+   * waiting for a worker, before new requests get 503. */
   readonly maxQueue: number;
   /** Dynamic batching: images in one batched member run (1: no batching). */
   readonly maxBatchImages: number;
@@ -37,6 +38,8 @@ export interface Config {
   /** An inference request not answered this long after its body arrived gets 503 timeout; also
    * the limit for receiving a request. */
   readonly requestTimeoutMs: number;
+  /** A request body not received in full this long after its headers gets 408 body_timeout. */
+  readonly bodyTimeoutMs: number;
   /** On SIGTERM, how long in-flight requests may take to finish before the process exits anyway (code 1). */
   readonly drainTimeoutMs: number;
   /** SHA-256 (hex) of each accepted API key; empty: no key needed. The keys themselves are never kept. */
@@ -64,6 +67,7 @@ export const DEFAULTS = {
   maxBatchImages: 64,
   queueDelayUs: 500,
   requestTimeoutMs: 30_000,
+  bodyTimeoutMs: 10_000,
   drainTimeoutMs: 25_000,
   metricsPort: 9464,
   metricsHost: '127.0.0.1',
@@ -82,10 +86,11 @@ const OPTIONS = {
   'max-body-bytes': { env: 'REDSERVE_MAX_BODY_BYTES', help: `request body limit (default ${DEFAULTS.maxBodyBytes})` },
   'max-images': { env: 'REDSERVE_MAX_IMAGES', help: `images per request (default ${DEFAULTS.maxImagesPerRequest})` },
   'max-input-pixels': { env: 'REDSERVE_MAX_INPUT_PIXELS', help: `decoded pixels per image (default ${DEFAULTS.maxInputPixels})` },
-  'max-queue': { env: 'REDSERVE_MAX_QUEUE', help: `queued inference jobs before 503 (default ${DEFAULTS.maxQueue})` },
+  'max-queue': { env: 'REDSERVE_MAX_QUEUE', help: `admitted inference requests (body complete), and queued jobs, before 503 (default ${DEFAULTS.maxQueue})` },
   'max-batch-images': { env: 'REDSERVE_MAX_BATCH_IMAGES', help: `images per batched member run, 1 = no batching (default ${DEFAULTS.maxBatchImages})` },
   'queue-delay-us': { env: 'REDSERVE_QUEUE_DELAY_US', help: `wait for a batch to fill, microseconds (default ${DEFAULTS.queueDelayUs})` },
   'request-timeout-ms': { env: 'REDSERVE_REQUEST_TIMEOUT_MS', help: `inference deadline per request, then 503 (default ${DEFAULTS.requestTimeoutMs})` },
+  'body-timeout-ms': { env: 'REDSERVE_BODY_TIMEOUT_MS', help: `time to receive a request body after its headers, then 408 (default ${DEFAULTS.bodyTimeoutMs})` },
   'drain-timeout-ms': { env: 'REDSERVE_DRAIN_TIMEOUT_MS', help: `on SIGTERM, time allowed for in-flight requests (default ${DEFAULTS.drainTimeoutMs})` },
   'api-key-file': { env: 'REDSERVE_API_KEY_FILE', help: 'file of accepted API keys, one a line (default: no key needed)' },
   'rate-limit': { env: 'REDSERVE_RATE_LIMIT', help: 'requests per second per client, 0 = off (default 0)' },
@@ -193,6 +198,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
     maxBatchImages: num('max-batch-images', DEFAULTS.maxBatchImages, 1, 65_536),
     queueDelayUs: num('queue-delay-us', DEFAULTS.queueDelayUs, 0, 10_000_000),
     requestTimeoutMs: num('request-timeout-ms', DEFAULTS.requestTimeoutMs, 1, 3_600_000),
+    bodyTimeoutMs: num('body-timeout-ms', DEFAULTS.bodyTimeoutMs, 1, 3_600_000),
     drainTimeoutMs: num('drain-timeout-ms', DEFAULTS.drainTimeoutMs, 0, 3_600_000),
     apiKeySha256: readApiKeys(get('api-key-file')),
     rateLimit,

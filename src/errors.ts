@@ -1,27 +1,36 @@
 /**
- * Typed errors. Every error a client can cause is an HttpError with a status, a machine-readable
- * code and a message that names the problem and the allowed range. src/http/error-handler.ts
- * renders them as `{ error, message }`; anything else becomes a 500 without internals.
+ * Typed errors. Layers below the HTTP edge (pre-processing, the ensemble) throw domain errors that
+ * say what went wrong in the client's terms: a machine-readable code and a message that names the
+ * field and the allowed range. They never choose an HTTP status; src/http/error-handler.ts alone maps
+ * them to one. Anything else a request causes becomes a 500 without internals.
  */
-export class HttpError extends Error {
-  readonly statusCode: number;
-  readonly code: string;
-  readonly headers: Record<string, string>;
 
-  constructor(statusCode: number, code: string, message: string, headers: Record<string, string> = {}) {
-    super(message);
-    this.name = 'HttpError';
-    this.statusCode = statusCode;
+/** The request's content is wrong or over a limit; the client can fix it and send it again. */
+export class InputError extends Error {
+  readonly code: string;
+
+  constructor(code: string, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = 'InputError';
     this.code = code;
-    this.headers = headers;
   }
 }
 
-export const badRequest = (code: string, message: string) => new HttpError(400, code, message);
-export const tooLarge = (code: string, message: string) => new HttpError(413, code, message);
-export const unsupportedMediaType = (message: string) => new HttpError(415, 'unsupported_media_type', message);
-export const overloaded = (message: string, retryAfterSeconds: number) =>
-  new HttpError(503, 'overloaded', message, { 'retry-after': String(retryAfterSeconds) });
+/** The service cannot take the request now (loading, overloaded, draining, a worker failed);
+ * the same request may succeed after `retryAfterSeconds`, here or on another replica. */
+export class UnavailableError extends Error {
+  readonly code: string;
+  readonly retryAfterSeconds: number;
+
+  constructor(code: string, message: string, retryAfterSeconds = 1) {
+    super(message);
+    this.name = 'UnavailableError';
+    this.code = code;
+    this.retryAfterSeconds = retryAfterSeconds;
+  }
+}
+
+export const overloaded = (message: string, retryAfterSeconds = 1) => new UnavailableError('overloaded', message, retryAfterSeconds);
 
 /** A model package that cannot be served; start-up stops with this message. */
 export class PackageError extends Error {

@@ -1,15 +1,25 @@
 /**
  * Docker cannot run in CI here, so the deployment files are checked by reading them: the
  * Dockerfile, docker-compose.yml with its nginx load balancer, and the Kubernetes manifests must
- * agree with the code on ports, probe paths, environment variables, image names and timeouts.
+ * agree with the code on ports, probe paths, environment variables, image names and timeouts. The
+ * manifests are also validated against Kubernetes' own schemas (kubernetes-validate, from PyPI,
+ * installed into .venv by scripts/setup.sh), and every documented response's content type is
+ * checked against what the server sends. The compose topology itself runs in deploy-replicas.test.ts.
  */
-import { readdir, readFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import { promisify } from 'node:util';
+import type { InjectOptions } from 'fastify';
 import path from 'node:path';
 import t from 'tap';
 import YAML from 'yaml';
 import { DEFAULTS, ENV_VARS } from '../src/config.js';
+import { createServer } from '../src/app.js';
+import { testConfig } from '../src/config.js';
 import { openapiDocument } from '../src/http/openapi-document.js';
-import { ROOT } from './helpers.js';
+import { ModelState } from '../src/model-state.js';
+import { goldenOf, ROOT, startApp, TINY } from './helpers.js';
 
 const read = (f: string) => readFile(path.join(ROOT, f), 'utf8');
 const pkg = JSON.parse(await read('package.json')) as { version: string };
@@ -145,4 +155,76 @@ t.test('openapi.yaml is exactly what the routes generate (run `npm run openapi` 
   for (const type of ['image/png', 'image/jpeg', 'image/webp', 'image/gif', 'image/tiff', 'multipart/form-data', 'application/json']) {
     t.ok(content[type], `documents ${type} bodies`);
   }
+});
+
+const validator = path.join(ROOT, '.venv', 'bin', 'kubernetes-validate');
+const run = promisify(execFile);
+
+t.test('Kubernetes manifests validate against the Kubernetes API schemas (kubernetes-validate --strict)', async (t) => {
+  const dir = path.join(ROOT, 'deploy', 'k8s');
+  const manifests = (await readdir(dir)).filter((f) => f.endsWith('.yaml') && f !== 'kustomization.yaml').map((f) => path.join(dir, f));
+  t.equal(manifests.length, 4, 'Deployment, Service, HPA, PDB');
+  const ok = await run(validator, ['--strict', ...manifests]);
+  for (const kind of ['deployment/redserve', 'service/redserve', 'horizontalpodautoscaler/redserve', 'poddisruptionbudget/redserve']) {
+    t.match(ok.stdout, new RegExp(`passed for resource ${kind} against version`), `${kind} passes`);
+  }
+  // The validator can fail: a misspelt field (strict) and a string where the schema wants an integer.
+  const tmp = await mkdtemp(path.join(os.tmpdir(), 'redserve-k8s-'));
+  const deployment = await read(path.join('deploy', 'k8s', 'deployment.yaml'));
+  const cases: [string, string, RegExp][] = [
+    ['misspelt field', deployment.replace(/^ {2}replicas: 2$/m, '  replica: 2'), /replica/],
+    ['string port', deployment.replace('containerPort: 8080', 'containerPort: "8080"'), /containerPort: '8080' is not of type 'integer'/],
+  ];
+  for (const [label, text, message] of cases) {
+    t.not(text, deployment, `${label}: the edit applies`);
+    const file = path.join(tmp, `${label.replace(' ', '-')}.yaml`);
+    await writeFile(file, text);
+    const bad = await run(validator, ['--strict', file]).then(() => null, (e) => e as { code: number; stdout: string; stderr: string });
+    t.ok(bad && bad.code !== 0, `${label}: rejected`);
+    t.match(`${bad?.stdout}${bad?.stderr}`, message, `${label}: names the field`);
+  }
+});
+
+t.test('every documented response content type is the one the server sends', async (t) => {
+  const doc = YAML.parse(await read('openapi.yaml'));
+  const app = await startApp({ sampling: { mode: 'fixed', member: 0 }, workers: 1 });
+  const loading = createServer(testConfig({ modelDir: TINY }), new ModelState(), { logger: false });
+  t.teardown(async () => { await app.close(); await loading.close(); });
+  const golden = await goldenOf(TINY);
+  const png = await readFile(path.join(TINY, golden[0].file));
+  const input = { name: 'input', shape: [1, 1, 28, 28], datatype: 'FP32', data: golden[0].input };
+  const binaryHeader = Buffer.from(JSON.stringify({ inputs: [{ ...input, data: undefined, parameters: { binary_data_size: 3136 } }], parameters: { binary_data_output: true } }));
+  type Req = { method: 'GET' | 'POST'; headers?: Record<string, string>; payload?: string | Buffer | object };
+  const bodies: Record<string, Req[]> = {
+    '/classify post': [{ method: 'POST', headers: { 'content-type': 'image/png' }, payload: png },
+      { method: 'POST', headers: { 'content-type': 'image/png' }, payload: Buffer.from('not a png') }],
+    '/v2/repository/index post': [{ method: 'POST' }],
+    '/v2/models/{name}/infer post': [{ method: 'POST', payload: { inputs: [input] } },
+      { method: 'POST', headers: { 'inference-header-content-length': String(binaryHeader.length) }, payload: Buffer.concat([binaryHeader, Buffer.from(new Float32Array(golden[0].input).buffer)]) },
+      { method: 'POST', payload: { inputs: [] } }],
+  };
+  bodies['/v2/models/{name}/versions/{version}/infer post'] = bodies['/v2/models/{name}/infer post'];
+  let checked = 0;
+  for (const [route, ops] of Object.entries(doc.paths as Record<string, Record<string, { responses: Record<string, { content?: object }> }>>)) {
+    for (const [method, op] of Object.entries(ops)) {
+      const url = route.replace('{name}', 'tiny-ensemble').replace('{version}', '1.0.0');
+      const requests = bodies[`${route} ${method}`] ?? [{ method: method.toUpperCase() as 'GET' }];
+      for (const [server, label] of [[app.server, 'ready'], [loading, 'loading']] as const) {
+        for (const r of requests) {
+          const res = await server.inject({ url, ...r } as InjectOptions);
+          const status = String(res.statusCode);
+          const documented = op.responses[status] ?? op.responses[`${status[0]}XX`];
+          if (!documented) {
+            t.ok(label === 'loading' && res.statusCode === 503, `${method} ${route} (${label}): ${status} is documented`);
+            continue;
+          }
+          const sent = String(res.headers['content-type'] ?? '').split(';')[0];
+          const types = Object.keys(documented.content ?? {});
+          t.ok(types.includes(sent), `${method} ${route} (${label}) ${status}: sends '${sent}', documented ${types.join(', ') || '(no body)'}`);
+          checked++;
+        }
+      }
+    }
+  }
+  t.ok(checked >= 40, `${checked} answers checked`);
 });

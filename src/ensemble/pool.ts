@@ -11,13 +11,14 @@
  * job runs is decided by its caller (each request's own draw); batching only groups jobs that
  * already drew the same member.
  *
- * Past `maxQueue` waiting jobs, a request is refused at once with 503 + Retry-After (all its jobs
- * or none are queued), so memory stays bounded under any load. A job not finished `jobTimeoutMs` after it arrived fails with 503
- * `timeout` (and leaves the queue). A worker that dies fails its jobs with 503 `worker_failed`,
- * never leaving them hanging, and is replaced.
+ * Past `maxQueue` waiting jobs, a request is refused at once as `overloaded` (all its jobs or none
+ * are queued), so memory stays bounded under any load. A job not finished `jobTimeoutMs` after it
+ * arrived fails as `timeout` (and leaves the queue). A worker that dies fails its jobs as
+ * `worker_failed`, never leaving them hanging, and is replaced. All three are UnavailableErrors
+ * (the HTTP edge answers 503 with Retry-After).
  */
 import { Worker } from 'node:worker_threads';
-import { HttpError, overloaded } from '../errors.js';
+import { overloaded, UnavailableError } from '../errors.js';
 import { PoolChannel, type ChannelShape, type JobOutcome } from './channel.js';
 import { NO_OBSERVER, type InferenceObserver } from './observer.js';
 import type { Provider } from './runtime.js';
@@ -28,9 +29,9 @@ const WORKER_URL = new URL('./worker.js', import.meta.url);
 export interface PoolOptions {
   /** Worker threads. */
   readonly size: number;
-  /** Jobs waiting (all members together) before new ones are refused with 503. */
+  /** Jobs waiting (all members together) before new ones are refused as overloaded. */
   readonly maxQueue: number;
-  /** A job not finished this long after it arrived fails with 503 timeout; 0: no deadline. */
+  /** A job not finished this long after it arrived fails as timeout; 0: no deadline. */
   readonly jobTimeoutMs: number;
   /** Images in one batched member run; 1 turns batching off. */
   readonly maxBatchImages: number;
@@ -90,12 +91,9 @@ export interface PoolLogger {
   error(obj: object, msg: string): void;
 }
 
-const shuttingDown = () => new HttpError(503, 'shutting_down', 'the server is shutting down; retry on another instance',
-  { 'retry-after': '1' });
-const workerFailed = () => new HttpError(503, 'worker_failed', 'the inference worker handling this request failed; retry',
-  { 'retry-after': '1' });
-const timedOut = (ms: number) => new HttpError(503, 'timeout', `inference did not finish within ${ms} ms; retry shortly`,
-  { 'retry-after': '1' });
+const shuttingDown = () => new UnavailableError('shutting_down', 'the server is shutting down; retry on another instance');
+const workerFailed = () => new UnavailableError('worker_failed', 'the inference worker handling this request failed; retry');
+const timedOut = (ms: number) => new UnavailableError('timeout', `inference did not finish within ${ms} ms; retry shortly`);
 
 export class WorkerPool {
   private readonly slots: Slot[] = [];
@@ -167,7 +165,7 @@ export class WorkerPool {
     const oversized = parts.find((p) => p.n > this.maxJobImages);
     if (oversized) return Promise.reject(new Error(`a job of ${oversized.n} images exceeds the pool's maxJobImages ${this.maxJobImages}`));
     if (this.queuedJobs > 0 && this.queuedJobs + parts.length > this.options.maxQueue) {
-      return Promise.reject(overloaded(`inference queue is full (${this.queuedJobs} of ${this.options.maxQueue} jobs waiting); retry shortly`, 1));
+      return Promise.reject(overloaded(`inference queue is full (${this.queuedJobs} of ${this.options.maxQueue} jobs waiting); retry shortly`));
     }
     const enqueuedAt = performance.now();
     const results = parts.map(({ member, data, n }) => new Promise<Float32Array>((resolve, reject) => {

@@ -2,11 +2,15 @@
  * Optional access control, both off by default: API keys (--api-key-file) and a per-client rate
  * limit (--rate-limit, --rate-burst). Probe routes (config.public) are never checked, so that load
  * balancers and Kubernetes need no key and are never throttled; the Swagger docs are public too.
+ *
+ * A request with a missing or wrong key takes a token from its address's bucket before it gets
+ * 401, so keys cannot be guessed at full speed: the --rate-limit bucket when one is set, else a
+ * bucket of AUTH_FAILURES_PER_SECOND (burst AUTH_FAILURE_BURST) that only failures draw from.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Config } from '../config.js';
-import { HttpError } from '../errors.js';
+import { HttpError } from './http-error.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -71,10 +75,26 @@ function presentedKey(req: FastifyRequest): string | null {
   return typeof key === 'string' && key.length > 0 ? key : null;
 }
 
+/** Failed key attempts per second and address, when no --rate-limit is set. */
+export const AUTH_FAILURES_PER_SECOND = 1;
+export const AUTH_FAILURE_BURST = 10;
+
 export function registerAccessControl(server: FastifyInstance, config: Config): void {
   const digests = config.apiKeySha256.map((hex) => Buffer.from(hex, 'hex'));
   const limiter = config.rateLimit ? new RateLimiter(config.rateLimit.perSecond, config.rateLimit.burst) : null;
   if (digests.length === 0 && !limiter) return;
+  const failureLimiter = limiter ?? new RateLimiter(AUTH_FAILURES_PER_SECOND, AUTH_FAILURE_BURST);
+  const limitText = limiter
+    ? `rate limit of ${config.rateLimit!.perSecond} requests/s (burst ${config.rateLimit!.burst}) per client`
+    : `limit of ${AUTH_FAILURES_PER_SECOND} failed API key attempt/s (burst ${AUTH_FAILURE_BURST}) per address`;
+  /** 429 for `client` when its bucket is empty; else takes a token. */
+  const throttle = (bucket: RateLimiter, client: string) => {
+    const waitSeconds = bucket.take(client);
+    if (waitSeconds > 0) {
+      throw new HttpError(429, 'rate_limited', `${limitText} exceeded; retry later`,
+        { 'retry-after': String(Math.max(1, Math.ceil(waitSeconds))) });
+    }
+  };
 
   server.addHook('onRequest', async (req) => {
     if (req.routeOptions.config?.public || req.routeOptions.url?.startsWith('/docs')) return;
@@ -83,22 +103,19 @@ export function registerAccessControl(server: FastifyInstance, config: Config): 
       const key = presentedKey(req);
       const challenge = { 'www-authenticate': 'Bearer realm="redserve"' };
       if (key === null) {
+        throttle(failureLimiter, client);
         throw new HttpError(401, 'unauthorized', 'an API key is required: send Authorization: Bearer <key> or X-API-Key: <key>', challenge);
       }
       const digest = createHash('sha256').update(key, 'utf8').digest();
       // Compare every digest in constant time, so timing tells nothing about which key is close.
       let match = -1;
       digests.forEach((d, i) => { if (timingSafeEqual(d, digest) && match < 0) match = i; });
-      if (match < 0) throw new HttpError(401, 'unauthorized', 'the API key is not valid', challenge);
+      if (match < 0) {
+        throttle(failureLimiter, client);
+        throw new HttpError(401, 'unauthorized', 'the API key is not valid', challenge);
+      }
       client = `key:${match}`;
     }
-    if (limiter) {
-      const waitSeconds = limiter.take(client);
-      if (waitSeconds > 0) {
-        throw new HttpError(429, 'rate_limited',
-          `rate limit of ${config.rateLimit!.perSecond} requests/s (burst ${config.rateLimit!.burst}) per client exceeded; retry later`,
-          { 'retry-after': String(Math.max(1, Math.ceil(waitSeconds))) });
-      }
-    }
+    if (limiter) throttle(limiter, client);
   });
 }

@@ -7,13 +7,18 @@
  * The model has one input, FP32 [N, C, H, W] with C, H, W from the manifest, and one output,
  * `probabilities`, FP32 [N, classes]. Every check names the field and the allowed values.
  */
-import { badRequest } from '../errors.js';
 import type { InputSpec } from '../ensemble/manifest.js';
+import { InputError } from '../errors.js';
+import { checkInputRange, inputRanges, outOfRange } from '../preprocess/image.js';
+
+const badRequest = (code: string, message: string) => new InputError(code, message);
 
 export const OUTPUT_NAME = 'probabilities';
 const DATATYPE = 'FP32';
 
 export interface TensorSpec {
+  /** The served model; a request's optional model_name / model_version must name it. */
+  readonly model: { readonly name: string; readonly version: string };
   readonly input: InputSpec;
   readonly classes: number;
   readonly maxImages: number;
@@ -49,8 +54,12 @@ function booleanParam(params: Json, key: string, where: string): boolean | undef
   return v;
 }
 
-/** Flatten JSON tensor data (flat or nested row-major) into `out`, checking count and finiteness. */
-function readJsonData(data: unknown, rank: number, out: Float32Array, where: string): void {
+/** Flatten JSON tensor data (flat or nested row-major) into `out`, checking count, finiteness and
+ * the input range (as sent, before float32 turns 1e39 into Infinity). */
+function readJsonData(data: unknown, rank: number, out: Float32Array, spec: InputSpec, where: string): void {
+  const [c, h, w] = spec.shape;
+  const plane = h * w;
+  const ranges = inputRanges(spec);
   let count = 0;
   const walk = (v: unknown, depth: number): void => {
     if (Array.isArray(v)) {
@@ -62,13 +71,15 @@ function readJsonData(data: unknown, rank: number, out: Float32Array, where: str
       throw badRequest('bad_tensor', `${where}.data: element ${count} is ${JSON.stringify(v)}; every element must be a finite number`);
     }
     if (count >= out.length) throw badRequest('bad_tensor', `${where}.data: more than the ${out.length} elements the shape holds`);
+    const channel = Math.floor(count / plane) % c;
+    if (v < ranges[channel].lo || v > ranges[channel].hi) throw outOfRange(`${where}.data`, count, channel, v, ranges[channel]);
     out[count++] = v;
   };
   walk(data, 0);
   if (count !== out.length) throw badRequest('bad_tensor', `${where}.data: ${count} elements, the shape holds ${out.length}`);
 }
 
-function readBinaryData(bytes: Buffer, out: Float32Array, where: string): void {
+function readBinaryData(bytes: Buffer, out: Float32Array, spec: InputSpec, where: string): void {
   // Copy through bytes: the slice need not be 4-byte aligned. The protocol's byte order is little
   // endian, as is every platform onnxruntime-node ships for.
   new Uint8Array(out.buffer, out.byteOffset, out.byteLength).set(bytes);
@@ -81,6 +92,7 @@ function readBinaryData(bytes: Buffer, out: Float32Array, where: string): void {
       throw badRequest('bad_tensor', `${where}: element ${k} is ${out[k]}; every element must be a finite number`);
     }
   }
+  checkInputRange(out, spec, () => where);
 }
 
 /**
@@ -89,8 +101,16 @@ function readBinaryData(bytes: Buffer, out: Float32Array, where: string): void {
  */
 export function decodeInferRequest(body: unknown, binary: Buffer | null, spec: TensorSpec): InferRequest {
   if (!isObject(body)) throw badRequest('bad_request', 'the inference request must be a JSON object');
-  checkKeys(body, ['id', 'parameters', 'inputs', 'outputs'], 'request');
+  // model_name and model_version are not in the protocol's request body, but KServe's Python SDK
+  // sends them: accepted when they name the served model.
+  checkKeys(body, ['id', 'parameters', 'inputs', 'outputs', 'model_name', 'model_version'], 'request');
   const { id, inputs, outputs } = body;
+  if (body.model_name !== undefined && body.model_name !== spec.model.name) {
+    throw badRequest('bad_request', `model_name: '${String(body.model_name)}' is not the model of this path, '${spec.model.name}'`);
+  }
+  if (body.model_version !== undefined && body.model_version !== null && body.model_version !== '' && body.model_version !== spec.model.version) {
+    throw badRequest('bad_request', `model_version: '${String(body.model_version)}' is not the served version, '${spec.model.version}'`);
+  }
   const params = body.parameters ?? {};
   if (id !== undefined && typeof id !== 'string') throw badRequest('bad_request', 'id: expected a string');
   if (!isObject(params)) throw badRequest('bad_request', 'parameters: expected an object');
@@ -130,11 +150,11 @@ export function decodeInferRequest(body: unknown, binary: Buffer | null, spec: T
     if (binary.length !== binarySize) {
       throw badRequest('bad_request', `the binary part has ${binary.length} bytes; the inputs declare ${binarySize}`);
     }
-    readBinaryData(binary, data, where);
+    readBinaryData(binary, data, spec.input, where);
   } else {
     if (binary && binary.length > 0) throw badRequest('bad_request', `the request has ${binary.length} binary bytes that no input declares (binary_data_size)`);
     if (!Array.isArray(input.data)) throw badRequest('bad_tensor', `${where}.data: expected an array of ${data.length} numbers (or parameters.binary_data_size)`);
-    readJsonData(input.data, 4, data, where);
+    readJsonData(input.data, 4, data, spec.input, where);
   }
 
   const binaryDefault = booleanParam(params, 'binary_data_output', 'request') ?? false;
@@ -143,6 +163,14 @@ export function decodeInferRequest(body: unknown, binary: Buffer | null, spec: T
     requested = [{ name: OUTPUT_NAME, binary: binaryDefault, classification: 0 }];
   } else {
     if (!Array.isArray(outputs) || outputs.length === 0) throw badRequest('bad_request', `outputs: expected a non-empty array (the output is '${OUTPUT_NAME}')`);
+    // Each output at most once: a repeated name would copy the whole result into the answer again.
+    const seen = new Set<unknown>();
+    outputs.forEach((o, i) => {
+      if (!isObject(o)) return;
+      const name = o.name;
+      if (seen.has(name)) throw badRequest('duplicate_output', `outputs[${i}].name: '${String(name)}' is requested twice; name each output once`);
+      seen.add(name);
+    });
     requested = outputs.map((o, i) => {
       const at = `outputs[${i}]`;
       if (!isObject(o)) throw badRequest('bad_request', `${at}: expected an object with a name`);

@@ -36,7 +36,16 @@ const versionParams = {
   properties: { ...modelParams.properties, version: { type: 'string', description: "the package's version" } },
 } as const;
 
-const emptyOk = { description: 'true (the body is empty)' } as const;
+const liveBody = {
+  description: 'the process can answer', type: 'object', required: ['live'], properties: { live: { type: 'boolean' } },
+} as const;
+const readyBody = {
+  description: 'ready to serve', type: 'object', required: ['ready'], properties: { ready: { type: 'boolean' } },
+} as const;
+const modelReadyBody = {
+  description: 'the model is ready', type: 'object', required: ['name', 'ready'],
+  properties: { name: { type: 'string' }, ready: { type: 'boolean' } },
+} as const;
 
 export const v2ServerMetadataSchema = {
   tags,
@@ -53,13 +62,13 @@ export const v2ServerMetadataSchema = {
 export const v2LiveSchema = {
   tags,
   summary: 'Server live: 200 while the process can answer',
-  response: { 200: emptyOk },
+  response: { 200: liveBody },
 } as const;
 
 export const v2ReadySchema = {
   tags,
   summary: 'Server ready: 200 once the model is loaded, checked and warm; 503 before that and while draining',
-  response: { 200: emptyOk, 503: { description: 'not ready', ...errorBody } },
+  response: { 200: readyBody, 503: { description: 'not ready', ...errorBody } },
 } as const;
 
 const modelMetadataResponse = {
@@ -84,7 +93,7 @@ export const v2ModelMetadataSchema = {
 export const v2ModelVersionMetadataSchema = { ...v2ModelMetadataSchema, params: versionParams } as const;
 
 const modelReadyResponse = {
-  200: emptyOk,
+  200: modelReadyBody,
   404: { description: 'unknown model or version', ...errorBody },
   503: { description: 'the model is not ready', ...errorBody },
 } as const;
@@ -100,6 +109,8 @@ const inferRequest = {
   additionalProperties: false,
   properties: {
     id: { type: 'string' },
+    model_name: { type: 'string', description: "not in the protocol; KServe's SDK sends it: must name the path's model" },
+    model_version: { type: 'string', description: "not in the protocol; KServe's SDK may send it: must be the served version" },
     parameters: { ...parameters, description: 'binary_data_output: true returns every output as binary data' },
     inputs: {
       type: 'array',
@@ -119,6 +130,7 @@ const inferRequest = {
     },
     outputs: {
       type: 'array',
+      description: 'each output at most once (400 duplicate_output)',
       items: {
         type: 'object',
         required: ['name'],
@@ -145,24 +157,33 @@ export const v2InferSchema = {
   body: inferRequest,
   response: {
     200: {
-      description: 'the outputs (binary ones after the JSON header when the binary extension is used)',
-      type: 'object',
-      required: ['model_name', 'outputs'],
-      properties: {
-        model_name: { type: 'string' },
-        model_version: { type: 'string' },
-        id: { type: 'string' },
-        outputs: {
-          type: 'array',
-          items: {
+      description: 'the outputs; with binary outputs, a JSON header of Inference-Header-Content-Length bytes and then the tensors',
+      content: {
+        'application/json': {
+          schema: {
             type: 'object',
-            required: ['name', 'datatype', 'shape'],
+            required: ['model_name', 'outputs'],
             properties: {
-              ...tensorMetadata.properties,
-              parameters: { type: 'object', properties: { binary_data_size: { type: 'integer' } } },
-              data: { type: 'array', items: {} },
+              model_name: { type: 'string' },
+              model_version: { type: 'string' },
+              id: { type: 'string' },
+              outputs: {
+                type: 'array',
+                items: {
+                  type: 'object',
+                  required: ['name', 'datatype', 'shape'],
+                  properties: {
+                    ...tensorMetadata.properties,
+                    parameters: { type: 'object', properties: { binary_data_size: { type: 'integer' } } },
+                    data: { type: 'array', items: {} },
+                  },
+                },
+              },
             },
           },
+        },
+        'application/octet-stream': {
+          schema: { type: 'string', format: 'binary', description: 'the JSON header, then each binary output\'s bytes in order' },
         },
       },
     },
@@ -171,3 +192,102 @@ export const v2InferSchema = {
   },
 } as const;
 export const v2InferVersionSchema = { ...v2InferSchema, params: versionParams } as const;
+
+const counter = {
+  type: 'object', required: ['count', 'ns'],
+  properties: { count: { type: 'integer' }, ns: { type: 'integer', description: 'nanoseconds, summed' } },
+} as const;
+
+const modelStats = {
+  type: 'object',
+  required: ['name', 'version', 'inference_count', 'execution_count', 'inference_stats'],
+  properties: {
+    name: { type: 'string' },
+    version: { type: 'string' },
+    last_inference: { type: 'integer', description: 'not kept: 0' },
+    inference_count: { type: 'integer', description: 'images run through members (under mean sampling, once per member)' },
+    execution_count: { type: 'integer', description: 'member runs (batches)' },
+    inference_stats: {
+      type: 'object',
+      properties: Object.fromEntries(['success', 'fail', 'queue', 'compute_input', 'compute_infer', 'compute_output', 'cache_hit', 'cache_miss']
+        .map((k) => [k, counter])),
+    },
+    batch_stats: { type: 'array', items: { type: 'object', additionalProperties: true } },
+  },
+} as const;
+
+const statsResponse = {
+  200: {
+    description: 'counts and times from the Prometheus metrics, /classify and v2 infer together',
+    type: 'object', required: ['model_stats'], properties: { model_stats: { type: 'array', items: modelStats } },
+  },
+  404: { description: 'unknown model', ...errorBody },
+  503: { description: 'the model is still loading', ...errorBody },
+} as const;
+
+export const v2StatsSchema = {
+  tags, summary: "Statistics of every model (Triton's statistics extension; one model here)", response: statsResponse,
+} as const;
+export const v2ModelStatsSchema = {
+  tags, summary: "Model statistics (Triton's statistics extension)", params: modelParams, response: statsResponse,
+} as const;
+
+const configTensor = {
+  type: 'object',
+  required: ['name', 'data_type', 'dims'],
+  properties: { name: { type: 'string' }, data_type: { type: 'string' }, format: { type: 'string' }, dims: { type: 'array', items: { type: 'integer' } } },
+} as const;
+
+export const v2ModelConfigSchema = {
+  tags,
+  summary: "Model configuration (Triton's model configuration extension), derived from the manifest and the flags",
+  params: modelParams,
+  response: {
+    200: {
+      type: 'object',
+      required: ['name', 'platform', 'max_batch_size', 'input', 'output'],
+      properties: {
+        name: { type: 'string' },
+        platform: { type: 'string' },
+        backend: { type: 'string' },
+        version_policy: { type: 'object', additionalProperties: true },
+        max_batch_size: { type: 'integer', description: 'images per request (--max-images)' },
+        input: { type: 'array', items: configTensor },
+        output: { type: 'array', items: configTensor },
+        dynamic_batching: {
+          type: 'object',
+          properties: {
+            max_queue_delay_microseconds: { type: 'integer' },
+            preferred_batch_size: { type: 'array', items: { type: 'integer' } },
+          },
+        },
+        instance_group: {
+          type: 'array',
+          items: { type: 'object', properties: { name: { type: 'string' }, count: { type: 'integer' }, kind: { type: 'string' } } },
+        },
+        parameters: {
+          type: 'object',
+          additionalProperties: { type: 'object', properties: { string_value: { type: 'string' } } },
+        },
+      },
+    },
+    404: { description: 'unknown model', ...errorBody },
+    503: { description: 'the model is still loading', ...errorBody },
+  },
+} as const;
+
+export const v2RepositoryIndexSchema = {
+  tags,
+  summary: "Model repository index (Triton's model repository extension): the one served model, once loaded",
+  description: 'The request body may be empty or a JSON object (its `ready` flag changes nothing: only a ready model is listed).',
+  response: {
+    200: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['name', 'state'],
+        properties: { name: { type: 'string' }, version: { type: 'string' }, state: { type: 'string' }, reason: { type: 'string' } },
+      },
+    },
+  },
+} as const;

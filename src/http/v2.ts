@@ -10,18 +10,25 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Config } from '../config.js';
 import type { Ensemble } from '../ensemble/ensemble.js';
-import { badRequest, HttpError, unsupportedMediaType } from '../errors.js';
+import { InputError } from '../errors.js';
+import type { Metrics } from '../metrics.js';
+import type { ModelState } from '../model-state.js';
 import { SERVICE_NAME, SERVICE_VERSION } from '../version.js';
-import { toHttpError } from './error-handler.js';
-import { requireReady, requireServing, type ModelState } from './routes.js';
+import type { Admission } from './admission.js';
+import { sendError, type ErrorShape } from './error-handler.js';
+import { HttpError } from './http-error.js';
+import type { RouteIndex } from './not-found.js';
+import { checkProbabilities } from './probabilities.js';
+import { inferenceStatistics } from './v2-statistics.js';
 import { decodeInferRequest, encodeInferResponse, OUTPUT_NAME } from './v2-codec.js';
 import {
-  v2InferSchema, v2InferVersionSchema, v2LiveSchema, v2ModelMetadataSchema, v2ModelReadySchema,
-  v2ModelVersionMetadataSchema, v2ModelVersionReadySchema, v2ReadySchema, v2ServerMetadataSchema,
+  v2InferSchema, v2InferVersionSchema, v2LiveSchema, v2ModelConfigSchema, v2ModelMetadataSchema, v2ModelReadySchema,
+  v2ModelStatsSchema, v2ModelVersionMetadataSchema, v2ModelVersionReadySchema, v2ReadySchema, v2RepositoryIndexSchema,
+  v2ServerMetadataSchema, v2StatsSchema,
 } from './v2-schemas.js';
 
 /** The protocol extensions this server implements (reported by GET /v2). */
-export const V2_EXTENSIONS = ['binary_tensor_data', 'classification'] as const;
+export const V2_EXTENSIONS = ['binary_tensor_data', 'classification', 'model_configuration', 'statistics', 'model_repository'] as const;
 
 const HEADER_LENGTH = 'inference-header-content-length';
 
@@ -34,9 +41,11 @@ declare module 'fastify' {
   }
 }
 
-/** The served model, if `params` names it (404 otherwise); 503 while it is not ready. */
+const v2Shape: ErrorShape = (e) => ({ error: e.message, code: e.code });
+
+/** The served model, if `params` names it (404 otherwise); unavailable while it is not ready. */
 function modelFor(state: ModelState, params: ModelParams): Ensemble {
-  const ensemble = requireReady(state);
+  const ensemble = state.ready();
   const { name, version } = ensemble.manifest;
   if (params.name !== name) throw new HttpError(404, 'unknown_model', `unknown model '${params.name}'; this server serves '${name}'`);
   if (params.version !== undefined && params.version !== version) {
@@ -45,16 +54,16 @@ function modelFor(state: ModelState, params: ModelParams): Ensemble {
   return ensemble;
 }
 
-export function registerV2Routes(app: FastifyInstance, config: Config, state: ModelState): void {
-  app.setErrorHandler((err: Error, req, reply) => {
-    const e = toHttpError(err, req.log);
-    req.errorCode = e.code;
-    return reply.code(e.statusCode).headers(e.headers).send({ error: e.message, code: e.code });
-  });
-  app.setNotFoundHandler((req, reply) => {
-    req.errorCode = 'not_found';
-    return reply.code(404).send({ error: `no route for ${req.method} ${req.url.split('?')[0]}`, code: 'not_found' });
-  });
+export interface V2Context {
+  readonly admission: Admission;
+  readonly routes: RouteIndex;
+  /** Source of the statistics extension; null: every count reads 0. */
+  readonly metrics: Metrics | null;
+}
+
+export function registerV2Routes(app: FastifyInstance, config: Config, state: ModelState, ctx: V2Context): void {
+  app.setErrorHandler((err: Error, req, reply) => sendError(err, req, reply, v2Shape));
+  app.setNotFoundHandler((req, reply) => sendError(ctx.routes.miss(req), req, reply, v2Shape));
 
   // Any Content-Type: Triton's client sends binary requests without one. The JSON header is parsed
   // with Fastify's own (prototype-poisoning safe) parser; the bytes after it wait on the request.
@@ -65,21 +74,24 @@ export function registerV2Routes(app: FastifyInstance, config: Config, state: Mo
     (req: FastifyRequest, body: Buffer, done: (err: Error | null, body?: unknown) => void) => {
       const encoding = req.headers['content-encoding'];
       if (encoding !== undefined && encoding !== 'identity') {
-        return done(unsupportedMediaType(`Content-Encoding '${encoding}' is not accepted; send the body uncompressed`));
+        return done(new InputError('unsupported_media_type', `Content-Encoding '${encoding}' is not accepted; send the body uncompressed`));
       }
-      if (body.length === 0) return done(badRequest('empty_body', 'the inference request body is empty'));
+      // A route that declares a body (infer) needs one; the repository index is usually sent empty.
+      if (body.length === 0) {
+        return done(req.routeOptions.schema?.body ? new InputError('empty_body', 'the inference request body is empty') : null, undefined);
+      }
       let jsonBytes = body;
       const raw = req.headers[HEADER_LENGTH];
       if (raw !== undefined) {
         const length = Number(raw);
         if (!Number.isInteger(length) || length < 1 || length > body.length) {
-          return done(badRequest('bad_request', `Inference-Header-Content-Length: '${String(raw)}' is out of range [1, ${body.length}] (the body's length)`));
+          return done(new InputError('bad_request', `Inference-Header-Content-Length: '${String(raw)}' is out of range [1, ${body.length}] (the body's length)`));
         }
         jsonBytes = body.subarray(0, length);
         req.inferBinary = body.subarray(length);
       }
       parseJson(req, jsonBytes.toString('utf8'), (err, parsed) => {
-        if (err) return done(badRequest('bad_request', `the inference request is not valid JSON: ${err.message}`));
+        if (err) return done(new InputError('bad_request', `the request is not valid JSON: ${err.message}`));
         return done(null, parsed);
       });
     });
@@ -87,11 +99,12 @@ export function registerV2Routes(app: FastifyInstance, config: Config, state: Mo
   app.get('', { schema: v2ServerMetadataSchema }, async () =>
     ({ name: SERVICE_NAME, version: SERVICE_VERSION, extensions: [...V2_EXTENSIONS] }));
 
-  app.get('/health/live', { schema: v2LiveSchema, config: { public: true } }, async (_req, reply) => reply.code(200).send());
+  // The bodies are the KServe v2 REST spec's; Triton's clients read only the status.
+  app.get('/health/live', { schema: v2LiveSchema, config: { public: true } }, async () => ({ live: true }));
 
-  app.get('/health/ready', { schema: v2ReadySchema, config: { public: true } }, async (_req, reply) => {
-    requireServing(state);
-    return reply.code(200).send();
+  app.get('/health/ready', { schema: v2ReadySchema, config: { public: true } }, async () => {
+    state.serving();
+    return { ready: true };
   });
 
   const metadata = async (req: FastifyRequest<{ Params: ModelParams }>) => {
@@ -107,20 +120,61 @@ export function registerV2Routes(app: FastifyInstance, config: Config, state: Mo
   app.get('/models/:name', { schema: v2ModelMetadataSchema }, metadata);
   app.get('/models/:name/versions/:version', { schema: v2ModelVersionMetadataSchema }, metadata);
 
-  const ready = async (req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply) => {
-    modelFor(state, req.params);
-    return reply.code(200).send();
+  const ready = async (req: FastifyRequest<{ Params: ModelParams }>) => {
+    const { manifest } = modelFor(state, req.params);
+    return { name: manifest.name, ready: true };
   };
   app.get('/models/:name/ready', { schema: v2ModelReadySchema }, ready);
   app.get('/models/:name/versions/:version/ready', { schema: v2ModelVersionReadySchema }, ready);
+
+  // Model configuration (Triton's extension), derived from the manifest and the flags.
+  app.get('/models/:name/config', { schema: v2ModelConfigSchema }, async (req: FastifyRequest<{ Params: ModelParams }>) => {
+    const ensemble = modelFor(state, req.params);
+    const { manifest } = ensemble;
+    return {
+      name: manifest.name,
+      platform: SERVICE_NAME,
+      backend: 'onnxruntime',
+      version_policy: { specific: { versions: [manifest.version] } },
+      max_batch_size: config.maxImagesPerRequest,
+      input: [{ name: manifest.input.name, data_type: 'TYPE_FP32', format: 'FORMAT_NCHW', dims: [...manifest.input.shape] }],
+      output: [{ name: OUTPUT_NAME, data_type: 'TYPE_FP32', dims: [manifest.output.classes] }],
+      dynamic_batching: { max_queue_delay_microseconds: config.queueDelayUs, preferred_batch_size: [config.maxBatchImages] },
+      instance_group: [{ name: `${manifest.name}_workers`, count: config.workers, kind: ensemble.provider === 'cuda' ? 'KIND_GPU' : 'KIND_CPU' }],
+      parameters: {
+        members: { string_value: String(manifest.members.length) },
+        sampling: { string_value: ensemble.sampling.mode },
+        labels: { string_value: manifest.labels.join(',') },
+      },
+    };
+  });
+
+  // Statistics (Triton's extension), read from the Prometheus metrics the service keeps.
+  const stats = async (req: FastifyRequest<{ Params: Partial<ModelParams> }>) => {
+    const { manifest } = req.params.name === undefined ? state.ready() : modelFor(state, req.params as ModelParams);
+    return { model_stats: [await inferenceStatistics(ctx.metrics, manifest)] };
+  };
+  app.get('/models/stats', { schema: v2StatsSchema }, stats);
+  app.get('/models/:name/stats', { schema: v2ModelStatsSchema }, stats);
+
+  // Model repository (Triton's extension): the one served model. Loading and unloading are not offered.
+  app.post('/repository/index', { schema: v2RepositoryIndexSchema }, async () => {
+    const ensemble = state.ensemble;
+    if (!ensemble) return [];
+    const { manifest } = ensemble;
+    return [{ name: manifest.name, version: manifest.version, state: 'READY', reason: '' }];
+  });
 
   const infer = async (req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply) => {
     const ensemble = modelFor(state, req.params);
     const { manifest } = ensemble;
     const request = decodeInferRequest(req.body, req.inferBinary, {
+      model: { name: manifest.name, version: manifest.version },
       input: manifest.input, classes: manifest.output.classes, maxImages: config.maxImagesPerRequest,
     });
-    const probs = await ensemble.classify(request.data, request.n);
+    // The body is complete and valid: from here the request holds one of --max-queue slots.
+    ctx.admission.enter(reply);
+    const probs = checkProbabilities(await ensemble.classify(request.data, request.n));
     const response = encodeInferResponse(request, probs, { name: manifest.name, version: manifest.version }, manifest.labels);
     if (!response.binary) return response.header;
     const header = Buffer.from(JSON.stringify(response.header), 'utf8');

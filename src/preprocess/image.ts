@@ -4,7 +4,7 @@
  * by the manifest's policy, scale, normalise, and lay out as CHW float32.
  */
 import sharp, { type Metadata, type OutputInfo } from 'sharp';
-import { badRequest, HttpError, tooLarge, unsupportedMediaType } from '../errors.js';
+import { InputError } from '../errors.js';
 import type { InputSpec } from '../ensemble/manifest.js';
 import { decodePlainPng } from './plain-png.js';
 
@@ -27,8 +27,9 @@ function sniffFormat(b: Uint8Array): string | null {
   return null;
 }
 
-/** Turn a failed decode into a 4xx naming the problem; reads the header only (no pixels decoded). */
-async function explainDecodeFailure(bytes: Uint8Array, err: Error, limits: PreprocessLimits, what: string): Promise<HttpError> {
+/** Turn a failed decode into an InputError naming the problem; reads the header only (no pixels
+ * decoded). The decoder's own words go to the error's cause (logged), never into the message. */
+async function explainDecodeFailure(bytes: Uint8Array, err: Error, limits: PreprocessLimits, what: string): Promise<InputError> {
   let meta: Metadata | null;
   try {
     meta = await sharp(bytes, { limitInputPixels: false }).metadata();
@@ -36,27 +37,27 @@ async function explainDecodeFailure(bytes: Uint8Array, err: Error, limits: Prepr
     meta = null;
   }
   if (meta?.format && !FORMATS.has(meta.format)) {
-    return unsupportedMediaType(`${what}: image format '${meta.format}' is not accepted (png, jpeg, webp, gif, tiff)`);
+    return new InputError('unsupported_media_type', `${what}: image format '${meta.format}' is not accepted (png, jpeg, webp, gif, tiff)`);
   }
   if (meta === null || !meta.format || !sniffFormat(bytes)) {
     return sniffFormat(bytes)
-      ? badRequest('truncated_image', `${what}: the ${sniffFormat(bytes)} data is truncated or corrupt`)
-      : badRequest('not_an_image', `${what}: the bytes are not a PNG, JPEG, WebP, GIF or TIFF image`);
+      ? new InputError('truncated_image', `${what}: the ${sniffFormat(bytes)} data is truncated or corrupt`, { cause: err })
+      : new InputError('not_an_image', `${what}: the bytes are not a PNG, JPEG, WebP, GIF or TIFF image`);
   }
   const pixels = (meta.width ?? 0) * (meta.height ?? 0);
   if (pixels > limits.maxInputPixels || /pixel limit/i.test(err.message)) {
-    return tooLarge('image_too_large',
+    return new InputError('image_too_large',
       `${what}: ${meta.width}x${meta.height} = ${pixels} pixels exceeds the limit of ${limits.maxInputPixels}`);
   }
-  return badRequest('truncated_image', `${what}: the image data is truncated or corrupt (${err.message.split('\n')[0]})`);
+  return new InputError('truncated_image', `${what}: the ${meta.format.toUpperCase()} image data is truncated or corrupt`, { cause: err });
 }
 
 /** Decode and pre-process one image into `out` (length C*H*W). `what` names the image in errors. */
 export async function imageToTensor(bytes: Uint8Array, spec: InputSpec, limits: PreprocessLimits, out: Float32Array,
   what = 'image'): Promise<void> {
-  if (bytes.length === 0) throw badRequest('empty_body', `${what}: no image bytes were sent`);
+  if (bytes.length === 0) throw new InputError('empty_body', `${what}: no image bytes were sent`);
   const [c, h, w] = spec.shape;
-  const plain = decodePlainPng(bytes, w, h, spec.channels === 'gray' ? 1 : 3);
+  const plain = decodePlainPng(bytes, w, h, spec.channels === 'gray' ? 1 : 3, what);
   if (plain !== null) {
     normalise(plain, c, spec, out);
     return;
@@ -97,12 +98,57 @@ function normalise(data: Uint8Array, stride: number, spec: InputSpec, out: Float
   }
 }
 
-export interface TensorProblem {
-  readonly index: number;
-  readonly message: string;
+/**
+ * The values pre-processing can produce for each channel: 8-bit pixels 0..255 scaled and normalised
+ * by the manifest, widened by RANGE_SLACK of the width so that clients that normalise in float32 or
+ * in another order are not refused for rounding. Tensors sent as such must lie inside: a value far
+ * outside (1e38 is finite) drives the members' logits to Infinity and their softmax to NaN.
+ */
+export interface ChannelRange {
+  readonly lo: number;
+  readonly hi: number;
 }
 
-/** Check JSON tensors against [C, H, W] (or [1, C, H, W]) and copy them into one NCHW buffer. */
+const RANGE_SLACK = 1e-3;
+
+export function inputRanges(spec: InputSpec): ChannelRange[] {
+  return spec.mean.map((m, ch) => {
+    const a = (0 * spec.scale - m) / spec.std[ch];
+    const b = (255 * spec.scale - m) / spec.std[ch];
+    const slack = RANGE_SLACK * Math.abs(b - a);
+    return { lo: Math.min(a, b) - slack, hi: Math.max(a, b) + slack };
+  });
+}
+
+const fmt = (v: number) => String(Number(v.toPrecision(6)));
+
+/** The error for element `element` (of channel `channel`) of the tensor `where` lying outside `range`. */
+export function outOfRange(where: string, element: number, channel: number, value: number, range: ChannelRange): InputError {
+  return new InputError('tensor_out_of_range', `${where}: element ${element} (channel ${channel}) is ${value}; channel ${channel} `
+    + `of the pre-processed input lies in [${fmt(range.lo)}, ${fmt(range.hi)}] (pixels 0..255 under the manifest's scale, mean and std)`);
+}
+
+/** Throw tensor_out_of_range naming the first element of NCHW `data` outside its channel's range
+ * (NaN too); `where(i)` names image i in the message. */
+export function checkInputRange(data: ArrayLike<number>, spec: InputSpec, where: (image: number) => string): void {
+  const [c, h, w] = spec.shape;
+  const plane = h * w;
+  const ranges = inputRanges(spec);
+  const images = Math.floor(data.length / (c * plane));
+  for (let i = 0; i < images; i++) {
+    for (let ch = 0; ch < c; ch++) {
+      const { lo, hi } = ranges[ch];
+      const start = (i * c + ch) * plane;
+      for (let k = start; k < start + plane; k++) {
+        const v = data[k];
+        // Written so that NaN fails too.
+        if (!(v >= lo && v <= hi)) throw outOfRange(where(i), k - i * c * plane, ch, v, ranges[ch]);
+      }
+    }
+  }
+}
+
+/** Check JSON tensors against [C, H, W] (or [1, C, H, W]) and the input range, and copy them into one NCHW buffer. */
 export function tensorsToBatch(tensors: readonly unknown[], spec: InputSpec): Float32Array {
   const [c, h, w] = spec.shape;
   const size = c * h * w;
@@ -111,10 +157,10 @@ export function tensorsToBatch(tensors: readonly unknown[], spec: InputSpec): Fl
     const flat: unknown[] = [];
     const shape: number[] = [];
     const walk = (v: unknown, depth: number): void => {
-      if (depth > 4) throw badRequest('bad_tensor', `tensors[${i}]: nested deeper than [1, ${c}, ${h}, ${w}]`);
+      if (depth > 4) throw new InputError('bad_tensor', `tensors[${i}]: nested deeper than [1, ${c}, ${h}, ${w}]`);
       if (Array.isArray(v)) {
         if (shape[depth] === undefined) shape[depth] = v.length;
-        else if (shape[depth] !== v.length) throw badRequest('bad_tensor', `tensors[${i}]: ragged nested arrays`);
+        else if (shape[depth] !== v.length) throw new InputError('bad_tensor', `tensors[${i}]: ragged nested arrays`);
         for (const x of v) walk(x, depth + 1);
       } else {
         flat.push(v);
@@ -125,15 +171,17 @@ export function tensorsToBatch(tensors: readonly unknown[], spec: InputSpec): Fl
     const ok = (shape.length === 3 && shape.every((d, k) => d === expected[k]))
       || (shape.length === 4 && shape[0] === 1 && shape.slice(1).every((d, k) => d === expected[k]));
     if (!ok || flat.length !== size) {
-      throw badRequest('bad_tensor', `tensors[${i}]: shape [${shape.join(', ')}] does not match the model input [${expected.join(', ')}]`);
+      throw new InputError('bad_tensor', `tensors[${i}]: shape [${shape.join(', ')}] does not match the model input [${expected.join(', ')}]`);
     }
     for (let k = 0; k < size; k++) {
       const v = flat[k];
       if (typeof v !== 'number' || !Number.isFinite(v)) {
-        throw badRequest('bad_tensor', `tensors[${i}]: element ${k} is ${JSON.stringify(v)}; every element must be a finite number`);
+        throw new InputError('bad_tensor', `tensors[${i}]: element ${k} is ${JSON.stringify(v)}; every element must be a finite number`);
       }
-      out[i * size + k] = v;
     }
+    // Checked as sent (float64), before float32 would turn 1e39 into Infinity.
+    checkInputRange(flat as number[], spec, () => `tensors[${i}]`);
+    out.set(flat as number[], i * size);
   });
   return out;
 }

@@ -9,9 +9,12 @@
  *
  * Anything else, or anything odd about the file (bad CRC, missing IEND, short data), returns null and
  * goes through sharp, which decodes it in full and writes the error messages. The tests hold the two
- * paths to identical output.
+ * paths to identical output. One oddity is refused here instead: compressed data that inflates past
+ * what the header says the image needs. Inflation stops at that size (a small file can inflate to
+ * gigabytes, synchronously, on the event loop), and the request gets an InputError.
  */
 import { crc32, inflateSync } from 'node:zlib';
+import { InputError } from '../errors.js';
 
 const SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 /** Ancillary chunks that cannot change decoded pixels (text, physical size, time stamp). */
@@ -56,9 +59,12 @@ function unfilter(raw: Buffer, out: Uint8Array, height: number, rowBytes: number
 
 /**
  * The HWC samples of `bytes` when it is a plain PNG of exactly width x height x channels (1 grey,
- * 3 RGB) as described above; null when it is not, or when anything about it needs sharp.
+ * 3 RGB) as described above; null when it is not, or when anything about it needs sharp. Throws
+ * InputError `image_data_mismatch` when its data inflates past what its header needs; `what` names
+ * the image in that error.
  */
-export function decodePlainPng(bytes: Uint8Array, width: number, height: number, channels: number): Uint8Array | null {
+export function decodePlainPng(bytes: Uint8Array, width: number, height: number, channels: number,
+  what = 'image'): Uint8Array | null {
   if (typeof crc32 !== 'function') return null; // node < 20.15
   if (bytes.length < 8 + 25 + 12 || SIGNATURE.some((b, i) => bytes[i] !== b)) return null;
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -90,13 +96,18 @@ export function decodePlainPng(bytes: Uint8Array, width: number, height: number,
   }
   if (!sawEnd || idat.length === 0) return null;
   const rowBytes = width * channels;
+  const needBytes = height * (rowBytes + 1);
   let raw: Buffer;
   try {
-    raw = inflateSync(idat.length === 1 ? idat[0] : Buffer.concat(idat));
-  } catch {
+    raw = inflateSync(idat.length === 1 ? idat[0] : Buffer.concat(idat), { maxOutputLength: needBytes });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
+      throw new InputError('image_data_mismatch', `${what}: the PNG's image data inflates to more than the ${needBytes} bytes `
+        + `its ${width}x${height} ${channels === 1 ? 'grey' : 'RGB'} header needs`);
+    }
     return null;
   }
-  if (raw.length !== height * (rowBytes + 1)) return null;
+  if (raw.length !== needBytes) return null;
   const out = new Uint8Array(height * rowBytes);
   return unfilter(raw, out, height, rowBytes, channels) ? out : null;
 }

@@ -3,6 +3,7 @@
  * is bounded, deadlines hold, a dead worker fails its jobs and is replaced, close() refuses work.
  */
 import t from 'tap';
+import { UnavailableError } from '../../src/errors.js';
 import { CLASSES, fakePool, images, MEMBERS, recorder } from './fake-pool.js';
 import { crashBusyWorker } from './worker-spy.js';
 
@@ -10,7 +11,7 @@ import { crashBusyWorker } from './worker-spy.js';
 t.setTimeout(600_000);
 
 const rows = (logits: Float32Array) => Array.from({ length: logits.length / CLASSES }, (_, i) => Array.from(logits.subarray(i * CLASSES, i * CLASSES + 3)));
-const codeOf = (p: Promise<unknown>) => p.then(() => 'ok', (e: { code?: string; statusCode?: number }) => `${e.statusCode} ${e.code}`);
+const codeOf = (p: Promise<unknown>) => p.then(() => 'ok', (e: Error & { code?: string }) => `${e instanceof UnavailableError ? 'unavailable' : e.name} ${e.code}`);
 
 t.test('each job gets its own member and images back', async (t) => {
   const pool = await fakePool({ size: 2 });
@@ -26,7 +27,7 @@ t.test('each job gets its own member and images back', async (t) => {
   t.equal(pool.busy, 0);
 });
 
-t.test('past maxQueue waiting jobs, run rejects at once with 503 overloaded + Retry-After; the rest are served', async (t) => {
+t.test('past maxQueue waiting jobs, run rejects at once as unavailable: overloaded, retry after 1 s; the rest are served', async (t) => {
   const pool = await fakePool({ size: 1, maxQueue: 2 });
   t.teardown(() => pool.close());
   const slow = pool.run(0, images(1, 0, 150), 1);
@@ -35,7 +36,7 @@ t.test('past maxQueue waiting jobs, run rejects at once with 503 overloaded + Re
   const started = performance.now();
   const err = await pool.run(0, images(1, 3), 1).catch((e) => e);
   t.ok(performance.now() - started < 50, 'refused at once');
-  t.same([err.statusCode, err.code, err.headers['retry-after']], [503, 'overloaded', '1']);
+  t.same([err instanceof UnavailableError, err.code, err.retryAfterSeconds], [true, 'overloaded', 1]);
   await slow;
   t.same((await Promise.all(queued)).map((l) => l[0]), [1, 2], 'queued jobs served after the slow one');
   t.equal(pool.queued, 0);
@@ -55,14 +56,14 @@ t.test('a request\'s jobs are admitted all or none; an empty queue admits any re
   t.same(all.map((l) => l[0]), [0, 1, 2], 'with the queue empty, three jobs are admitted though maxQueue is 2');
 });
 
-t.test('a job past its deadline fails with 503 timeout, leaves the queue, and the pool recovers', async (t) => {
+t.test('a job past its deadline fails as timeout, leaves the queue, and the pool recovers', async (t) => {
   const pool = await fakePool({ size: 1, jobTimeoutMs: 100 });
   t.teardown(() => pool.close());
   const started = performance.now();
   const running = codeOf(pool.run(0, images(1, 0, 400), 1));
   const waiting = codeOf(pool.run(1, images(1, 1), 1));
   t.equal(pool.queued, 1);
-  t.same(await Promise.all([running, waiting]), ['503 timeout', '503 timeout']);
+  t.same(await Promise.all([running, waiting]), ['unavailable timeout', 'unavailable timeout']);
   const elapsed = performance.now() - started;
   t.ok(elapsed < 300, `both answered at the deadline (${elapsed.toFixed(0)} ms), not when the worker finished`);
   t.equal(pool.queued, 0, 'the expired job left the queue');
@@ -71,13 +72,13 @@ t.test('a job past its deadline fails with 503 timeout, leaves the queue, and th
   t.same(rows(after)[0].slice(0, 2), [2, 7], 'served once the worker is free again');
 });
 
-t.test('a worker that dies fails its jobs with 503 worker_failed, never hangs, and is replaced', async (t) => {
+t.test('a worker that dies fails its jobs as worker_failed, never hangs, and is replaced', async (t) => {
   const { observer, seen } = recorder();
   const pool = await fakePool({ size: 1 }, observer);
   t.teardown(() => pool.close());
   const crash = codeOf(pool.run(0, images(1, 0, -1), 1));
   const behind = [pool.run(1, images(1, 10), 1), pool.run(2, images(1, 20), 1)];
-  t.equal(await crash, '503 worker_failed');
+  t.equal(await crash, 'unavailable worker_failed');
   const served = await Promise.all(behind);
   t.same(served.map((l) => [l[0], l[1]]), [[1, 10], [2, 20]], 'jobs queued behind the crash are served by the replacement');
   t.equal(seen.replaced, 1, 'replacement reported');
@@ -86,18 +87,18 @@ t.test('a worker that dies fails its jobs with 503 worker_failed, never hangs, a
   const killed = codeOf(pool.run(0, images(1, 0, 300), 1));
   while (pool.busy === 0) await new Promise((r) => setTimeout(r, 1));
   crashBusyWorker();
-  t.equal(await killed, '503 worker_failed', 'a worker that exits mid-run too');
+  t.equal(await killed, 'unavailable worker_failed', 'a worker that exits mid-run too');
   t.same(rows(await pool.run(1, images(1, 5), 1))[0].slice(0, 2), [1, 5], 'and its replacement serves');
   t.equal(seen.replaced, 2);
 });
 
-t.test('close() fails queued jobs with 503 shutting_down and refuses new ones', async (t) => {
+t.test('close() fails queued jobs as shutting_down and refuses new ones', async (t) => {
   const pool = await fakePool({ size: 1 });
   const running = codeOf(pool.run(0, images(1, 0, 100), 1));
   const queued = codeOf(pool.run(1, images(1, 1), 1));
   await pool.close();
-  t.same(await Promise.all([running, queued]), ['503 shutting_down', '503 shutting_down']);
-  t.equal(await codeOf(pool.run(0, images(1, 0), 1)), '503 shutting_down');
+  t.same(await Promise.all([running, queued]), ['unavailable shutting_down', 'unavailable shutting_down']);
+  t.equal(await codeOf(pool.run(0, images(1, 0), 1)), 'unavailable shutting_down');
 });
 
 t.test('a job the worker fails is rejected with its message; a job past the channel size is refused; both leave the pool serving', async (t) => {

@@ -1,12 +1,14 @@
 /**
- * The Open Inference Protocol (v2) routes. First, the exchanges recorded between Triton's own
- * HTTP client and redserve (test/fixtures/v2/record.py; at recording time the client parsed every
- * answer) are replayed; then the protocol's JSON forms, the errors, and random sampling.
+ * The Open Inference Protocol (v2) routes. First, the exchanges recorded between redserve and
+ * Triton's own HTTP client (test/fixtures/v2/record.py) and KServe's Python SDK
+ * (record_kserve.py) are replayed; at recording time the clients parsed every answer. Then the
+ * protocol's JSON forms, the errors, and random sampling.
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { createServer } from '../../src/app.js';
+import { ModelState } from '../../src/model-state.js';
 import { CHI2_CRIT_0_001, chiSquare, FIXTURES, goldenOf, manifestOf, softmax, startApp, testConfig, TINY } from '../helpers.js';
 
 interface Recorded {
@@ -15,7 +17,8 @@ interface Recorded {
   response: { status: number; headers: Record<string, string>; text?: string; binary_base64?: string };
 }
 
-const recording = JSON.parse(await readFile(path.join(FIXTURES, 'v2', 'tritonclient-http.json'), 'utf8')) as { exchanges: Recorded[] };
+const recordings = await Promise.all(['tritonclient-http.json', 'kserve-rest.json'].map(async (file) =>
+  ({ file, ...JSON.parse(await readFile(path.join(FIXTURES, 'v2', file), 'utf8')) as { recorded_with: string; exchanges: Recorded[] } })));
 const manifest = await manifestOf(TINY);
 const golden = await goldenOf(TINY);
 const memberProbs = golden[0].logits.map(softmax);
@@ -58,10 +61,24 @@ function splitBody(headers: Record<string, unknown>, body: Buffer): { json: any;
   return { json: JSON.parse(body.subarray(0, n).toString('utf8')), binary: body.subarray(n) };
 }
 
-t.test('exchanges recorded with tritonclient[http] replay exactly (fixed:0, tolerance 1e-6)', async (t) => {
+/** Same keys, recursively, and the same JSON types: for answers whose values depend on traffic. */
+function sameShape(t: Test, actual: unknown, expected: unknown, where: string): void {
+  if (Array.isArray(expected)) {
+    t.ok(Array.isArray(actual), `${where}: an array`);
+    expected.forEach((e, i) => sameShape(t, (actual as unknown[])[i], e, `${where}[${i}]`));
+  } else if (expected && typeof expected === 'object') {
+    t.same(Object.keys(actual as object).sort(), Object.keys(expected).sort(), `${where}: keys`);
+    for (const [k, v] of Object.entries(expected)) sameShape(t, (actual as Record<string, unknown>)[k], v, `${where}.${k}`);
+  } else {
+    t.equal(typeof actual, typeof expected, `${where}: ${typeof expected}`);
+  }
+}
+
+for (const recording of recordings) {
+t.test(`exchanges recorded with ${recording.recorded_with} replay exactly (fixed:0, tolerance 1e-6)`, async (t) => {
   const app = await startApp({ sampling: { mode: 'fixed', member: 0 }, workers: 1 });
   t.teardown(() => app.close());
-  t.ok(recording.exchanges.length >= 10, `${recording.exchanges.length} exchanges`);
+  t.ok(recording.exchanges.length >= 8, `${recording.file}: ${recording.exchanges.length} exchanges`);
   for (const ex of recording.exchanges) {
     await t.test(ex.name, async (t) => {
       const { request, response } = ex;
@@ -77,6 +94,8 @@ t.test('exchanges recorded with tritonclient[http] replay exactly (fixed:0, tole
         t.equal(res.rawPayload.length, 0, 'empty body');
         return;
       }
+      // Statistics count this process's traffic: their shape is compared, not their values.
+      if (request.path.endsWith('/stats')) return sameShape(t, json, JSON.parse(response.text), 'body');
       near(t, json, JSON.parse(response.text), 1e-6, 'body');
       if (response.binary_base64 === undefined) return;
       const expected = Buffer.from(response.binary_base64, 'base64');
@@ -92,6 +111,7 @@ t.test('exchanges recorded with tritonclient[http] replay exactly (fixed:0, tole
     });
   }
 });
+}
 
 t.test('protocol JSON forms, served by member 0 (fixed:0)', async (t) => {
   const app = await startApp({ sampling: { mode: 'fixed', member: 0 }, workers: 1, maxImagesPerRequest: 4 });
@@ -154,6 +174,11 @@ t.test('bad requests get 4xx { error, code } naming the field; the service keeps
     ['too few elements', post({ inputs: [input({ data: zeros.slice(1) })] }), 400, 'bad_tensor', /783 elements, the shape holds 784/],
     ['a string element', post({ inputs: [input({ data: ['a', ...zeros.slice(1)] })] }), 400, 'bad_tensor', /element 0 is "a"/],
     ['too deep', post({ inputs: [input({ data: [[[[[0]]]]] })] }), 400, 'bad_tensor', /nested deeper/],
+    ['duplicate output', post({ inputs: [input()], outputs: [{ name: 'probabilities' }, { name: 'probabilities' }] }), 400, 'duplicate_output', /outputs\[1\]\.name: 'probabilities' is requested twice/],
+    ['model_name of another model', post({ model_name: 'other', inputs: [input()] }), 400, 'bad_request', /model_name: 'other' is not the model of this path, 'tiny-ensemble'/],
+    ['JSON 1e38', post({ inputs: [input({ data: [1e38, ...zeros.slice(1)] })] }), 400, 'tensor_out_of_range', /element 0 \(channel 0\) is 1e\+38; channel 0 of the pre-processed input lies in \[-0\.001, 1\.001\]/],
+    ['JSON -1e38', post({ inputs: [input({ data: [...zeros.slice(1), -1e38] })] }), 400, 'tensor_out_of_range', /element 783 \(channel 0\) is -1e\+38/],
+    ['JSON 1e39 (finite, Infinity as float32)', post(`{"inputs":[{"name":"input","shape":[1,1,28,28],"datatype":"FP32","data":[1e39${',0'.repeat(783)}]}]}`), 400, 'tensor_out_of_range', /is 1e\+39/],
     ['unknown output', post({ inputs: [input()], outputs: [{ name: 'logits' }] }), 400, 'bad_request', /'logits' is not an output of this model; its output is 'probabilities'/],
     ['classification out of range', post({ inputs: [input()], outputs: [{ name: 'probabilities', parameters: { classification: 11 } }] }), 400, 'bad_request', /out of range \[0, 10\]/],
     ['invalid JSON', post('{"inputs": ['), 400, 'bad_request', /not valid JSON/],
@@ -178,6 +203,8 @@ t.test('bad requests get 4xx { error, code } naming the field; the service keeps
     ['declared size wrong', post(binaryBody(header(8), new Uint8Array(8)), { 'inference-header-content-length': String(header(8).length) }), 400, 'bad_tensor', /8 bytes, the shape needs 3136/],
     ['header length past the body', post(h, { 'inference-header-content-length': '99999' }), 400, 'bad_request', /Inference-Header-Content-Length: '99999' is out of range/],
     ['binary size without binary part', post(h), 400, 'bad_request', /no binary part/],
+    ['binary near the float32 maximum', post(binaryBody(h, infinite(7, 3.4028234663852886e38)), { 'inference-header-content-length': String(h.length) }), 400, 'tensor_out_of_range', /inputs\[0\]: element 7 \(channel 0\) is 3\.40282346\d*e\+38/],
+    ['binary just past the range', post(binaryBody(h, infinite(9, 1.01)), { 'inference-header-content-length': String(h.length) }), 400, 'tensor_out_of_range', /element 9 \(channel 0\) is 1\.0099999\d*/],
   );
   for (const [label, pending, status, code, message] of cases) {
     const res = await pending;
@@ -189,12 +216,13 @@ t.test('bad requests get 4xx { error, code } naming the field; the service keeps
   }
   const ok = await post({ inputs: [input()] });
   t.equal(ok.statusCode, 200, 'still serving');
-  // The largest finite float32 and a subnormal are finite: accepted.
-  const extremes = new Float32Array(784);
-  extremes[0] = 3.4028234663852886e38;
-  extremes[1] = -1e-45;
-  const finite = await post(binaryBody(h, new Uint8Array(extremes.buffer)), { 'inference-header-content-length': String(h.length) });
-  t.equal(finite.statusCode, 200, 'extreme finite binary values are accepted');
+  // The range's ends and a subnormal are accepted (the tiny package's input lies in [0, 1]).
+  const edges = new Float32Array(784);
+  edges[0] = 1;
+  edges[1] = -1e-45;
+  edges[2] = 0;
+  const finite = await post(binaryBody(h, new Uint8Array(edges.buffer)), { 'inference-header-content-length': String(h.length) });
+  t.equal(finite.statusCode, 200, 'values at the ends of the input range are accepted');
   const missing = await app.server.inject({ url: '/v2/models/nope/ready' });
   t.same([missing.statusCode, missing.json().code], [404, 'unknown_model']);
 });
@@ -221,9 +249,10 @@ t.test('random sampling applies to v2: each image of a batch draws its own membe
 });
 
 t.test('while the model loads: live 200, ready and model routes 503 with Retry-After', async (t) => {
-  const server = createServer(testConfig({ modelDir: TINY }), { ensemble: null, failure: null, draining: false }, { logger: false });
+  const server = createServer(testConfig({ modelDir: TINY }), new ModelState(), { logger: false });
   t.teardown(() => server.close());
-  t.equal((await server.inject({ url: '/v2/health/live' })).statusCode, 200);
+  const live = await server.inject({ url: '/v2/health/live' });
+  t.same([live.statusCode, live.json()], [200, { live: true }]);
   for (const url of ['/v2/health/ready', `/v2/models/${NAME}`, `/v2/models/${NAME}/ready`]) {
     const res = await server.inject({ url });
     t.equal(res.statusCode, 503, url);
@@ -231,5 +260,5 @@ t.test('while the model loads: live 200, ready and model routes 503 with Retry-A
     t.equal(res.headers['retry-after'], '1');
   }
   const meta = (await server.inject({ url: '/v2' })).json();
-  t.same(meta.extensions, ['binary_tensor_data', 'classification']);
+  t.same(meta.extensions, ['binary_tensor_data', 'classification', 'model_configuration', 'statistics', 'model_repository']);
 });
