@@ -7,6 +7,7 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import type { Config } from './config.js';
+import { registerDetection } from './detect/http.js';
 import { loadEnsemble, type Ensemble } from './ensemble/ensemble.js';
 import { HttpError, overloaded } from './errors.js';
 import { registerAccessControl } from './http/access.js';
@@ -94,6 +95,7 @@ export function createServer(config: Config, state: ModelState,
   }
 
   registerAccessControl(server, config);
+  registerDetection(server, config, metrics);
 
   server.register(swagger, { openapi: openapiInfo(config) });
   server.register(swaggerUi, { routePrefix: '/docs' });

@@ -146,6 +146,7 @@ export function registerRoutes(app: FastifyInstance, config: Config, state: Mode
             imageToTensor(bytes, manifest.input, limits, data.subarray(i * size, (i + 1) * size), `images[${i}]`)));
         }
       }
+      req.server.screenQueries(req, manifest.input, data!, n!);
       const probs = await ensemble.classify(data!, n!);
       const results = probs.map((p) => ({ predictions: topK(p, manifest.labels, k) }));
       return single ? { model: manifest.name, predictions: results[0].predictions } : { model: manifest.name, results };

@@ -120,6 +120,7 @@ export function registerV2Routes(app: FastifyInstance, config: Config, state: Mo
     const request = decodeInferRequest(req.body, req.inferBinary, {
       input: manifest.input, classes: manifest.output.classes, maxImages: config.maxImagesPerRequest,
     });
+    req.server.screenQueries(req, manifest.input, request.data, request.n);
     const probs = await ensemble.classify(request.data, request.n);
     const response = encodeInferResponse(request, probs, { name: manifest.name, version: manifest.version }, manifest.labels);
     if (!response.binary) return response.header;
