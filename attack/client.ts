@@ -4,6 +4,7 @@
  * HTTP request is one query and one member draw; nothing is retried (a retry would be a hidden
  * query), so any failure stops the run with a message naming it.
  */
+import type { Answer } from './adaptive.js';
 
 /** The input contract that GET /models publishes (docs/model-format.md, `input`). */
 export interface InputSpec {
@@ -16,6 +17,12 @@ export interface InputSpec {
   readonly std: readonly number[];
   readonly resize: { readonly fit: 'fill' | 'contain' | 'cover'; readonly kernel: 'nearest' | 'linear' | 'cubic' | 'lanczos3'; readonly background: number };
 }
+
+
+/** What a `--detect log --detect-header on` service sets on answers to a client it has flagged. */
+export const DETECTION_HEADER = 'x-redserve-detection';
+/** The error code of a query a `--detect reject` service refuses. */
+export const REFUSED_CODE = 'query_attack_suspected';
 
 /** What GET /models says about the target (recorded in the report as it came). */
 export interface ModelInfo {
@@ -60,6 +67,13 @@ export class TargetClient {
   classifyRequests = 0;
   /** Other requests (GET /models). */
   metadataRequests = 0;
+  /**
+   * Sent as X-Forwarded-For when set: a service started with --trust-proxy then sees each value as
+   * its own client, which is how a detection run gives every attack run a fresh identity.
+   */
+  identity: string | null = null;
+  /** The detection header of the last answer, or null when it had none. */
+  lastDetection: string | null = null;
   private constructor(readonly url: string, readonly info: ModelInfo) {}
 
   /** Read /models once; refuses a target that is not ready or does not look like redserve. */
@@ -102,14 +116,24 @@ export class TargetClient {
 
   /** One query: the probabilities of every class for one pixel-space image. */
   async classify(x: ArrayLike<number>): Promise<Float64Array> {
+    const answer = await this.answer(x);
+    if ('refused' in answer) {
+      throw new AttackError(`${this.url}/classify refused the query as a suspected attack (${REFUSED_CODE}); `
+        + 'only the adaptive attacks resample refused queries');
+    }
+    return answer.probs;
+  }
+
+  /** One query, refusals by a detecting service included (each is a request, so a query). */
+  async answer(x: ArrayLike<number>): Promise<Answer> {
     this.classifyRequests++;
     const endpoint = `${this.url}/classify?topK=all`;
-    const res = await request(endpoint, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ tensors: [this.toTensor(x)] }),
-    });
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    if (this.identity !== null) headers['x-forwarded-for'] = this.identity;
+    const res = await request(endpoint, { method: 'POST', headers, body: JSON.stringify({ tensors: [this.toTensor(x)] }) });
     const body = await readJson(res, endpoint);
+    this.lastDetection = res.headers.get(DETECTION_HEADER);
+    if (res.status === 429 && (body as { error?: string } | null)?.error === REFUSED_CODE) return { refused: true };
     if (res.status !== 200) throw new AttackError(`${endpoint} answered ${res.status}${describe(body)}`);
     const predictions = (body as { results?: { predictions?: { index: number; probability: number }[] }[] })
       ?.results?.[0]?.predictions;
@@ -118,7 +142,7 @@ export class TargetClient {
     }
     const probs = new Float64Array(this.classes);
     for (const p of predictions) probs[p.index] = p.probability;
-    return probs;
+    return { probs };
   }
 }
 

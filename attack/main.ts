@@ -13,7 +13,7 @@ import { AttackError, parseTargetUrl, TargetClient } from './client.js';
 import { ATTACK_KINDS, runAttacks, type AttackKind, type AttackSpec } from './harness.js';
 import { FASHION_MNIST_DIR, fashionMnistImages, readImageDir, writeFashionMnist } from './images.js';
 import { Progress, type ProgressStream } from './progress.js';
-import { renderMarkdown, resultsTable } from './report.js';
+import { detectionTable, renderMarkdown, resultsTable } from './report.js';
 
 /** A bad flag: one line on stderr, exit status 2. */
 class UsageError extends AttackError {}
@@ -29,7 +29,12 @@ const USAGE = `usage: npm run attack -- --url URL [--url URL ...] [flags]
        npm run attack -- write-fmnist --out DIR --count N [--offset K] [--fmnist DIR]
 
   --url URL              a running redserve service (repeat for several targets)
-  --attack LIST          square, hsj or both, comma-separated (default square)
+  --attack LIST          square, hsj, square-adaptive, hsj-adaptive, comma-separated (default square);
+                         -adaptive: every query randomly shifted, brightened and noised, refused ones resampled
+  --verify-url URL       send the start checks and verifications here (the same package without
+                         detection), for a target that refuses them (--detect reject)
+  --detection            the target runs --detect log --detect-header on --trust-proxy <this host>: give every
+                         attack run its own client identity and report when the service flagged it
   --eot LIST             answers averaged per candidate / voted per decision, e.g. 1,4 (default 1)
   --eps X                Linf radius in pixel space [0, 1] (default 0.1)
   --queries N            attack queries per image (default 1000)
@@ -92,12 +97,12 @@ function parse(argv: readonly string[]) {
       allowPositionals: true,
       strict: true,
       options: {
-        url: { type: 'string', multiple: true },
+        url: { type: 'string', multiple: true }, 'verify-url': { type: 'string' },
         attack: { type: 'string' }, eot: { type: 'string' }, eps: { type: 'string' }, queries: { type: 'string' },
         images: { type: 'string' }, 'images-dir': { type: 'string' }, fmnist: { type: 'string' }, offset: { type: 'string' },
         verify: { type: 'string' }, seed: { type: 'string' }, 'time-limit': { type: 'string' }, 'p-init': { type: 'string' },
         'hsj-grad-queries': { type: 'string' }, json: { type: 'string' }, markdown: { type: 'string' },
-        quiet: { type: 'boolean' }, help: { type: 'boolean' },
+        quiet: { type: 'boolean' }, help: { type: 'boolean' }, detection: { type: 'boolean' },
         out: { type: 'string' }, count: { type: 'string' },
       },
     });
@@ -132,10 +137,13 @@ async function attack(argv: readonly string[], values: ReturnType<typeof parse>[
     throw new UsageError('--out and --count belong to the write-fmnist subcommand');
   }
   const kinds = list('attack', values.attack, 'square');
-  const unknown = kinds.find((k) => !(ATTACK_KINDS as readonly string[]).includes(k));
-  if (unknown !== undefined) throw new UsageError(`--attack: '${unknown}' is not one of ${ATTACK_KINDS.join(', ')}`);
+  const known: string[] = [...ATTACK_KINDS, ...ATTACK_KINDS.map((k) => `${k}-adaptive`)];
+  const unknown = kinds.find((k) => !known.includes(k));
+  if (unknown !== undefined) throw new UsageError(`--attack: '${unknown}' is not one of ${known.join(', ')}`);
   const eots = list('eot', values.eot, '1').map((e) => int('eot', e, 1, 1, 1000));
-  const attacks: AttackSpec[] = kinds.flatMap((kind) => eots.map((eot) => ({ kind: kind as AttackKind, eot })));
+  const attacks: AttackSpec[] = kinds.flatMap((kind) => eots.map((eot) => ({
+    kind: kind.replace(/-adaptive$/, '') as AttackKind, eot, ...(kind.endsWith('-adaptive') ? { adaptive: true } : {}),
+  })));
   const eps = real('eps', values.eps, 0.1, 0, 255);
   const queries = int('queries', values.queries, 1000, 1, 10_000_000);
   const imageCount = int('images', values.images, 100, 1, 100_000);
@@ -156,12 +164,16 @@ async function attack(argv: readonly string[], values: ReturnType<typeof parse>[
     + `from index ${values.offset ?? 0}`;
   const targets = [];
   for (const url of urls) targets.push(await TargetClient.connect(url));
+  if (values['verify-url'] !== undefined && urls.length !== 1) throw new UsageError('--verify-url: only with one --url');
+  const verifier = values['verify-url'] === undefined ? undefined : await TargetClient.connect(values['verify-url']);
 
   const prefix = io.env.npm_lifecycle_event === 'attack' ? 'npm run attack --' : 'node dist/src/attack/cli.js';
   const report = await runAttacks({
     targets, images, attacks, eps, queries, verify, seed, timeLimitSeconds, pInit, hsjGradQueries, imageSource,
     command: [prefix, ...argv.map(quote)].join(' '),
     progress: values.quiet ? undefined : new Progress(io.stderr),
+    detection: values.detection ?? false,
+    ...(verifier ? { verifier } : {}),
   });
   for (const [file, text] of [[values.json, `${JSON.stringify(report, null, 2)}\n`], [values.markdown, renderMarkdown(report)]]) {
     if (file === undefined) continue;
@@ -169,6 +181,7 @@ async function attack(argv: readonly string[], values: ReturnType<typeof parse>[
     await writeFile(file, text!);
   }
   io.stdout.write(`${resultsTable(report.results)}\n`);
+  if (values.detection) io.stdout.write(`\n${detectionTable(report.results)}\n`);
   if (report.stoppedByTimeLimit) io.stderr.write(`redserve attack: stopped by the ${timeLimitSeconds} s time limit\n`);
 }
 

@@ -33,6 +33,26 @@ export interface ImageOutcome {
   /** The attack's own last loss: Square's margin, HopSkipJump's boundary distance. */
   readonly attackLoss: number | null;
   readonly seconds: number;
+  /** Detection runs only: the attack query whose answer first carried the service's detection header, or null. */
+  readonly detectedAtQuery?: number | null;
+  /** Detection runs only: that header's value (reason, scope, the service's own query count). */
+  readonly detectionHeader?: string | null;
+  /** Adaptive attacks only: requests the service refused, and queries given up after too many refusals. */
+  readonly refused?: number;
+  readonly gaveUp?: number;
+}
+
+/** How a detecting service saw the attack runs of one row (detection runs only). */
+export interface DetectionSummary {
+  /** Attack runs (images attacked to the end). */
+  readonly runs: number;
+  /** Runs the service flagged during the attack. */
+  readonly flagged: number;
+  readonly medianQuery: number | null;
+  readonly maxQuery: number | null;
+  /** Runs verified-successful before their first flag (a reject service would not have stopped them). */
+  readonly verifiedBeforeFlag: number;
+  readonly refused: number;
 }
 
 export interface Rate {
@@ -55,6 +75,7 @@ export interface Summary {
   /** Images correct at start and not verified-broken, over the images wrong at start or attacked to the end. */
   readonly robustAccuracy: number | null;
   readonly requests: { readonly attack: number; readonly verify: number };
+  readonly detection?: DetectionSummary;
 }
 
 export interface AttackRow {
@@ -71,6 +92,8 @@ export interface TargetRecord {
   readonly url: string;
   /** GET /models as the target answered it. */
   readonly models: ModelInfo;
+  /** The service the start checks and verifications went to, when not the target (--verify-url). */
+  readonly verifier?: string;
   /** Every HTTP request sent to this target, by purpose. */
   readonly requests: { readonly metadata: number; readonly start: number; readonly attack: number; readonly verify: number; readonly total: number };
 }
@@ -92,6 +115,7 @@ export interface Report {
     readonly hsjGradQueries: number;
     readonly images: number;
     readonly imageSource: string;
+    readonly detection?: boolean;
   };
   /** True when the time limit stopped the run before every image was attacked. */
   readonly stoppedByTimeLimit: boolean;
@@ -125,7 +149,18 @@ export function summarize(images: readonly ImageOutcome[], verifyVotes: number):
   const verified = done.filter((o) => o.verified);
   // Robust accuracy is over the images whose fate is known: wrong at start, or attacked to the end.
   const known = images.filter((o) => !o.correctAtStart).length + done.length;
+  const tracked = done.filter((o) => o.detectedAtQuery !== undefined);
+  const flaggedAt = tracked.filter((o) => o.detectedAtQuery !== null).map((o) => o.detectedAtQuery!);
+  const detection: DetectionSummary | undefined = tracked.length === 0 ? undefined : {
+    runs: tracked.length,
+    flagged: flaggedAt.length,
+    medianQuery: median(flaggedAt),
+    maxQuery: flaggedAt.length === 0 ? null : Math.max(...flaggedAt),
+    verifiedBeforeFlag: tracked.filter((o) => o.verified && (o.detectedAtQuery === null || o.detectedAtQuery! > o.queries)).length,
+    refused: tracked.reduce((n, o) => n + (o.refused ?? 0), 0),
+  };
   return {
+    ...(detection ? { detection } : {}),
     images: images.length,
     correctAtStart: correct,
     attacked: done.length,
@@ -157,6 +192,17 @@ export function resultsTable(results: readonly AttackRow[]): string {
       + `${pct(s.robustAccuracy)} | ${s.requests.attack + s.requests.verify} |`;
   });
   return [head, rule, ...rows].join('\n');
+}
+
+/** Detection runs: one row per (target, attack): how many runs were flagged and after how many queries. */
+export function detectionTable(results: readonly AttackRow[]): string {
+  const head = '| model | attack | runs flagged | first flag: median / max attack query | verified success | verified before its flag | refused requests |';
+  const rows = results.filter((r) => r.summary.detection).map((r) => {
+    const d = r.summary.detection!;
+    return `| ${r.model} | ${r.attack} | ${d.flagged}/${d.runs} | ${num(d.medianQuery)} / ${num(d.maxQuery)} | `
+      + `${r.summary.verified.successes}/${r.summary.attacked} | ${d.verifiedBeforeFlag}/${d.runs} | ${d.refused} |`;
+  });
+  return [head, '|---|---|---|---|---|---|---|', ...rows].join('\n');
 }
 
 export function renderMarkdown(report: Report): string {
@@ -191,5 +237,12 @@ export function renderMarkdown(report: Report): string {
     '- requests: attack plus verification requests of that row; the start check is per target (see Targets).',
     '',
   ];
+  if (report.results.some((r) => r.summary.detection)) {
+    lines.push('## Detection', '', detectionTable(report.results), '',
+      '- each attack run had its own client identity (X-Forwarded-For; the service trusts the proxy), the start check and '
+      + 'verification another; flagged: the first attack query whose answer carried X-Redserve-Detection.',
+      '- verified before its flag: verified success reached before the first flag (or never flagged): a `--detect reject` '
+      + 'service with a cool-down would not have stopped it.', '');
+  }
   return lines.join('\n');
 }

@@ -7,6 +7,7 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Config } from './config.js';
+import { registerDetection } from './detect/http.js';
 import { loadEnsemble, type Ensemble } from './ensemble/ensemble.js';
 import { registerAccessControl } from './http/access.js';
 import { Admission } from './http/admission.js';
@@ -108,6 +109,7 @@ export function createServer(config: Config, state: ModelState,
   }
 
   registerAccessControl(server, config);
+  registerDetection(server, config, metrics);
 
   server.register(swagger, { openapi: openapiInfo(config) });
   server.register(swaggerUi, { routePrefix: '/docs' });

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { DETECT_MODES, type DetectMode, type DetectSettings } from './detect/detector.js';
 import { ConfigError } from './errors.js';
 
 export type Device = { readonly kind: 'auto' | 'cpu' } | { readonly kind: 'cuda'; readonly id: number };
@@ -54,6 +55,8 @@ export interface Config {
    * draw counter read around one's own request tells which member answered it. */
   readonly metricsHost: string;
   readonly logLevel: string;
+  /** Stateful query-attack detection (src/detect); mode 'off' leaves the request path as it was. */
+  readonly detect: DetectSettings;
 }
 
 export const DEFAULTS = {
@@ -72,6 +75,16 @@ export const DEFAULTS = {
   metricsPort: 9464,
   metricsHost: '127.0.0.1',
   logLevel: 'info',
+  // Detection defaults come from the Fashion-MNIST measurements in reports/detection.md.
+  detectQuantStep: 50,
+  detectWindow: 20,
+  detectHashes: 50,
+  detectThreshold: 28,
+  detectHistory: 64,
+  detectClients: 4096,
+  detectGlobal: 20_000,
+  detectRepeats: 5,
+  detectCooldownS: 600,
 } as const;
 
 /** Each option: its flag, its environment variable, and its help line. */
@@ -99,6 +112,17 @@ const OPTIONS = {
   'metrics-port': { env: 'REDSERVE_METRICS_PORT', help: `Prometheus /metrics port, or off (default ${DEFAULTS.metricsPort}; keep it internal)` },
   'metrics-host': { env: 'REDSERVE_METRICS_HOST', help: `bind address of /metrics (default ${DEFAULTS.metricsHost}: this machine only)` },
   'log-level': { env: 'LOG_LEVEL', help: `pino level (default ${DEFAULTS.logLevel})` },
+  detect: { env: 'REDSERVE_DETECT', help: 'query-attack detection: off | log | reject (default off)' },
+  'detect-quant-step': { env: 'REDSERVE_DETECT_QUANT_STEP', help: `fingerprint bucket width in 8-bit levels (default ${DEFAULTS.detectQuantStep})` },
+  'detect-window': { env: 'REDSERVE_DETECT_WINDOW', help: `fingerprint window, tensor elements (default ${DEFAULTS.detectWindow})` },
+  'detect-hashes': { env: 'REDSERVE_DETECT_HASHES', help: `hashes kept per fingerprint (default ${DEFAULTS.detectHashes})` },
+  'detect-threshold': { env: 'REDSERVE_DETECT_THRESHOLD', help: `shared hashes that flag a near duplicate (default ${DEFAULTS.detectThreshold})` },
+  'detect-history': { env: 'REDSERVE_DETECT_HISTORY', help: `fingerprints kept per client (default ${DEFAULTS.detectHistory})` },
+  'detect-clients': { env: 'REDSERVE_DETECT_CLIENTS', help: `clients tracked, least recently seen forgotten (default ${DEFAULTS.detectClients})` },
+  'detect-global': { env: 'REDSERVE_DETECT_GLOBAL', help: `fingerprints kept across clients, 0 = none (default ${DEFAULTS.detectGlobal})` },
+  'detect-repeats': { env: 'REDSERVE_DETECT_REPEATS', help: `exact re-uploads of one input allowed (default ${DEFAULTS.detectRepeats})` },
+  'detect-cooldown-s': { env: 'REDSERVE_DETECT_COOLDOWN_S', help: `seconds a flagged client stays flagged (default ${DEFAULTS.detectCooldownS})` },
+  'detect-header': { env: 'REDSERVE_DETECT_HEADER', help: 'log mode: on | off, tell flagged clients in X-Redserve-Detection (default off)' },
 } as const;
 
 type OptionName = keyof typeof OPTIONS;
@@ -159,6 +183,17 @@ export function parseTrustProxy(raw: string): boolean | number | string[] {
   return list;
 }
 
+export function parseDetectMode(raw: string): DetectMode {
+  if ((DETECT_MODES as readonly string[]).includes(raw)) return raw as DetectMode;
+  throw new ConfigError(`--detect: '${raw}' is not one of ${DETECT_MODES.join(', ')}`);
+}
+
+function onOff(name: string, raw: string): boolean {
+  if (raw === 'on' || raw === 'true') return true;
+  if (raw === 'off' || raw === 'false') return false;
+  throw new ConfigError(`--${name}: '${raw}' is not on or off`);
+}
+
 /** An empty bind address would make Node listen on every address: refuse it. */
 function nonEmpty(name: string, raw: string): string {
   if (raw.trim() === '') throw new ConfigError(`--${name}: an empty address would bind every interface; give one (e.g. 127.0.0.1)`);
@@ -206,12 +241,36 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
     metricsPort: get('metrics-port') === 'off' ? null : num('metrics-port', DEFAULTS.metricsPort, 0, 65535),
     metricsHost: nonEmpty('metrics-host', get('metrics-host') ?? DEFAULTS.metricsHost),
     logLevel: get('log-level') ?? DEFAULTS.logLevel,
+    detect: detectSettings(get, num),
   };
   const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
   if (!levels.includes(config.logLevel)) {
     throw new ConfigError(`--log-level: '${config.logLevel}' is not one of ${levels.join(', ')}`);
   }
   return Object.freeze(config);
+}
+
+function detectSettings(get: (name: OptionName) => string | undefined,
+  num: (name: OptionName, fallback: number, min: number, max: number) => number): DetectSettings {
+  const mode = parseDetectMode(get('detect') ?? 'off');
+  const hashes = num('detect-hashes', DEFAULTS.detectHashes, 1, 1024);
+  const threshold = num('detect-threshold', DEFAULTS.detectThreshold, 1, 1024);
+  if (threshold > hashes) throw new ConfigError(`--detect-threshold: ${threshold} is out of range [1, ${hashes}] (--detect-hashes)`);
+  const header = onOff('detect-header', get('detect-header') ?? 'off');
+  if (header && mode !== 'log') throw new ConfigError('--detect-header: only with --detect log (in reject mode the 429 tells the client)');
+  return Object.freeze({
+    mode,
+    quantStep: num('detect-quant-step', DEFAULTS.detectQuantStep, 1, 255),
+    window: num('detect-window', DEFAULTS.detectWindow, 1, 4096),
+    hashes,
+    threshold,
+    history: num('detect-history', DEFAULTS.detectHistory, 1, 100_000),
+    clients: num('detect-clients', DEFAULTS.detectClients, 1, 10_000_000),
+    globalSize: num('detect-global', DEFAULTS.detectGlobal, 0, 10_000_000),
+    repeats: num('detect-repeats', DEFAULTS.detectRepeats, 0, 1_000_000),
+    cooldownS: num('detect-cooldown-s', DEFAULTS.detectCooldownS, 0, 7 * 24 * 3600),
+    header,
+  });
 }
 
 /** Defaults plus overrides, frozen, for a program that embeds the service in-process (bench/bench.ts).

@@ -137,6 +137,7 @@ export function registerRoutes(app: FastifyInstance, config: Config, state: Mode
         data = batch;
       }
       const n = data!.length / size;
+      req.server.screenQueries(req, manifest.input, data!, n);
       const probs = checkProbabilities(await ensemble.classify(data!, n));
       const results = probs.map((p) => ({ predictions: topK(p, manifest.labels, k) }));
       return single ? { model: manifest.name, predictions: results[0].predictions } : { model: manifest.name, results };

@@ -77,6 +77,12 @@ export const classifySchema = {
       },
     },
     '4xx': { description: 'bad input: the message names the problem', ...errorBody },
+    429: {
+      description: 'with Retry-After: rate_limited (--rate-limit), or query_attack_suspected (--detect reject: this client '
+        + 'sent queries too similar to its earlier ones, as query attacks do; refused until its cool-down ends). '
+        + 'With --detect log --detect-header on, answers to a flagged client carry X-Redserve-Detection instead.',
+      ...errorBody,
+    },
     503: { description: 'not ready, overloaded (with Retry-After) or shutting down', ...errorBody },
   },
 } as const;

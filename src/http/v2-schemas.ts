@@ -188,6 +188,7 @@ export const v2InferSchema = {
       },
     },
     '4xx': { description: 'bad request: the message names the field and the allowed values', ...errorBody },
+    429: { description: 'with Retry-After: rate_limited, or query_attack_suspected (--detect reject)', ...errorBody },
     503: { description: 'not ready, overloaded (with Retry-After), timed out or shutting down', ...errorBody },
   },
 } as const;

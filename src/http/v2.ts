@@ -174,6 +174,7 @@ export function registerV2Routes(app: FastifyInstance, config: Config, state: Mo
     });
     // The body is complete and valid: from here the request holds one of --max-queue slots.
     ctx.admission.enter(reply);
+    req.server.screenQueries(req, manifest.input, request.data, request.n);
     const probs = checkProbabilities(await ensemble.classify(request.data, request.n));
     const response = encodeInferResponse(request, probs, { name: manifest.name, version: manifest.version }, manifest.labels);
     if (!response.binary) return response.header;
