@@ -199,7 +199,7 @@ def render(plan: Plan, records: list[dict], command: str) -> str:
     for arm in plan.arms:
         rows = by_arm.get(arm.name, [])
         if not rows:
-            lines.append(f"| {arm.label} | 0 |" + " - |" * len(COLUMNS) + " - |")
+            lines.append(f"| {arm.label} | none yet |" + " - |" * len(COLUMNS) + " - |")
             continue
         cells = [_cell([r[k] for r in rows], pct=k != "cosine") for k, _ in COLUMNS]
         minutes = [r["trainSeconds"] / 60 for r in rows]
