@@ -78,7 +78,7 @@ t.test('EXIF orientation is applied before resizing', async (t) => {
 
 t.test('tensors: [C,H,W] and [1,C,H,W] are accepted; wrong shapes and non-finite values are named', async (t) => {
   const spec: InputSpec = { ...gray, shape: [1, 2, 2] };
-  t.same(Array.from(tensorsToBatch([[[[1, 2], [3, 4]]], [[[[5, 6], [7, 8]]]]], spec)), [1, 2, 3, 4, 5, 6, 7, 8]);
+  t.same(Array.from(tensorsToBatch([[[[0.25, 0.5], [0.75, 1]]], [[[[1.25, 1.5], [1.75, 2]]]]], spec)), [0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2]);
   t.throws(() => tensorsToBatch([[[1, 2], [3, 4]]], spec), /tensors\[0\]: shape \[2, 2\] does not match the model input \[1, 2, 2\]/);
   t.throws(() => tensorsToBatch([[[[1, 2], [3]]]], spec), /ragged/);
   let deep: unknown = [1];

@@ -135,7 +135,7 @@ t.test('a damaged model-sized PNG still gets sharp\'s 400', async (t) => {
   const good = encode(bytesFrom(9, 28 * 28), 28, 28, 1);
   const out = new Float32Array(28 * 28);
   const err = await imageToTensor(good.subarray(0, good.length - 30), grey, limits, out).then(() => null, (e: unknown) => e);
-  t.match(err, { statusCode: 400, code: 'truncated_image' });
+  t.match(err, { name: 'InputError', code: 'truncated_image' }, 'an input error (the HTTP layer answers 400)');
   await imageToTensor(good, grey, limits, out);
   t.ok(Number.isFinite(out[0]), 'the intact file decodes');
 });
