@@ -1,7 +1,7 @@
 # redserve image. Build on any machine with Docker:
 #   docker build -t redserve:0.1.0 .                                   # CPU
 #   docker build -t redserve:0.1.0-cuda --build-arg VARIANT=cuda .     # + onnxruntime's CUDA provider
-# Run: docker run -p 8080:8080 redserve:0.1.0   (serves models/fmnist-red; -e REDSERVE_MODEL=/app/models/<name>)
+# Run: docker run -p 8080:8080 redserve:0.1.0   (serves models/fmnist-baseline; -e REDSERVE_MODEL=/app/models/<name>)
 #      docker run --gpus all -e REDSERVE_DEVICE=cuda -p 8080:8080 redserve:0.1.0-cuda
 # Port 9464 serves Prometheus /metrics, bound to 0.0.0.0 in the image (REDSERVE_METRICS_HOST) so that
 # Prometheus can scrape the container: publish it only to your monitoring network.
@@ -48,7 +48,7 @@ ENV NODE_ENV=production \
     HOST=0.0.0.0 \
     REDSERVE_METRICS_PORT=9464 \
     REDSERVE_METRICS_HOST=0.0.0.0 \
-    REDSERVE_MODEL=/app/models/fmnist-red \
+    REDSERVE_MODEL=/app/models/fmnist-baseline \
     REDSERVE_DEVICE=auto
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules

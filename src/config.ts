@@ -60,7 +60,7 @@ export interface Config {
 }
 
 export const DEFAULTS = {
-  modelDir: 'models/fmnist-red',
+  modelDir: 'models/fmnist-baseline',
   port: 8080,
   host: '0.0.0.0',
   maxBodyBytes: 8 * 1024 * 1024,

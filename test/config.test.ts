@@ -4,7 +4,7 @@ import { loadConfig } from '../src/config.js';
 t.test('defaults', async (t) => {
   const c = loadConfig([], {});
   t.equal(c.port, 8080);
-  t.match(c.modelDir, /models\/fmnist-red$/);
+  t.match(c.modelDir, /models\/fmnist-baseline$/);
   t.same(c.device, { kind: 'auto' });
   t.same(c.sampling, { mode: 'random' });
   t.ok(Object.isFrozen(c));
