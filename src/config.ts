@@ -273,8 +273,8 @@ function detectSettings(get: (name: OptionName) => string | undefined,
   });
 }
 
-/** Defaults plus overrides, frozen, for a program that embeds the service in-process (bench/bench.ts).
- * Tests build theirs in test/helpers.ts. */
+/** Defaults plus overrides, frozen, for a program that embeds the service in-process (bench programs,
+ * tests): loopback, an ephemeral port, two workers, no logs. */
 export function testConfig(overrides: Partial<Config> & { modelDir: string }): Config {
   return Object.freeze({
     ...loadConfig([], {}),

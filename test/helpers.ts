@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { buildApp, type App } from '../src/app.js';
-import { loadConfig, type Config } from '../src/config.js';
+import { testConfig, type Config } from '../src/config.js';
 import type { GoldenImage, Manifest } from '../src/ensemble/manifest.js';
 
 export const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
@@ -20,17 +20,8 @@ export async function readJson<T>(file: string): Promise<T> {
 export const manifestOf = (dir: string) => readJson<Manifest>(path.join(dir, 'manifest.json'));
 export const goldenOf = async (dir: string) => (await readJson<{ images: GoldenImage[] }>(path.join(dir, 'golden.json'))).images;
 
-/** The service's defaults (read as from an empty command line) with test settings laid over them. */
-export function testConfig(overrides: Partial<Config> & { modelDir: string }): Config {
-  return Object.freeze({
-    ...loadConfig([], {}),
-    host: '127.0.0.1',
-    port: 0,
-    workers: 2,
-    logLevel: 'silent',
-    ...overrides,
-  });
-}
+/** The service's defaults with test settings laid over them (one definition, in src/config.ts). */
+export { testConfig };
 
 /** Build the app on a package and wait until it is ready. */
 export async function startApp(overrides: Partial<Config> & { modelDir?: string } = {}): Promise<App> {

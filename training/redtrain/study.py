@@ -152,7 +152,8 @@ def collect(plan: Plan) -> list[dict]:
         summary_path = Path(plan.runs) / name / "summary.json"
         if not path.exists() or not summary_path.exists():
             continue
-        results = json.loads(path.read_text())["results"]
+        evaluation = json.loads(path.read_text())
+        results = evaluation["results"]
         package = next(r for r in results if not r["spec"].endswith(":0"))
         member = next(r for r in results if r["spec"].endswith(":0"))
         attacks = package["attacks"]
@@ -168,7 +169,7 @@ def collect(plan: Plan) -> list[dict]:
             "cosine": package["clean"].get("gradientCosine"),
             "weak": package["weak"]["accuracy"],
             "trainSeconds": summary["seconds"],
-            "examples": json.loads(path.read_text())["meta"]["examples"],
+            "examples": evaluation["meta"]["examples"],
         })
     return records
 
