@@ -73,7 +73,8 @@ def _study(args: argparse.Namespace) -> int:
     unknown = stages - {"train", "export", "evaluate", "report"}
     if unknown:
         raise UserError(f"--stages: unknown stage(s) {', '.join(sorted(unknown))} (allowed: train, export, evaluate, report)")
-    path = run_study(args.plan, args.jobs, stages, set(args.only.split(",")) if args.only else None)
+    path = run_study(args.plan, args.jobs, stages, set(args.only.split(",")) if args.only else None,
+                     redo=set(args.redo.split(",")) if args.redo else None)
     print(f"wrote {path}" if path else "no run evaluated yet: no report")
     return 0
 
@@ -125,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="runs trained or evaluated at once, one thread each (default 2)")
     p.add_argument("--stages", default="train,export,evaluate,report",
                    help="comma-separated subset of train,export,evaluate,report (default: all)")
-    p.add_argument("--only", help="comma-separated arm names (default: every arm)")
+    p.add_argument("--only", help="comma-separated arm or run names, e.g. red or at-s1 (default: every run)")
+    p.add_argument("--redo", help="comma-separated run names to retrain although results.json records them")
     p.set_defaults(func=_study)
     return parser
 

@@ -12,6 +12,10 @@ and, once any run is evaluated, writes the report from every evaluated run (a ta
 range over seeds, and one plot). Interrupt it at any point and run the same command again: finished
 steps are skipped and the unfinished training run resumes.
 
+The report's `results.json` is the study's durable record: `<runs>` (checkpoints, packages) is never
+committed, so a run recorded there is kept in the report and not retrained on a fresh checkout
+(pass `--redo NAME` to train it again).
+
 Runs execute as separate processes, `--jobs` at a time (one torch thread each), seed-major, so a
 partial study has every arm's first seed before any arm's second.
 """
@@ -144,13 +148,25 @@ def _mean_offdiag(matrix: list[list[float]]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def recorded(plan: Plan) -> dict[str, dict]:
+    """Records of runs already in the report's results.json (from earlier checkouts), by run name."""
+    path = Path(plan.report).with_suffix(".json")
+    if not path.is_file():
+        return {}
+    return {r["run"]: r for r in json.loads(path.read_text()).get("runs", [])}
+
+
 def collect(plan: Plan) -> list[dict]:
-    """One record per evaluated run: the figures the report tabulates (fractions, not percent)."""
+    """One record per evaluated run: the figures the report tabulates (fractions, not percent).
+    A run evaluated under `<runs>` wins; otherwise its record in results.json is kept."""
     records = []
+    earlier = recorded(plan)
     for arm, seed, name in plan.run_names():
         path = Path(plan.runs) / "eval" / name / "robustness.json"
         summary_path = Path(plan.runs) / name / "summary.json"
         if not path.exists() or not summary_path.exists():
+            if name in earlier:
+                records.append(earlier[name])
             continue
         evaluation = json.loads(path.read_text())
         results = evaluation["results"]
@@ -259,11 +275,25 @@ def write_report(plan: Plan, command: str) -> Path | None:
     return table
 
 
-def run_study(plan_path: str, jobs: int, stages: set[str], only: set[str] | None, progress: bool = True) -> Path | None:
+def run_study(plan_path: str, jobs: int, stages: set[str], only: set[str] | None, progress: bool = True,
+              redo: set[str] | None = None) -> Path | None:
+    """Run the plan's runs (all, or those whose arm or run name is in `only`), `jobs` at a time.
+    Runs already recorded in results.json are skipped unless named in `redo`."""
     plan = load_plan(plan_path)
     Path(plan.runs).mkdir(parents=True, exist_ok=True)
     command = f"python -m redtrain study --plan {plan_path}"
-    todo = [(arm, seed, name) for arm, seed, name in plan.run_names() if not only or arm.name in only]
+    names = {name for _, _, name in plan.run_names()} | {arm.name for arm in plan.arms}
+    unknown = sorted((only or set()) - names) + sorted((redo or set()) - names)
+    if unknown:
+        raise UserError(f"no arm or run named {', '.join(unknown)} in {plan_path} (runs: "
+                        f"{', '.join(name for _, _, name in plan.run_names())})")
+    done = set(recorded(plan)) - (redo or set())
+    todo = [(arm, seed, name) for arm, seed, name in plan.run_names()
+            if (not only or arm.name in only or name in only)
+            and (name not in done or (Path(plan.runs) / "eval" / name / "robustness.json").exists())]
+    if progress:
+        for name in sorted({n for _, _, n in plan.run_names() if not only or n in only} & done):
+            print(f"{name}: recorded in {Path(plan.report).with_suffix('.json')}, not retrained (--redo {name} to retrain)")
     started = time.time()
 
     def one(item: tuple[Arm, int, str]) -> str:

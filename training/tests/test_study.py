@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -64,6 +65,24 @@ def test_a_tiny_study_trains_exports_evaluates_reports_and_resumes(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.suffix in (".pt", ".onnx")}
     run_study(str(plan_path), jobs=1, stages={"train", "export", "evaluate", "report"}, only=None, progress=False)
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+
+    # A fresh checkout has results.json but no runs/: the recorded runs stay in the report, untrained.
+    shutil.rmtree(tmp_path / "runs")
+    run_study(str(plan_path), jobs=1, stages={"train", "export", "evaluate", "report"}, only=None, progress=False)
+    assert not (tmp_path / "runs" / "a-s0").exists()
+    again = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert again["runs"] == data["runs"]
+    # --redo retrains one named run; --only selects it by run name; its new record replaces the old.
+    run_study(str(plan_path), jobs=1, stages={"train", "export", "evaluate", "report"}, only={"a-s1"},
+              progress=False, redo={"a-s1"})
+    assert (tmp_path / "runs" / "a-s1" / "summary.json").exists() and not (tmp_path / "runs" / "a-s0").exists()
+    assert sorted(r["run"] for r in json.loads((tmp_path / "report" / "results.json").read_text())["runs"]) == \
+        ["a-s0", "a-s1"]
+
+
+def test_unknown_run_names_are_refused(tmp_path):
+    with pytest.raises(UserError, match="no arm or run named a-s7"):
+        run_study(str(_plan(tmp_path)), jobs=1, stages={"report"}, only={"a-s7"}, progress=False)
 
 
 def test_plan_problems_are_reported_together(tmp_path):
