@@ -11,6 +11,7 @@ import type { InferenceObserver } from './ensemble/observer.js';
 
 /** Seconds: 50 us to 10 s. */
 const TIME_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+const MAX_CACHED_LABELS = 1024;
 const COUNT_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
 
 /** What the metrics read from the running service at scrape time. */
@@ -28,6 +29,8 @@ export class Metrics {
   private readonly requests: Counter<'method' | 'route' | 'status'>;
   private readonly errors: Counter<'route' | 'status' | 'code'>;
   private readonly duration: Histogram<'method' | 'route'>;
+  /** Label children by "method route status": prom-client hashes a label object on every call. */
+  private readonly children = new Map<string, { requests: Counter.Internal; duration: Histogram.Internal<'method' | 'route'> }>();
   readonly observer: InferenceObserver;
 
   constructor(gauges: ServiceGauges, options: { defaultMetrics?: boolean } = {}) {
@@ -90,8 +93,15 @@ export class Metrics {
 
   /** One HTTP answer. `route` is the route's pattern (bounded cardinality), never the raw URL. */
   observeRequest(method: string, route: string, status: number, seconds: number, errorCode: string | null): void {
-    this.requests.inc({ method, route, status: String(status) });
-    this.duration.observe({ method, route }, seconds);
+    const key = `${method} ${route} ${status}`;
+    let child = this.children.get(key);
+    if (!child) {
+      child = { requests: this.requests.labels(method, route, String(status)), duration: this.duration.labels(method, route) };
+      // Label values are bounded (route patterns, statuses), but never let the cache be the leak.
+      if (this.children.size < MAX_CACHED_LABELS) this.children.set(key, child);
+    }
+    child.requests.inc();
+    child.duration.observe(seconds);
     if (errorCode) this.errors.inc({ route, status: String(status), code: errorCode });
   }
 
