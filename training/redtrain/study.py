@@ -252,7 +252,7 @@ def plot(plan: Plan, records: list[dict], path: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
     plt.close(fig)
@@ -265,12 +265,14 @@ def write_report(plan: Plan, command: str) -> Path | None:
     out = Path(plan.report)
     out.parent.mkdir(parents=True, exist_ok=True)
     table = out.with_suffix(".table.md")
-    tmp = table.with_suffix(".tmp")
+    tmp = table.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(render(plan, records, command))
     os.replace(tmp, table)
     data = out.with_suffix(".json")
-    data.with_suffix(".tmp").write_text(json.dumps({"plan": dataclasses.asdict(plan), "runs": records}, indent=1) + "\n")
-    os.replace(data.with_suffix(".tmp"), data)
+    # Per-process temporary names: two study processes (different --only) may write at once.
+    tmp = data.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"plan": dataclasses.asdict(plan), "runs": records}, indent=1) + "\n")
+    os.replace(tmp, data)
     plot(plan, records, out.with_suffix(".png"))
     return table
 
