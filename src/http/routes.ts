@@ -11,7 +11,7 @@ import { InputError } from '../errors.js';
 import type { ModelState } from '../model-state.js';
 import { IMAGE_TYPES, imageToTensor, tensorsToBatch } from '../preprocess/image.js';
 import type { Admission } from './admission.js';
-import { checkProbabilities } from './probabilities.js';
+import { checkProbabilities, topClasses } from './probabilities.js';
 import { classifySchema, healthSchema, modelsSchema, readySchema } from './schemas.js';
 import { multipartError } from './multipart.js';
 
@@ -22,8 +22,7 @@ interface Prediction {
 }
 
 function topK(probs: Float32Array, labels: readonly string[], k: number): Prediction[] {
-  const order = Array.from(probs.keys()).sort((a, b) => probs[b] - probs[a] || a - b);
-  return order.slice(0, k).map((index) => ({ index, label: labels[index], probability: probs[index] }));
+  return topClasses(probs, k).map((index) => ({ index, label: labels[index], probability: probs[index] }));
 }
 
 function parseTopK(raw: string | undefined, classes: number): number {

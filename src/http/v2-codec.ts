@@ -10,6 +10,7 @@
 import type { InputSpec } from '../ensemble/manifest.js';
 import { InputError } from '../errors.js';
 import { checkInputRange, inputRanges, outOfRange } from '../preprocess/image.js';
+import { topClasses } from './probabilities.js';
 
 const badRequest = (code: string, message: string) => new InputError(code, message);
 
@@ -206,8 +207,7 @@ export interface InferResponse {
 function classificationStrings(probs: readonly Float32Array[], k: number, labels: readonly string[]): string[] {
   const out: string[] = [];
   for (const p of probs) {
-    const order = Array.from(p.keys()).sort((a, b) => p[b] - p[a] || a - b).slice(0, k);
-    for (const index of order) out.push(`${Number(p[index].toPrecision(6))}:${index}:${labels[index]}`);
+    for (const index of topClasses(p, k)) out.push(`${Number(p[index].toPrecision(6))}:${index}:${labels[index]}`);
   }
   return out;
 }
