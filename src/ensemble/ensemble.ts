@@ -132,6 +132,9 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger, observer
     model: manifest.name, members: nMembers, provider: info.provider, sampling: sampling.mode,
     workers: config.workers, maxGoldenError: info.maxGoldenError, loadMs: Math.round(performance.now() - started),
   }, 'model package loaded, members checked against golden logits and warm');
+  if (manifest.benchmark?.randomWeights) {
+    log.warn({ model: manifest.name, benchmark: manifest.benchmark }, 'serving random weights: benchmark package, not a classifier');
+  }
 
   async function classify(data: Float32Array, n: number): Promise<Float32Array[]> {
     const out = Array.from({ length: n }, () => new Float32Array(classes));

@@ -49,6 +49,13 @@ export interface PsRedEntries {
   readonly target: { readonly file: string; readonly sha256: string; readonly externalData: string; readonly tensors: readonly TensorSlot[] };
 }
 
+/** Marks a package made for benchmarks rather than trained; `randomWeights` packages carry no evaluation. */
+export interface Benchmark {
+  readonly randomWeights?: boolean;
+  readonly arch?: string;
+  readonly seed?: number;
+}
+
 export interface Manifest {
   readonly format: 'redserve-package';
   readonly formatVersion: 1;
@@ -65,8 +72,10 @@ export interface Manifest {
   readonly target?: PsRedEntries['target'];
   readonly golden: { readonly file: string; readonly sha256: string; readonly atol: number };
   readonly training: Record<string, unknown>;
-  readonly evaluation: Record<string, unknown>;
+  /** Absent exactly when the weights are random (`benchmark.randomWeights`): nothing was trained to evaluate. */
+  readonly evaluation?: Record<string, unknown>;
   readonly export: Record<string, unknown>;
+  readonly benchmark?: Benchmark;
 }
 
 export interface GoldenImage {

@@ -1,8 +1,9 @@
 import { rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
+import { buildApp } from '../../src/app.js';
 import { readPackage, validateManifest } from '../../src/ensemble/manifest.js';
-import { copyPackage, editManifest, goldenOf, manifestOf, startApp, TINY } from '../helpers.js';
+import { copyPackage, editManifest, goldenOf, manifestOf, startApp, testConfig, TINY } from '../helpers.js';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 
@@ -68,4 +69,28 @@ t.test('auto falls back to the CPU and reports it', async (t) => {
   const app = await startApp({ device: { kind: 'auto' } });
   t.equal((await app.server.inject({ url: '/models' })).json().provider, 'cpu');
   await app.close();
+});
+
+t.test('a package of random weights loads without an evaluation, and the service warns that it is no classifier', async (t) => {
+  const RANDOM_WEIGHTS = 'serving random weights: benchmark package, not a classifier';
+  const dir = await copyPackage();
+  await editManifest(dir, (m) => {
+    delete m.evaluation;
+    m.benchmark = { randomWeights: true, arch: 'cnn-small', seed: 0 };
+  });
+  const warningsOf = async (modelDir: string) => {
+    const lines: { level: number; msg: string; benchmark?: unknown }[] = [];
+    const stream = { write: (line: string) => { lines.push(JSON.parse(line)); } };
+    const app = buildApp(testConfig({ modelDir, device: { kind: 'cpu' } }), { logger: { level: 'warn', stream } });
+    await app.modelReady;
+    const models = (await app.server.inject({ url: '/models' })).json();
+    await app.close();
+    return { warnings: lines.filter((l) => l.level === 40), models };
+  };
+  const bench = await warningsOf(dir);
+  t.same(bench.warnings.map((l) => [l.msg, l.benchmark]), [[RANDOM_WEIGHTS, { randomWeights: true, arch: 'cnn-small', seed: 0 }]]);
+  t.equal(bench.models.evaluation, undefined, '/models has no evaluation to show');
+  const trained = await warningsOf(TINY);
+  t.notOk(trained.warnings.some((l) => l.msg === RANDOM_WEIGHTS), 'a trained package: no such warning');
+  await rm(dir, { recursive: true, force: true });
 });

@@ -1,4 +1,4 @@
-"""Command line: python -m redtrain {train,export,validate,evaluate,study} ...
+"""Command line: python -m redtrain {train,export,validate,evaluate,study,bench-package} ...
 
 User errors (bad config, missing data, broken package) print one line and exit 2.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from redtrain.errors import UserError
 
@@ -79,6 +80,18 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_package(args: argparse.Namespace) -> int:
+    from redtrain.benchpkg import BenchSpec, package_bytes, parse_input, write_bench_package
+
+    spec = BenchSpec(args.arch, args.members, args.seed, parse_input(args.input), args.classes)
+    manifest, written = write_bench_package(spec, args.out, force=args.force)
+    parameters = manifest["members"][0]["parameters"]
+    state = "wrote" if written else "up to date (same arch, members, seed, input and classes; --force rebuilds):"
+    print(f"{state} {args.out}: {spec.members} {spec.arch} members of {parameters} parameters with random weights, "
+          f"{package_bytes(Path(args.out))} bytes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="redtrain", description="Train and export RED / PS-RED model packages.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated arm or run names, e.g. red or at-s1 (default: every run)")
     p.add_argument("--redo", help="comma-separated run names to retrain although results.json records them")
     p.set_defaults(func=_study)
+
+    p = sub.add_parser("bench-package",
+                       help="write a benchmark package: N members of a real architecture with seeded random weights")
+    p.add_argument("--arch", required=True, help="member architecture: resnet20 or resnet18 (CIFAR variant)")
+    p.add_argument("--members", type=int, required=True, help="number of members (at least 1)")
+    p.add_argument("--seed", type=int, required=True, help="seed of every member's weights and the golden images")
+    p.add_argument("--out", required=True, help="package folder; only a benchmark package there is ever replaced")
+    p.add_argument("--input", default="3x32x32", help="CxHxW of one image, C 1 or 3 (default 3x32x32)")
+    p.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
+    p.add_argument("--force", action="store_true", help="rebuild even when --out holds the same benchmark package")
+    p.set_defaults(func=_bench_package)
     return parser
 
 

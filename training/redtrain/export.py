@@ -32,7 +32,7 @@ from redtrain.errors import UserError
 from redtrain.manifest import check_package, sha256_file
 from redtrain.models import count_parameters, input_shape
 from redtrain.onnx_export import OPSET, export_onnx
-from redtrain.provenance import git_commit
+from redtrain.provenance import git_commit, replace_folder
 from redtrain.psred_export import write_psred
 from redtrain.train import accuracy, load_run
 
@@ -119,15 +119,6 @@ def _write_members(cfg: Config, ensemble: nn.Module, shape: tuple[int, int, int]
     return {"kind": "ensemble", "members": entries}
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def export_package(cfg: Config, ensemble: nn.Module, out: str | Path, data: Dataset, *, name: str | None = None,
                    version: str = "1.0.0", training_record: dict | None = None,
                    parity_atol: float = PARITY_ATOL) -> Path:
@@ -173,7 +164,7 @@ def export_package(cfg: Config, ensemble: nn.Module, out: str | Path, data: Data
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         check_package(tmp)
-        _swap_into_place(tmp, out)
+        replace_folder(tmp, out)
         return out
     finally:
         if tmp.exists():

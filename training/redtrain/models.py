@@ -49,25 +49,61 @@ class _BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def _standardisation(in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std applied inside the network: CIFAR-10's for RGB input; other input
+    is left in [0, 1], since no dataset's statistics apply to it."""
+    if in_channels == 3:
+        mean, std = CIFAR_MEAN, CIFAR_STD
+    else:
+        mean, std = (0.0,) * in_channels, (1.0,) * in_channels
+    return torch.tensor(mean).view(1, in_channels, 1, 1), torch.tensor(std).view(1, in_channels, 1, 1)
+
+
+def _stages(cin: int, stages: tuple[tuple[int, int, int], ...]) -> nn.Sequential:
+    """Basic blocks, stage by stage: (width, blocks, stride of the stage's first block)."""
+    blocks: list[nn.Module] = []
+    for cout, count, stride in stages:
+        for i in range(count):
+            blocks.append(_BasicBlock(cin, cout, stride if i == 0 else 1))
+            cin = cout
+    return nn.Sequential(*blocks)
+
+
 class ResNet20(nn.Module):
     """ResNet-20 for 32x32 RGB (He et al. 2016, CIFAR variant: 3 stages of 3 basic blocks)."""
 
-    CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-    CIFAR_STD = (0.2470, 0.2435, 0.2616)
+    CIFAR_MEAN = CIFAR_MEAN
+    CIFAR_STD = CIFAR_STD
 
-    def __init__(self, classes: int = 10) -> None:
+    def __init__(self, classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(self.CIFAR_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(self.CIFAR_STD).view(1, 3, 1, 1))
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-        blocks: list[nn.Module] = []
-        cin = 16
-        for cout, stride in ((16, 1), (32, 2), (64, 2)):
-            for i in range(3):
-                blocks.append(_BasicBlock(cin, cout, stride if i == 0 else 1))
-                cin = cout
-        self.blocks = nn.Sequential(*blocks)
+        mean, std = _standardisation(in_channels)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.blocks = _stages(16, ((16, 3, 1), (32, 3, 2), (64, 3, 2)))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem((x - self.mean) / self.std)))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18, CIFAR variant (the paper's member): a 3x3 stem without max-pool, then four stages of
+    two basic blocks at 64, 128, 256 and 512 channels, the last three halving the resolution."""
+
+    def __init__(self, classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        mean, std = _standardisation(in_channels)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.blocks = _stages(64, ((64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem((x - self.mean) / self.std)))
