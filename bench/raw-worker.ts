@@ -5,6 +5,7 @@
  * warm-up. Several of these side by side are what the machine can compute with no HTTP at all.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { threadCpuNs } from './cpu.js';
 import { openRawMembers } from './raw.js';
 
 export interface RawWorkerData {
@@ -22,6 +23,8 @@ export interface RawWorkerResult {
   readonly endedAt: number;
   /** Milliseconds of each measured batch run. */
   readonly latencies: number[];
+  /** This thread's CPU time over its measured runs, ns (onnxruntime runs on it: one intra-op thread). */
+  readonly cpuNs: number;
 }
 
 const { modelDir, batch, startAt, durationS } = workerData as RawWorkerData;
@@ -35,6 +38,7 @@ while (now() < startAt) runOne(); // warm-up until the common start
 const latencies: number[] = [];
 let images = 0;
 const startedAt = now();
+const cpu0 = threadCpuNs();
 for (const end = startAt + durationS * 1000; now() < end;) {
   const t0 = performance.now();
   runOne();
@@ -42,5 +46,6 @@ for (const end = startAt + durationS * 1000; now() < end;) {
   images += batch;
 }
 const endedAt = now();
+const cpuNs = threadCpuNs() - cpu0;
 await raw.release();
-parentPort!.postMessage({ images, latencies, startedAt, endedAt } satisfies RawWorkerResult);
+parentPort!.postMessage({ images, latencies, startedAt, endedAt, cpuNs } satisfies RawWorkerResult);

@@ -1,9 +1,19 @@
 /**
- * In-process onnxruntime for the benchmarks' raw rows (bench/sweep.ts, bench/raw-worker.ts): every
- * member of an ensemble package as a CPU session, and a batch of n copies of its first golden image.
+ * In-process onnxruntime for the sweep's raw rows (bench/sweep.ts): every member of an ensemble
+ * package as a CPU session, run with no HTTP, JSON or queue in between, which is the machine's limit
+ * that the servers are measured against.
+ *
+ *   raw batched            one session per member on `workers` intra-op threads, batches of
+ *                          `concurrency` images, in this process's main thread
+ *   raw batched, parallel  `workers` worker threads (bench/raw-worker.ts), each with its own sessions
+ *                          on one intra-op thread, as redserve's workers run them
  */
+import { Worker } from 'node:worker_threads';
 import { readPackage } from '../src/ensemble/manifest.js';
 import { createSession, sessionSpec, type MemberSession } from '../src/ensemble/runtime.js';
+import { cpuDelta, sampleTree } from './cpu.js';
+import { cpuFigures, percentile, type Measurement } from './load.js';
+import type { RawWorkerData, RawWorkerResult } from './raw-worker.js';
 
 export interface RawMembers {
   readonly sessions: readonly MemberSession[];
@@ -28,4 +38,63 @@ export async function openRawMembers(modelDir: string, threads: number): Promise
     },
     release: async () => { for (const s of sessions) s.release(); },
   };
+}
+
+/**
+ * One session per member on `threads` intra-op threads, batches of c images, members in turn, for
+ * warmup + duration. CPU: every thread of this process over the measured runs (the main thread runs
+ * them; onnxruntime's pool threads help; nothing else runs meanwhile).
+ */
+export async function rawBatched(modelDir: string, threads: number, c: number, warmupS: number, durationS: number): Promise<Measurement> {
+  const raw = await openRawMembers(modelDir, threads);
+  const { sessions } = raw;
+  const batch = raw.batch(c);
+  const lat: number[] = [];
+  let images = 0;
+  const until = (ms: number) => performance.now() + ms;
+  let member = 0;
+  for (const end = until(warmupS * 1000); performance.now() < end;) sessions[member++ % sessions.length].run(batch, c);
+  const before = sampleTree(process.pid);
+  const t0 = performance.now();
+  for (const end = until(durationS * 1000); performance.now() < end;) {
+    const s = performance.now();
+    sessions[member++ % sessions.length].run(batch, c);
+    lat.push(performance.now() - s);
+    images += c;
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  const cpu = cpuFigures(cpuDelta(before, sampleTree(process.pid)), images);
+  await raw.release();
+  lat.sort((a, b) => a - b);
+  return { rps: images / seconds, p50: percentile(lat, 0.5), p90: percentile(lat, 0.9), p99: percentile(lat, 0.99), ok: images, rejected: 0, rejectedP99: null, cpu };
+}
+
+/**
+ * The machine's compute limit with no HTTP: `workers` threads side by side (as many as there are
+ * images in flight, at most), each with its own sessions on one onnxruntime thread (how redserve's
+ * workers run them), together keeping `c` images in flight in batches of ceil(c / threads). One
+ * session on `workers` intra-op threads (rawBatched) can be far slower on a small model: on this
+ * project's 2-core machine its pool stalls now and then (p90 several times its p50). CPU: each
+ * thread's own time over its measured runs; the main thread only waits.
+ */
+export async function rawParallel(modelDir: string, workers: number, c: number, warmupS: number, durationS: number): Promise<Measurement> {
+  const threads = Math.max(1, Math.min(workers, c));
+  const batch = Math.ceil(c / threads);
+  const startAt = performance.timeOrigin + performance.now() + Math.max(warmupS, 1) * 1000;
+  const results = await Promise.all(Array.from({ length: threads }, () => new Promise<RawWorkerResult>((resolve, reject) => {
+    const worker = new Worker(new URL('./raw-worker.js', import.meta.url), { workerData: { modelDir, batch, startAt, durationS } satisfies RawWorkerData });
+    worker.once('message', resolve);
+    worker.once('error', reject);
+    worker.once('exit', (code) => { if (code !== 0) reject(new Error(`raw worker exited with code ${code}`)); });
+  })));
+  // A thread that was still creating its sessions at the common start would measure a shorter
+  // window and understate the limit: refuse rather than report it.
+  const late = Math.max(...results.map((r) => r.startedAt)) - startAt;
+  if (late > 50) throw new Error(`raw batched, parallel: a thread started measuring ${late.toFixed(0)} ms late; pass a longer --warmup-s`);
+  const lat = results.flatMap((r) => r.latencies).sort((a, b) => a - b);
+  const images = results.reduce((sum, r) => sum + r.images, 0);
+  const wallMs = Math.max(...results.map((r) => r.endedAt)) - startAt;
+  const cpuNs = results.reduce((sum, r) => sum + r.cpuNs, 0);
+  const cpu = cpuFigures({ wallMs, totalNs: cpuNs, mainThreadNs: 0, statNs: Number.NaN, byComm: { 'raw worker threads': cpuNs }, processes: 1 }, images);
+  return { rps: images / (wallMs / 1000), p50: percentile(lat, 0.5), p90: percentile(lat, 0.9), p99: percentile(lat, 0.99), ok: images, rejected: 0, rejectedP99: null, cpu };
 }
