@@ -13,7 +13,7 @@ import { readPackage } from '../src/ensemble/manifest.js';
 import { createSession, sessionSpec, type MemberSession } from '../src/ensemble/runtime.js';
 import { cpuDelta, sampleTree } from './cpu.js';
 import { cpuFigures, percentile, type Measurement } from './load.js';
-import type { RawWorkerData, RawWorkerResult } from './raw-worker.js';
+import type { RawWorkerData, RawWorkerResult, RawWorkerStart } from './raw-worker.js';
 
 export interface RawMembers {
   readonly sessions: readonly MemberSession[];
@@ -69,6 +69,19 @@ export async function rawBatched(modelDir: string, threads: number, c: number, w
   return { rps: images / seconds, p50: percentile(lat, 0.5), p90: percentile(lat, 0.9), p99: percentile(lat, 0.99), ok: images, rejected: 0, rejectedP99: null, cpu };
 }
 
+/** A worker's next message; rejects when it fails or exits first. */
+function nextMessage<M>(worker: Worker): Promise<M> {
+  return new Promise((resolve, reject) => {
+    const done = () => { worker.off('message', onMessage); worker.off('error', onError); worker.off('exit', onExit); };
+    const onMessage = (m: M) => { done(); resolve(m); };
+    const onError = (err: Error) => { done(); reject(err); };
+    const onExit = (code: number) => { done(); reject(new Error(`raw worker exited with code ${code} before answering`)); };
+    worker.on('message', onMessage);
+    worker.on('error', onError);
+    worker.on('exit', onExit);
+  });
+}
+
 /**
  * The machine's compute limit with no HTTP: `workers` threads side by side (as many as there are
  * images in flight, at most), each with its own sessions on one onnxruntime thread (how redserve's
@@ -80,21 +93,24 @@ export async function rawBatched(modelDir: string, threads: number, c: number, w
 export async function rawParallel(modelDir: string, workers: number, c: number, warmupS: number, durationS: number): Promise<Measurement> {
   const threads = Math.max(1, Math.min(workers, c));
   const batch = Math.ceil(c / threads);
-  const startAt = performance.timeOrigin + performance.now() + Math.max(warmupS, 1) * 1000;
-  const results = await Promise.all(Array.from({ length: threads }, () => new Promise<RawWorkerResult>((resolve, reject) => {
-    const worker = new Worker(new URL('./raw-worker.js', import.meta.url), { workerData: { modelDir, batch, startAt, durationS } satisfies RawWorkerData });
-    worker.once('message', resolve);
-    worker.once('error', reject);
-    worker.once('exit', (code) => { if (code !== 0) reject(new Error(`raw worker exited with code ${code}`)); });
-  })));
-  // A thread that was still creating its sessions at the common start would measure a shorter
-  // window and understate the limit: refuse rather than report it.
+  // Every thread creates its sessions first; the common start is set once all of them have.
+  const pool = Array.from({ length: threads }, () => new Worker(new URL('./raw-worker.js', import.meta.url),
+    { workerData: { modelDir, batch, durationS } satisfies RawWorkerData }));
+  await Promise.all(pool.map((worker) => nextMessage<'ready'>(worker)));
+  const startAt = performance.timeOrigin + performance.now() + Math.max(warmupS, 0.2) * 1000;
+  const answers = Promise.all(pool.map((worker) => nextMessage<RawWorkerResult>(worker)));
+  pool.forEach((worker) => worker.postMessage({ startAt } satisfies RawWorkerStart));
+  const results = await answers;
+  // Each thread measures from the end of its last warm-up run (up to one batch run past the common
+  // start) to the end of its last run; the rates add up while the windows overlap. A thread that
+  // started far past the start (it got no CPU then) would not overlap: refuse rather than report it.
   const late = Math.max(...results.map((r) => r.startedAt)) - startAt;
-  if (late > 50) throw new Error(`raw batched, parallel: a thread started measuring ${late.toFixed(0)} ms late; pass a longer --warmup-s`);
+  if (late > 100 * durationS) throw new Error(`raw batched, parallel: a thread started measuring ${late.toFixed(0)} ms late, over 10% of the window; pass a longer --duration-s`);
   const lat = results.flatMap((r) => r.latencies).sort((a, b) => a - b);
   const images = results.reduce((sum, r) => sum + r.images, 0);
-  const wallMs = Math.max(...results.map((r) => r.endedAt)) - startAt;
+  const rps = results.reduce((sum, r) => sum + r.images / ((r.endedAt - r.startedAt) / 1000), 0);
+  const wallMs = Math.max(...results.map((r) => r.endedAt)) - Math.min(...results.map((r) => r.startedAt));
   const cpuNs = results.reduce((sum, r) => sum + r.cpuNs, 0);
   const cpu = cpuFigures({ wallMs, totalNs: cpuNs, mainThreadNs: 0, statNs: Number.NaN, byComm: { 'raw worker threads': cpuNs }, processes: 1 }, images);
-  return { rps: images / (wallMs / 1000), p50: percentile(lat, 0.5), p90: percentile(lat, 0.9), p99: percentile(lat, 0.99), ok: images, rejected: 0, rejectedP99: null, cpu };
+  return { rps, p50: percentile(lat, 0.5), p90: percentile(lat, 0.9), p99: percentile(lat, 0.99), ok: images, rejected: 0, rejectedP99: null, cpu };
 }

@@ -86,7 +86,7 @@ export const WORKLOADS: readonly Workload[] = [
   {
     name: 'fmnist',
     httpBound: true,
-    description: 'models/fmnist-baseline: 5 small CNN members, input 1x28x28 (HTTP-bound: one small image per request)',
+    description: 'models/fmnist-baseline: small CNN members trained on Fashion-MNIST',
     resolve: async () => path.join(ROOT, 'models', 'fmnist-baseline'),
   },
   generated('resnet20'),
