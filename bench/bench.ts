@@ -47,7 +47,7 @@ import { createSession, sessionSpec } from '../src/ensemble/runtime.js';
 import { v2Binary } from './load.js';
 import { startBare, startRedserve, type Started } from './servers.js';
 import { PEERS, runSweep, type Peer } from './sweep.js';
-import { pickWorkloads, WORKLOADS } from './workloads.js';
+import { pickWorkloads, SetupError, WORKLOADS } from './workloads.js';
 
 const { values } = parseArgs({
   options: {
@@ -295,17 +295,24 @@ if (suite !== 'latency') {
   const outDir = values.out ? path.resolve(values.out) : values.quick ? await mkdtemp(path.join(os.tmpdir(), 'redserve-bench-quick-')) : path.resolve('reports');
   // A smoke test's figures (a second a point) must never replace the measured ones.
   if (values.quick && outDir === path.resolve('reports')) usageError('--quick never writes to reports/: pass another --out, or none (a temporary folder)');
-  await runSweep({
-    workloads,
-    concurrency: sweepConcurrency,
-    durationS,
-    warmupS,
-    workers: WORKERS,
-    peers,
-    overloadConcurrency: Number(values.overload),
-    overloadMaxQueue: Number(values['overload-max-queue']),
-    overloadFactor: Number(values['overload-factor']),
-    outDir,
-    command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
-  });
+  try {
+    await runSweep({
+      workloads,
+      concurrency: sweepConcurrency,
+      durationS,
+      warmupS,
+      workers: WORKERS,
+      peers,
+      overloadConcurrency: Number(values.overload),
+      overloadMaxQueue: Number(values['overload-max-queue']),
+      overloadFactor: Number(values['overload-factor']),
+      outDir,
+      command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
+    });
+  } catch (err) {
+    // A missing package, peer or environment: its message says what and how; the stack adds nothing.
+    if (!(err instanceof SetupError)) throw err;
+    process.stderr.write(`bench: ${err.message}\n`);
+    process.exit(1);
+  }
 }

@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { descendants } from './cpu.js';
 import { sleep } from './load.js';
-import { PYTHON, ROOT } from './workloads.js';
+import { PYTHON, ROOT, SetupError } from './workloads.js';
 
 export interface Started {
   readonly child: ChildProcess;
@@ -118,7 +118,7 @@ export async function startBare(): Promise<Started> {
 
 /** Install the FastAPI peer's pinned packages into .venv when they are missing. */
 export function ensurePeer(): void {
-  if (!existsSync(PYTHON)) throw new Error('.venv is missing: run scripts/setup.sh first (the peer needs its onnxruntime)');
+  if (!existsSync(PYTHON)) throw new SetupError('.venv is missing: run scripts/setup.sh first (the FastAPI peer needs its onnxruntime), or pass --peers mlserver');
   try {
     execFileSync(PYTHON, ['-c', 'import fastapi, uvicorn, onnxruntime, numpy'], { stdio: 'ignore' });
   } catch {
@@ -148,15 +148,15 @@ export function ensureMlserver(log: (line: string) => void): string {
   } catch {
     // Missing or incomplete: (re)install below.
   }
-  if (!existsSync(PYTHON)) throw new Error('.venv is missing: run scripts/setup.sh first (its Python creates .venv-mlserver)');
+  if (!existsSync(PYTHON)) throw new SetupError('.venv is missing: run scripts/setup.sh first (its Python creates .venv-mlserver), or pass --peers fastapi');
   log('creating .venv-mlserver from bench/mlserver/requirements.txt (first use; a few minutes)');
   try {
     if (!existsSync(MLSERVER_PYTHON)) execFileSync(PYTHON, ['-m', 'venv', MLSERVER_VENV], { stdio: 'inherit' });
     execFileSync(MLSERVER_PYTHON, ['-m', 'pip', 'install', '-q', '-r', path.join(MLSERVER_DIR, 'requirements.txt')], { stdio: 'inherit' });
     return version();
   } catch (err) {
-    throw new Error(`MLServer: could not install bench/mlserver/requirements.txt into .venv-mlserver (${(err as Error).message.split('\n')[0]}); `
-      + 'remove .venv-mlserver to start over, or pass --no-mlserver');
+    throw new SetupError(`MLServer: could not install bench/mlserver/requirements.txt into .venv-mlserver (${(err as Error).message.split('\n')[0]}); `
+      + 'remove .venv-mlserver to start over, or pass --peers fastapi');
   }
 }
 

@@ -81,8 +81,11 @@ export async function runSweep(options: SweepOptions): Promise<void> {
   };
   const w = options.workers;
 
-  for (const workload of options.workloads) {
-    const modelDir = await workload.resolve(log);
+  // Every package first (generating the missing ones): a failure then costs no measurement.
+  const dirs: string[] = [];
+  for (const workload of options.workloads) dirs.push(await workload.resolve(log));
+  for (const [i, workload] of options.workloads.entries()) {
+    const modelDir = dirs[i];
     const pkg = await readPackage(modelDir);
     const { manifest } = pkg;
     infos.push({ name: workload.name, description: workload.description, httpBound: workload.httpBound,

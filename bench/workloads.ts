@@ -15,6 +15,11 @@ export const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname)
 export const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
 export const PACKAGES_DIR = path.join(ROOT, 'bench', '.packages');
 
+/** Something the benchmark needs is missing or could not be made; the message says what and how to proceed. */
+export class SetupError extends Error {
+  override readonly name = 'SetupError';
+}
+
 export interface Workload {
   readonly name: string;
   /** Fashion-MNIST's one-image requests cost more in HTTP than in the model: its rows carry no model targets. */
@@ -50,7 +55,7 @@ function generated(arch: string): Workload {
     description: `${arch}, ${MEMBERS} members with random weights (seed ${SEED}), input 3x32x32, 10 classes; bench/.packages/${path.basename(dir)}`,
     async resolve(log) {
       if (await packageFits(dir, arch)) return dir;
-      if (!existsSync(PYTHON)) throw new Error(`workload ${arch}: .venv is missing; run scripts/setup.sh first (redtrain bench-package writes the package)`);
+      if (!existsSync(PYTHON)) throw new SetupError(`workload ${arch}: .venv is missing; run scripts/setup.sh first (redtrain bench-package writes the package)`);
       // Written beside its final place and renamed when complete, so an interrupted run leaves no
       // package that a later run would take for finished.
       const partial = `${dir}.partial-${process.pid}`;
@@ -68,12 +73,12 @@ function generated(arch: string): Workload {
         await rm(partial, { recursive: true, force: true });
         const e = err as { status?: number | null; stderr?: string; message: string };
         const tail = (e.stderr ?? '').trim().split('\n').slice(-8).join('\n');
-        throw new Error(`workload ${arch}: generating its package failed (${e.status == null ? e.message : `exit ${e.status}`}).\n`
+        throw new SetupError(`workload ${arch}: generating its package failed (${e.status == null ? e.message : `exit ${e.status}`}).\n`
           + `  command: .venv/bin/python ${args.join(' ')}\n`
           + `  (needs redtrain's bench-package command; pass --workloads fmnist to run without this workload)\n${tail}`);
       }
       if (!(await packageFits(partial, arch))) {
-        throw new Error(`workload ${arch}: ${path.relative(ROOT, partial)} has no manifest.json with benchmark.arch '${arch}', seed ${SEED} and ${MEMBERS} members`);
+        throw new SetupError(`workload ${arch}: ${path.relative(ROOT, partial)} has no manifest.json with benchmark.arch '${arch}', seed ${SEED} and ${MEMBERS} members`);
       }
       await rm(dir, { recursive: true, force: true });
       await rename(partial, dir);
