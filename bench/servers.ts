@@ -6,7 +6,8 @@
  * its own .venv-mlserver (its pins clash with the training package's).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
@@ -138,22 +139,30 @@ export async function startPeer(modelDir: string, workers: number): Promise<Star
 
 /**
  * Create .venv-mlserver from bench/mlserver/requirements.txt on first use (with the interpreter of
- * .venv), and return MLServer's version.
+ * .venv), or bring it up to date when the requirements changed since it was installed, and return
+ * MLServer's version.
  */
 export function ensureMlserver(log: (line: string) => void): string {
+  const requirements = path.join(MLSERVER_DIR, 'requirements.txt');
+  const wanted = createHash('sha256').update(readFileSync(requirements)).digest('hex');
+  const stamp = path.join(MLSERVER_VENV, 'requirements.sha256');
   const version = () => execFileSync(MLSERVER_PYTHON, ['-c', 'import mlserver, onnxruntime, numpy; print(mlserver.__version__)'],
     { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  try {
-    return version();
-  } catch {
-    // Missing or incomplete: (re)install below.
+  if (existsSync(stamp) && readFileSync(stamp, 'utf8').trim() === wanted) {
+    try {
+      return version();
+    } catch {
+      // Broken: install again below.
+    }
   }
   if (!existsSync(PYTHON)) throw new SetupError('.venv is missing: run scripts/setup.sh first (its Python creates .venv-mlserver), or pass --peers fastapi');
-  log('creating .venv-mlserver from bench/mlserver/requirements.txt (first use; a few minutes)');
+  log(`${existsSync(MLSERVER_PYTHON) ? 'updating' : 'creating'} .venv-mlserver from bench/mlserver/requirements.txt (a few minutes)`);
   try {
     if (!existsSync(MLSERVER_PYTHON)) execFileSync(PYTHON, ['-m', 'venv', MLSERVER_VENV], { stdio: 'inherit' });
-    execFileSync(MLSERVER_PYTHON, ['-m', 'pip', 'install', '-q', '-r', path.join(MLSERVER_DIR, 'requirements.txt')], { stdio: 'inherit' });
-    return version();
+    execFileSync(MLSERVER_PYTHON, ['-m', 'pip', 'install', '-q', '-r', requirements], { stdio: 'inherit' });
+    const installed = version();
+    writeFileSync(stamp, `${wanted}\n`);
+    return installed;
   } catch (err) {
     throw new SetupError(`MLServer: could not install bench/mlserver/requirements.txt into .venv-mlserver (${(err as Error).message.split('\n')[0]}); `
       + 'remove .venv-mlserver to start over, or pass --peers fastapi');
