@@ -103,9 +103,12 @@ export async function rawParallel(modelDir: string, workers: number, c: number, 
   const results = await answers;
   // Each thread measures from the end of its last warm-up run (up to one batch run past the common
   // start) to the end of its last run; the rates add up while the windows overlap. A thread that
-  // started far past the start (it got no CPU then) would not overlap: refuse rather than report it.
+  // started late (a long batch run, or no CPU at the start on a busy machine) overlaps less, and the
+  // sum overstates the limit: warn past 10% of the window, refuse past half of it.
   const late = Math.max(...results.map((r) => r.startedAt)) - startAt;
-  if (late > 100 * durationS) throw new Error(`raw batched, parallel: a thread started measuring ${late.toFixed(0)} ms late, over 10% of the window; pass a longer --duration-s`);
+  const lateText = `raw batched, parallel, concurrency ${c}: a thread started measuring ${late.toFixed(0)} ms late`;
+  if (late > 500 * durationS) throw new Error(`${lateText}, over half the window; pass a longer --duration-s`);
+  if (late > 100 * durationS) process.stderr.write(`warning: ${lateText}, over 10% of the window (the row overstates the limit a little)\n`);
   const lat = results.flatMap((r) => r.latencies).sort((a, b) => a - b);
   const images = results.reduce((sum, r) => sum + r.images, 0);
   const rps = results.reduce((sum, r) => sum + r.images / ((r.endedAt - r.startedAt) / 1000), 0);

@@ -212,6 +212,12 @@ function workloadSection(points: readonly Point[], w: WorkloadInfo, o: ReportOpt
   ];
 }
 
+/** Every workload's targeted ratios, one line each, for the console. */
+export function targetLines(points: readonly Point[], workloads: readonly WorkloadInfo[], concurrency: readonly number[]): string[] {
+  return workloads.flatMap((w) => ratios(points, w.name, concurrency).filter((r) => r.target).map((r) =>
+    `${w.name.padEnd(9)} ${r.label}: ${fmt(r.value, 2)}  (target ${targetText(r.target)}${r.met === undefined ? '' : r.met ? ', met' : ', NOT met'})`));
+}
+
 /** reports/bench.md: method, the targets of every workload at a glance, then each workload's rows. */
 export function markdown(points: readonly Point[], workloads: readonly WorkloadInfo[], o: ReportOptions,
   envStart: readonly string[], envEnd: readonly string[], targets: readonly string[]): string {

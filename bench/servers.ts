@@ -12,6 +12,7 @@ import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import { DEFAULTS } from '../src/config.js';
 import { descendants } from './cpu.js';
 import { sleep } from './load.js';
 import { PYTHON, ROOT, SetupError } from './workloads.js';
@@ -28,8 +29,6 @@ const MLSERVER_VENV = path.join(ROOT, '.venv-mlserver');
 const MLSERVER_PYTHON = path.join(MLSERVER_VENV, 'bin', 'python');
 const MLSERVER_DIR = path.join(ROOT, 'bench', 'mlserver');
 
-/** Redserve's batching defaults (src/config.ts), given to MLServer's adaptive batching as well. */
-export const BATCH = { maxImages: 64, queueDelayUs: 500 } as const;
 
 export async function freePort(): Promise<number> {
   const server = http.createServer();
@@ -178,7 +177,7 @@ export const mlserverModel = (sampling: MlserverSampling) => `red-${sampling}`;
  * MLServer's server-wide settings.json and the model's model-settings.json, for one model per
  * server (each row starts its own, as redserve's rows do): ports from the caller, metrics off,
  * `parallel_workers` = the benchmark's worker count (MLServer's guidance: one per core), adaptive
- * batching with redserve's own batching defaults.
+ * batching with redserve's own batching defaults (src/config.ts: --max-batch-images, --queue-delay-us).
  */
 export function mlserverSettings(o: { modelDir: string; sampling: MlserverSampling; workers: number; httpPort: number; grpcPort: number; metricsPort: number; metricsDir: string }) {
   return {
@@ -198,8 +197,8 @@ export function mlserverSettings(o: { modelDir: string; sampling: MlserverSampli
     model: {
       name: mlserverModel(o.sampling),
       implementation: 'runtime.RedEnsembleRuntime',
-      max_batch_size: BATCH.maxImages,
-      max_batch_time: BATCH.queueDelayUs / 1e6,
+      max_batch_size: DEFAULTS.maxBatchImages,
+      max_batch_time: DEFAULTS.queueDelayUs / 1e6,
       parameters: { uri: o.modelDir, extra: { sampling: o.sampling } },
     },
   };

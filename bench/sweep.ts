@@ -34,7 +34,7 @@ import path from 'node:path';
 import { readPackage } from '../src/ensemble/manifest.js';
 import { closedLoop, openLoop, v2Binary, v2Json, type Measurement, type RequestBody } from './load.js';
 import { rawBatched, rawParallel } from './raw.js';
-import { machine, markdown, T, type Point, type ReportOptions, type WorkloadInfo } from './report.js';
+import { machine, markdown, T, targetLines, type Point, type ReportOptions, type WorkloadInfo } from './report.js';
 import { ensureMlserver, ensurePeer, mlserverModel, startBare, startMlserver, startPeer, startRedserve, type Started } from './servers.js';
 import { PYTHON, ROOT, type Workload } from './workloads.js';
 
@@ -175,5 +175,5 @@ export async function runSweep(options: SweepOptions): Promise<void> {
       process.stderr.write(`plot of ${info.name} not written: ${(err as Error).message}\n`);
     }
   }
-  log(`wrote ${path.join(options.outDir, 'bench.md')}`);
+  log(['', ...targetLines(points, infos, options.concurrency), '', `wrote ${path.join(options.outDir, 'bench.md')}`].join('\n'));
 }
