@@ -1,6 +1,7 @@
-"""Plot reports/bench.json (written by bench/sweep.ts): throughput and p99 latency against concurrency.
+"""Plot one workload of bench.json (written by bench/sweep.ts): throughput and p99 latency against
+concurrency, one line per target.
 
-    .venv/bin/python bench/plot.py reports/bench.json reports/bench.png
+    .venv/bin/python bench/plot.py reports/bench.json resnet18 reports/bench-resnet18.png
 """
 import json
 import sys
@@ -11,8 +12,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def main(src: str, out: str) -> None:
-    points = [p for p in json.load(open(src))["points"] if not p["target"].endswith("overload)")]
+def main(src: str, workload: str, out: str) -> None:
+    points = [
+        p
+        for p in json.load(open(src))["points"]
+        if p["workload"] == workload and not p["target"].endswith("overload)")
+    ]
+    if not points:
+        raise SystemExit(f"{src}: no points for workload '{workload}'")
     targets = list(dict.fromkeys(p["target"] for p in points))
     fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(11, 4.2))
     for target in targets:
@@ -26,14 +33,14 @@ def main(src: str, out: str) -> None:
         ax.set_xlabel("concurrent clients")
         ax.grid(True, alpha=0.3)
     ax_t.set_ylabel("images / s")
-    ax_t.set_title("throughput")
+    ax_t.set_title(f"{workload}: throughput")
     ax_l.set_yscale("log")
     ax_l.set_ylabel("p99 latency, ms")
-    ax_l.set_title("p99 latency (raw: one batch run)")
+    ax_l.set_title(f"{workload}: p99 latency (raw: one batch run)")
     ax_t.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

@@ -1,7 +1,7 @@
 """The benchmark's peer: what a user might deploy instead of redserve. The same ONNX members, served
 by Python onnxruntime behind FastAPI/uvicorn, answering the Open Inference Protocol's JSON infer
 request with one uniformly drawn member per image, like redserve's random sampling; no batching
-across requests. Started by bench/sweep.ts through bench/peer/serve.py (uvicorn's multi-worker
+across requests. Started by bench/servers.ts through bench/peer/serve.py (uvicorn's multi-worker
 supervisor with TCP_NODELAY on its connections; see there why):
 
     REDSERVE_PEER_MODEL=models/fmnist-red .venv/bin/python bench/peer/serve.py --port 8500 --workers 2

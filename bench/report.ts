@@ -1,0 +1,254 @@
+/**
+ * The sweep's report: the ratios issue 18 judges redserve by, computed per workload from the
+ * measured points, with their targets beside them, written as reports/bench.md and bench.json.
+ * Pure functions of the points (no I/O but `machine`), so that they can be tested on made-up points.
+ */
+import { execFileSync } from 'node:child_process';
+import os from 'node:os';
+import type { CpuFigures, Measurement } from './load.js';
+
+export interface Point extends Measurement {
+  workload: string;
+  target: string;
+  concurrency: number;
+  /** Open-loop points only: offered requests per second, images per request, the target's closed-loop
+   * capacity with that body, arrivals the generator itself dropped, and how late it sent (p99, ms). */
+  offeredRate?: number;
+  imagesPerRequest?: number;
+  capacity?: number;
+  dropped?: number;
+  generatorLagP99?: number;
+}
+
+export interface WorkloadInfo {
+  readonly name: string;
+  readonly description: string;
+  readonly httpBound: boolean;
+  /** The package folder, relative to the repository. */
+  readonly packageDir: string;
+  readonly members: number;
+  readonly inputShape: readonly number[];
+}
+
+/** The sweep's rows, by the name they carry in the points. */
+export const T = {
+  raw: 'raw batched',
+  rawParallel: 'raw batched, parallel',
+  bare: 'bare Fastify route',
+  random: 'redserve random',
+  randomBinary: 'redserve random, binary',
+  unbatched: 'redserve unbatched',
+  mean: 'redserve mean',
+  fastapi: 'fastapi peer',
+  mlserverRandom: 'mlserver random',
+  mlserverMean: 'mlserver mean',
+} as const;
+
+/** Targets of the event loop (the main thread's CPU) are only meaningful for a Node server. */
+export const NODE_SERVERS: ReadonlySet<string> = new Set([T.bare, T.random, T.randomBinary, T.unbatched, T.mean]);
+
+/** A bound a ratio must meet: at least `min`, or below `below`, or at most `max`. */
+export interface Target { readonly min?: number; readonly max?: number; readonly below?: number }
+
+export type RatioKey = 'randomOverMean' | 'p50Overhead' | 'cpuOverhead' | 'eventLoop' | 'eventLoopRef'
+  | 'vsMlserver' | 'p99VsMlserver' | 'vsFastapi' | 'p99VsFastapi';
+
+/** Issue 18's targets, per workload. fmnist is HTTP-bound: only its event loop has one. */
+export const TARGETS: Readonly<Record<string, Partial<Record<RatioKey, Target>>>> = {
+  fmnist: { eventLoop: { max: 1.5 }, eventLoopRef: { max: 1.5 } },
+  resnet20: {
+    randomOverMean: { min: 5 }, cpuOverhead: { max: 1.3 },
+    vsMlserver: { min: 2 }, p99VsMlserver: { below: 1 }, vsFastapi: { min: 2 }, p99VsFastapi: { below: 1 },
+  },
+  resnet18: {
+    randomOverMean: { min: 6 }, p50Overhead: { max: 1.15 },
+    vsMlserver: { min: 2 }, p99VsMlserver: { below: 1 }, vsFastapi: { min: 2 }, p99VsFastapi: { below: 1 },
+  },
+};
+
+export interface RatioRow {
+  readonly key?: RatioKey;
+  readonly label: string;
+  /** NaN where a row it needs was not measured. */
+  readonly value: number;
+  readonly target?: Target;
+  /** undefined without a target or without a value. */
+  readonly met?: boolean;
+}
+
+export function targetText(t?: Target): string {
+  if (!t) return '';
+  if (t.min !== undefined) return `>= ${t.min}`;
+  if (t.max !== undefined) return `<= ${t.max}`;
+  return `< ${t.below}`;
+}
+
+export function meets(value: number, t: Target): boolean {
+  return (t.min === undefined || value >= t.min) && (t.max === undefined || value <= t.max) && (t.below === undefined || value < t.below);
+}
+
+/** The concurrency the ratios between servers are read at: 16 when measured, else the middle one. */
+export function referenceConcurrency(concurrency: readonly number[]): number {
+  const sorted = [...concurrency].sort((a, b) => a - b);
+  return sorted.includes(16) ? 16 : sorted[Math.floor((sorted.length - 1) / 2)];
+}
+
+const cpuOf = (p: Point | undefined, f: (c: CpuFigures) => number) => (p?.cpu ? f(p.cpu) : Number.NaN);
+
+/** Every ratio of one workload, in report order, with the targets that apply to it. */
+export function ratios(points: readonly Point[], workload: string, concurrency: readonly number[]): RatioRow[] {
+  const at = (target: string, c: number) => points.find((p) => p.workload === workload && p.target === target && p.concurrency === c);
+  const cRef = referenceConcurrency(concurrency);
+  const cLow = Math.min(...concurrency);
+  const rps = (target: string, c = cRef) => at(target, c)?.rps ?? Number.NaN;
+  const p50 = (target: string, c = cLow) => at(target, c)?.p50 ?? Number.NaN;
+  const p99 = (target: string, c = cRef) => at(target, c)?.p99 ?? Number.NaN;
+  const cpu = (target: string, c: number) => cpuOf(at(target, c), (x) => x.cpuUsPerImage);
+  const loop = (target: string, c: number) => cpuOf(at(target, c), (x) => x.mainThreadUsPerImage);
+  const targets = TARGETS[workload] ?? {};
+  const row = (key: RatioKey | undefined, label: string, value: number): RatioRow => {
+    const target = key ? targets[key] : undefined;
+    return { key, label, value, target, met: target && Number.isFinite(value) ? meets(value, target) : undefined };
+  };
+  return [
+    row('randomOverMean', `redserve random / redserve mean, images/s at c=${cRef}`, rps(T.random) / rps(T.mean)),
+    row('p50Overhead', `redserve random p50 / (raw member p50 + bare route p50) at c=${cLow}`,
+      p50(T.random) / (p50(T.rawParallel) + p50(T.bare))),
+    row('cpuOverhead', `redserve random CPU per image / (raw member + bare route CPU per image) at c=${cLow}`,
+      cpu(T.random, cLow) / (cpu(T.rawParallel, cLow) + cpu(T.bare, cLow))),
+    ...(cRef !== cLow ? [row(undefined, `same at c=${cRef} (redserve batches across members, the raw row runs one member per batch)`,
+      cpu(T.random, cRef) / (cpu(T.rawParallel, cRef) + cpu(T.bare, cRef)))] : []),
+    row('eventLoop', `redserve random / bare route, event-loop CPU per request at c=${cLow}`, loop(T.random, cLow) / loop(T.bare, cLow)),
+    ...(cRef !== cLow ? [row('eventLoopRef', `same at c=${cRef}`, loop(T.random, cRef) / loop(T.bare, cRef))] : []),
+    row('vsMlserver', `redserve random / MLServer random, images/s at c=${cRef}`, rps(T.random) / rps(T.mlserverRandom)),
+    row('p99VsMlserver', `redserve random p99 / MLServer random p99 at c=${cRef}`, p99(T.random) / p99(T.mlserverRandom)),
+    row('vsFastapi', `redserve random / FastAPI peer, images/s at c=${cRef}`, rps(T.random) / rps(T.fastapi)),
+    row('p99VsFastapi', `redserve random p99 / FastAPI peer p99 at c=${cRef}`, p99(T.random) / p99(T.fastapi)),
+    row(undefined, `redserve mean / MLServer mean, images/s at c=${cRef}`, rps(T.mean) / rps(T.mlserverMean)),
+    row(undefined, `redserve random / raw batched, parallel (the machine's limit), images/s at c=${cRef}`, rps(T.random) / rps(T.rawParallel)),
+    row(undefined, `same, binary tensor requests`, rps(T.randomBinary) / rps(T.rawParallel)),
+    row(undefined, `bare route (answers a constant) / raw batched, parallel, images/s at c=${cRef}`, rps(T.bare) / rps(T.rawParallel)),
+    row(undefined, `redserve random / bare route, images/s at c=${cRef}`, rps(T.random) / rps(T.bare)),
+    row(undefined, `redserve random batched / unbatched, images/s at c=${cRef}`, rps(T.random) / rps(T.unbatched)),
+  ];
+}
+
+export function machine(): string[] {
+  const cpus = os.cpus();
+  const training = (() => {
+    try {
+      return execFileSync('ps', ['-eo', 'pid,stat,pcpu,args'], { encoding: 'utf8' }).split('\n')
+        .filter((l) => l.includes('redtrain') && !l.includes(' ps ') && !l.includes('bench-package')).map((l) => l.trim().replace(/\s+/g, ' ').slice(0, 140));
+    } catch { return []; }
+  })();
+  return [
+    `- machine: ${cpus.length} x ${cpus[0]?.model ?? 'unknown CPU'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`,
+    training.length
+      ? `- other load during the run: ${training.length} redtrain process(es) (PyTorch training) were running:\n${training.map((l) => `    - \`${l}\``).join('\n')}`
+      : '- other load during the run: no redtrain process was running',
+  ];
+}
+
+const fmt = (x: number | null | undefined, digits = 1) => (x === null || x === undefined || Number.isNaN(x) ? '-' : x.toFixed(digits));
+
+export interface ReportOptions {
+  readonly command: string;
+  readonly concurrency: readonly number[];
+  readonly warmupS: number;
+  readonly durationS: number;
+  readonly workers: number;
+  readonly overloadConcurrency: number;
+  readonly overloadMaxQueue: number;
+  readonly overloadFactor: number;
+  readonly openLoopImages: number;
+  readonly mlserver: string;
+}
+
+function ratioTable(rows: readonly RatioRow[]): string[] {
+  return [
+    '| ratio | measured | target | met |',
+    '|---|---:|---|---|',
+    ...rows.map((r) => `| ${r.label} | ${fmt(r.value, 2)} | ${targetText(r.target)} | ${r.met === undefined ? '' : r.met ? 'yes' : 'NO'} |`),
+  ];
+}
+
+function workloadSection(points: readonly Point[], w: WorkloadInfo, o: ReportOptions, targets: readonly string[]): string[] {
+  const mine = points.filter((p) => p.workload === w.name);
+  const closed = targets.flatMap((t) => mine.filter((p) => p.target === t));
+  const overload = mine.filter((p) => p.target.endsWith('(overload)'));
+  const open = mine.filter((p) => p.target.endsWith('(open-loop overload)'));
+  return [
+    `## ${w.name}${w.httpBound ? ' (HTTP-bound)' : ''}`,
+    '',
+    `${w.description}. ${w.members} members, requests of one ${w.inputShape.join('x')} image.`,
+    ...(w.httpBound ? ['', 'One small image per request costs more in HTTP and JSON than in the model: these rows measure the',
+      'HTTP path. Their only target is the event loop\'s CPU per request against the bare route.'] : []),
+    '',
+    '| target | concurrency | images/s | p50 ms | p90 ms | p99 ms | CPU µs/image | event loop µs/image | cores busy | rejected |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ...closed.map((p) => `| ${p.target} | ${p.concurrency} | ${p.rps.toFixed(0)} | ${fmt(p.p50, 2)} | ${fmt(p.p90, 2)} | ${fmt(p.p99, 2)} `
+      + `| ${fmt(p.cpu?.cpuUsPerImage, 0)} | ${NODE_SERVERS.has(p.target) ? fmt(p.cpu?.mainThreadUsPerImage, 0) : '-'} | ${fmt(p.cpu?.cores, 2)} | ${p.rejected} |`),
+    '',
+    ...ratioTable(ratios(points, w.name, o.concurrency)),
+    '',
+    ...(overload.length ? [
+      `Overload: ${o.overloadConcurrency} closed-loop clients that resend at once after a 503; redserve with --max-queue ${o.overloadMaxQueue}.`,
+      '',
+      '| target | clients | answered images/s | p50 ms | p99 ms | rejected (503) | p99 of a rejection, ms |',
+      '|---|---:|---:|---:|---:|---:|---:|',
+      ...overload.map((p) => `| ${p.target} | ${p.concurrency} | ${p.rps.toFixed(0)} | ${fmt(p.p50, 2)} | ${fmt(p.p99, 2)} | ${p.rejected} | ${fmt(p.rejectedP99, 2)} |`),
+      '',
+    ] : []),
+    ...(open.length ? [
+      `Open loop: ${o.openLoopImages}-image requests offered at ${o.overloadFactor}x each target's closed-loop rate (16 clients).`,
+      '',
+      '| target | images/request | closed-loop req/s (16 clients) | offered req/s | answered images/s | p50 ms | p99 ms | rejected (503 or error) | p99 of a rejection, ms | generator lag p99, ms |',
+      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+      ...open.map((p) => `| ${p.target} | ${p.imagesPerRequest ?? 1} | ${fmt(p.capacity, 0)} | ${fmt(p.offeredRate, 0)} | ${p.rps.toFixed(0)} | ${fmt(p.p50, 2)} | ${fmt(p.p99, 2)} | ${p.rejected} | ${fmt(p.rejectedP99, 2)} | ${fmt(p.generatorLagP99, 1)} |`),
+      '',
+    ] : []),
+    `![${w.name}: throughput and p99 latency against concurrency](bench-${w.name}.png)`,
+    '',
+  ];
+}
+
+/** Every workload's targeted ratios, one line each, for the console. */
+export function targetLines(points: readonly Point[], workloads: readonly WorkloadInfo[], concurrency: readonly number[]): string[] {
+  return workloads.flatMap((w) => ratios(points, w.name, concurrency).filter((r) => r.target).map((r) =>
+    `${w.name.padEnd(9)} ${r.label}: ${fmt(r.value, 2)}  (target ${targetText(r.target)}${r.met === undefined ? '' : r.met ? ', met' : ', NOT met'})`));
+}
+
+/** reports/bench.md: method, the targets of every workload at a glance, then each workload's rows. */
+export function markdown(points: readonly Point[], workloads: readonly WorkloadInfo[], o: ReportOptions,
+  envStart: readonly string[], envEnd: readonly string[], targets: readonly string[]): string {
+  const summary = workloads.flatMap((w) => ratios(points, w.name, o.concurrency).filter((r) => r.target)
+    .map((r) => `| ${w.name} | ${r.label} | ${fmt(r.value, 2)} | ${targetText(r.target)} | ${r.met === undefined ? '-' : r.met ? 'yes' : 'NO'} |`));
+  return [
+    '# Benchmark: workloads x servers x concurrency',
+    '',
+    `Produced by \`${o.command}\` (bench/sweep.ts). Closed-loop clients on keep-alive connections send`,
+    'one-image Open Inference Protocol (v2) JSON requests (FP32 [1, C, H, W]; the "binary" row sends the tensor',
+    `as FP32 bytes, the v2 binary tensor extension); ${o.warmupS} s warm-up then ${o.durationS} s measured per point;`,
+    `concurrency ${o.concurrency.join(', ')}; ${o.workers} workers everywhere (redserve worker threads, uvicorn worker`,
+    `processes, MLServer parallel_workers, threads of the raw parallel row), one onnxruntime thread each.`,
+    o.mlserver === 'not run' ? 'MLServer was not run (--peers).'
+      : `MLServer ${o.mlserver} runs bench/mlserver/runtime.py with adaptive batching (max_batch_size and max_batch_time equal to redserve's --max-batch-images and --queue-delay-us defaults); its draw is per image, as redserve's.`,
+    'The load generator runs in the benchmark process on the same machine.',
+    '',
+    'CPU is read from /proc over each measured window (bench/cpu.ts): every thread of the server\'s process',
+    'tree (uvicorn\'s and MLServer\'s worker processes included) per answered image; "event loop" is a Node',
+    'server\'s main thread alone. For the raw rows it is the threads that ran the members. "raw member" in the',
+    'ratios is the raw parallel row at concurrency 1: one member run on one image on one thread.',
+    '',
+    ...envStart,
+    ...envEnd,
+    '',
+    '## Targets',
+    '',
+    '| workload | ratio | measured | target | met |',
+    '|---|---|---:|---|---|',
+    ...summary,
+    '',
+    ...workloads.flatMap((w) => workloadSection(points, w, o, targets)),
+  ].join('\n');
+}
