@@ -93,6 +93,9 @@ export function referenceConcurrency(concurrency: readonly number[]): number {
   return sorted.includes(16) ? 16 : sorted[Math.floor((sorted.length - 1) / 2)];
 }
 
+/** a / b, or NaN (shown as '-') where either side is missing or b is not positive: a row that answered nothing. */
+export const div = (a: number, b: number) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? a / b : Number.NaN);
+
 const cpuOf = (p: Point | undefined, f: (c: CpuFigures) => number) => (p?.cpu ? f(p.cpu) : Number.NaN);
 
 /** Every ratio of one workload, in report order, with the targets that apply to it. */
@@ -111,25 +114,25 @@ export function ratios(points: readonly Point[], workload: string, concurrency: 
     return { key, label, value, target, met: target && Number.isFinite(value) ? meets(value, target) : undefined };
   };
   return [
-    row('randomOverMean', `redserve random / redserve mean, images/s at c=${cRef}`, rps(T.random) / rps(T.mean)),
+    row('randomOverMean', `redserve random / redserve mean, images/s at c=${cRef}`, div(rps(T.random), rps(T.mean))),
     row('p50Overhead', `redserve random p50 / (raw member p50 + bare route p50) at c=${cLow}`,
-      p50(T.random) / (p50(T.rawParallel) + p50(T.bare))),
+      div(p50(T.random), p50(T.rawParallel) + p50(T.bare))),
     row('cpuOverhead', `redserve random CPU per image / (raw member + bare route CPU per image) at c=${cLow}`,
-      cpu(T.random, cLow) / (cpu(T.rawParallel, cLow) + cpu(T.bare, cLow))),
+      div(cpu(T.random, cLow), cpu(T.rawParallel, cLow) + cpu(T.bare, cLow))),
     ...(cRef !== cLow ? [row(undefined, `same at c=${cRef} (redserve batches across members, the raw row runs one member per batch)`,
-      cpu(T.random, cRef) / (cpu(T.rawParallel, cRef) + cpu(T.bare, cRef)))] : []),
-    row('eventLoop', `redserve random / bare route, event-loop CPU per request at c=${cLow}`, loop(T.random, cLow) / loop(T.bare, cLow)),
-    ...(cRef !== cLow ? [row('eventLoopRef', `same at c=${cRef}`, loop(T.random, cRef) / loop(T.bare, cRef))] : []),
-    row('vsMlserver', `redserve random / MLServer random, images/s at c=${cRef}`, rps(T.random) / rps(T.mlserverRandom)),
-    row('p99VsMlserver', `redserve random p99 / MLServer random p99 at c=${cRef}`, p99(T.random) / p99(T.mlserverRandom)),
-    row('vsFastapi', `redserve random / FastAPI peer, images/s at c=${cRef}`, rps(T.random) / rps(T.fastapi)),
-    row('p99VsFastapi', `redserve random p99 / FastAPI peer p99 at c=${cRef}`, p99(T.random) / p99(T.fastapi)),
-    row(undefined, `redserve mean / MLServer mean, images/s at c=${cRef}`, rps(T.mean) / rps(T.mlserverMean)),
-    row(undefined, `redserve random / raw batched, parallel (the machine's limit), images/s at c=${cRef}`, rps(T.random) / rps(T.rawParallel)),
-    row(undefined, `same, binary tensor requests`, rps(T.randomBinary) / rps(T.rawParallel)),
-    row(undefined, `bare route (answers a constant) / raw batched, parallel, images/s at c=${cRef}`, rps(T.bare) / rps(T.rawParallel)),
-    row(undefined, `redserve random / bare route, images/s at c=${cRef}`, rps(T.random) / rps(T.bare)),
-    row(undefined, `redserve random batched / unbatched, images/s at c=${cRef}`, rps(T.random) / rps(T.unbatched)),
+      div(cpu(T.random, cRef), cpu(T.rawParallel, cRef) + cpu(T.bare, cRef)))] : []),
+    row('eventLoop', `redserve random / bare route, event-loop CPU per request at c=${cLow}`, div(loop(T.random, cLow), loop(T.bare, cLow))),
+    ...(cRef !== cLow ? [row('eventLoopRef', `same at c=${cRef}`, div(loop(T.random, cRef), loop(T.bare, cRef)))] : []),
+    row('vsMlserver', `redserve random / MLServer random, images/s at c=${cRef}`, div(rps(T.random), rps(T.mlserverRandom))),
+    row('p99VsMlserver', `redserve random p99 / MLServer random p99 at c=${cRef}`, div(p99(T.random), p99(T.mlserverRandom))),
+    row('vsFastapi', `redserve random / FastAPI peer, images/s at c=${cRef}`, div(rps(T.random), rps(T.fastapi))),
+    row('p99VsFastapi', `redserve random p99 / FastAPI peer p99 at c=${cRef}`, div(p99(T.random), p99(T.fastapi))),
+    row(undefined, `redserve mean / MLServer mean, images/s at c=${cRef}`, div(rps(T.mean), rps(T.mlserverMean))),
+    row(undefined, `redserve random / raw batched, parallel (the machine's limit), images/s at c=${cRef}`, div(rps(T.random), rps(T.rawParallel))),
+    row(undefined, `same, binary tensor requests`, div(rps(T.randomBinary), rps(T.rawParallel))),
+    row(undefined, `bare route (answers a constant) / raw batched, parallel, images/s at c=${cRef}`, div(rps(T.bare), rps(T.rawParallel))),
+    row(undefined, `redserve random / bare route, images/s at c=${cRef}`, div(rps(T.random), rps(T.bare))),
+    row(undefined, `redserve random batched / unbatched, images/s at c=${cRef}`, div(rps(T.random), rps(T.unbatched))),
   ];
 }
 

@@ -9,6 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
+import { readPackage } from '../src/ensemble/manifest.js';
 
 export const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
 /** The training package's virtual environment (scripts/setup.sh): FastAPI peer, plot, package generation. */
@@ -38,13 +39,23 @@ export function benchPackageArgs(arch: string, out: string): string[] {
   return ['-m', 'redtrain', 'bench-package', '--arch', arch, '--members', String(MEMBERS), '--seed', String(SEED), '--out', out];
 }
 
-/** Whether `dir` holds a finished package for `arch` (a half-written one has no manifest: it is written last). */
+/** Whether `dir` holds a package made for `arch` by bench-package with this module's settings. */
 async function packageFits(dir: string, arch: string): Promise<boolean> {
   if (!existsSync(path.join(dir, 'manifest.json'))) return false;
   const manifest = JSON.parse(await readFile(path.join(dir, 'manifest.json'), 'utf8')) as {
     members?: unknown[]; benchmark?: { arch?: string; seed?: number };
   };
   return manifest.benchmark?.arch === arch && manifest.benchmark?.seed === SEED && manifest.members?.length === MEMBERS;
+}
+
+/** `dir` once the service's own validator accepts it (the same check redserve makes at load). */
+async function checked(dir: string, arch: string): Promise<string> {
+  try {
+    await readPackage(dir);
+  } catch (err) {
+    throw new SetupError(`workload ${arch}: ${path.relative(ROOT, dir)} is not a valid package (remove it to generate it again): ${(err as Error).message}`);
+  }
+  return dir;
 }
 
 function generated(arch: string): Workload {
@@ -54,7 +65,7 @@ function generated(arch: string): Workload {
     httpBound: false,
     description: `${arch}, ${MEMBERS} members with random weights (seed ${SEED}), input 3x32x32, 10 classes; bench/.packages/${path.basename(dir)}`,
     async resolve(log) {
-      if (await packageFits(dir, arch)) return dir;
+      if (await packageFits(dir, arch)) return checked(dir, arch);
       if (!existsSync(PYTHON)) throw new SetupError(`workload ${arch}: .venv is missing; run scripts/setup.sh first (redtrain bench-package writes the package)`);
       // Written beside its final place and renamed when complete, so an interrupted run leaves no
       // package that a later run would take for finished.
@@ -82,7 +93,7 @@ function generated(arch: string): Workload {
       }
       await rm(dir, { recursive: true, force: true });
       await rename(partial, dir);
-      return dir;
+      return checked(dir, arch);
     },
   };
 }

@@ -79,3 +79,10 @@ t.test('a row that was not measured reads as no value, not as a ratio', async (t
   t.ok(Number.isNaN(r.vsMlserver.value));
   t.equal(r.vsMlserver.met, undefined);
 });
+
+t.test('a row that answered nothing gives no ratio, not Infinity', async (t) => {
+  const points = resnet20().map((p) => (p.target === T.mean ? { ...p, rps: 0 } : p));
+  const r = byKey(ratios(points, 'resnet20', [1, 16]));
+  t.ok(Number.isNaN(r.randomOverMean.value));
+  t.equal(r.randomOverMean.met, undefined);
+});
