@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from redtrain.export import GOLDEN_ATOL, PARITY_ATOL, check_parity
 from redtrain.manifest import check_package, sha256_file
 from redtrain.models import ResNet18, ResNet20, count_parameters
 from redtrain.onnx_export import OPSET, export_onnx
-from redtrain.provenance import git_commit, replace_folder
+from redtrain.provenance import git_commit, replace_folder, staging_folder
 
 ARCHS: dict[str, type[nn.Module]] = {"resnet20": ResNet20, "resnet18": ResNet18}
 GOLDEN_IMAGES = 4
@@ -202,11 +201,7 @@ def write_bench_package(spec: BenchSpec, out: str | Path, *, force: bool = False
             return check_package(out), False
         except UserError:
             pass  # damaged: rebuilt below
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = staging_folder(out)
     try:
         members = [build_member(spec, i) for i in range(spec.members)]
         x = _write_golden(tmp, _golden_pixels(spec), members)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -32,7 +31,7 @@ from redtrain.errors import UserError
 from redtrain.manifest import check_package, sha256_file
 from redtrain.models import count_parameters, input_shape
 from redtrain.onnx_export import OPSET, export_onnx
-from redtrain.provenance import git_commit, replace_folder
+from redtrain.provenance import git_commit, replace_folder, staging_folder
 from redtrain.psred_export import write_psred
 from redtrain.train import accuracy, load_run
 
@@ -123,11 +122,7 @@ def export_package(cfg: Config, ensemble: nn.Module, out: str | Path, data: Data
                    version: str = "1.0.0", training_record: dict | None = None,
                    parity_atol: float = PARITY_ATOL) -> Path:
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = staging_folder(out)
     try:
         shape = input_shape(cfg.model.arch)
         ensemble = ensemble.cpu().eval()

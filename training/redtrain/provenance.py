@@ -29,6 +29,16 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def staging_folder(out: Path) -> Path:
+    """An empty sibling of `out` (this process's own) to build a package in before replace_folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
 def replace_folder(tmp: Path, out: Path) -> None:
     """Put a finished folder in place of `out` (which may not exist): the old folder is renamed
     aside first and deleted last, so `out` is never a half-written folder."""
