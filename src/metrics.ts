@@ -11,8 +11,10 @@ import type { InferenceObserver } from './ensemble/observer.js';
 
 /** Seconds: 50 us to 10 s. */
 const TIME_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
-const MAX_CACHED_LABELS = 1024;
 const COUNT_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
+
+/** Label combinations whose prom-client children are cached (observeRequest). */
+const MAX_CACHED_LABELS = 1024;
 
 /** What the metrics read from the running service at scrape time. */
 export interface ServiceGauges {

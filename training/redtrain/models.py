@@ -73,40 +73,40 @@ def _stages(cin: int, stages: tuple[tuple[int, int, int], ...]) -> nn.Sequential
     return nn.Sequential(*blocks)
 
 
-class ResNet20(nn.Module):
+class _CifarResNet(nn.Module):
+    """Basic-block ResNet for 32x32 inputs: a 3x3 stem without max-pool, `stages` of basic blocks
+    (width, blocks, stride of the first block), global average pooling, one linear layer."""
+
+    def __init__(self, classes: int, in_channels: int, stages: tuple[tuple[int, int, int], ...]) -> None:
+        super().__init__()
+        mean, std = _standardisation(in_channels)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        width = stages[0][0]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.blocks = _stages(width, stages)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(stages[-1][0], classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem((x - self.mean) / self.std)))
+
+
+class ResNet20(_CifarResNet):
     """ResNet-20 for 32x32 RGB (He et al. 2016, CIFAR variant: 3 stages of 3 basic blocks)."""
 
     CIFAR_MEAN = CIFAR_MEAN
     CIFAR_STD = CIFAR_STD
 
     def __init__(self, classes: int = 10, in_channels: int = 3) -> None:
-        super().__init__()
-        mean, std = _standardisation(in_channels)
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-        self.blocks = _stages(16, ((16, 3, 1), (32, 3, 2), (64, 3, 2)))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem((x - self.mean) / self.std)))
+        super().__init__(classes, in_channels, ((16, 3, 1), (32, 3, 2), (64, 3, 2)))
 
 
-class ResNet18(nn.Module):
+class ResNet18(_CifarResNet):
     """ResNet-18, CIFAR variant (the paper's member): a 3x3 stem without max-pool, then four stages of
     two basic blocks at 64, 128, 256 and 512 channels, the last three halving the resolution."""
 
     def __init__(self, classes: int = 10, in_channels: int = 3) -> None:
-        super().__init__()
-        mean, std = _standardisation(in_channels)
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
-        self.blocks = _stages(64, ((64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem((x - self.mean) / self.std)))
+        super().__init__(classes, in_channels, ((64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)))
 
 
 def input_shape(arch: str) -> tuple[int, int, int]:

@@ -290,11 +290,14 @@ def run_study(plan_path: str, jobs: int, stages: set[str], only: set[str] | None
         raise UserError(f"no arm or run named {', '.join(unknown)} in {plan_path} (runs: "
                         f"{', '.join(name for _, _, name in plan.run_names())})")
     done = set(recorded(plan)) - (redo or set())
-    todo = [(arm, seed, name) for arm, seed, name in plan.run_names()
-            if (not only or arm.name in only or name in only)
-            and (name not in done or (Path(plan.runs) / "eval" / name / "robustness.json").exists())]
+    selected = [(arm, seed, name) for arm, seed, name in plan.run_names()
+                if not only or arm.name in only or name in only]
+    # A recorded run is skipped unless this checkout evaluated it (then the report refreshes from it).
+    skipped = {name for _, _, name in selected
+               if name in done and not (Path(plan.runs) / "eval" / name / "robustness.json").exists()}
+    todo = [run for run in selected if run[2] not in skipped]
     if progress:
-        for name in sorted({n for _, _, n in plan.run_names() if not only or n in only} & done):
+        for name in sorted(skipped):
             print(f"{name}: recorded in {Path(plan.report).with_suffix('.json')}, not retrained (--redo {name} to retrain)")
     started = time.time()
 
