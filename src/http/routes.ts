@@ -87,6 +87,7 @@ export function registerRoutes(app: FastifyInstance, config: Config, state: Mode
       sampling: s.mode === 'fixed' ? `fixed:${s.member}` : s.mode,
       batching: { maxBatchImages: config.maxBatchImages, queueDelayUs: config.queueDelayUs },
       evaluation: m.evaluation,
+      benchmark: m.benchmark,
     };
   });
 

@@ -139,6 +139,11 @@ export const modelsSchema = {
           },
         },
         evaluation: { type: 'object', additionalProperties: true },
+        benchmark: {
+          type: 'object',
+          description: 'present only for packages made for benchmarks: randomWeights means no trained classifier',
+          properties: { randomWeights: { type: 'boolean' }, arch: { type: 'string' }, seed: { type: 'integer' } },
+        },
       },
     },
     503: { description: 'still loading', ...errorBody },

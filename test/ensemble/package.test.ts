@@ -90,7 +90,9 @@ t.test('a package of random weights loads without an evaluation, and the service
   const bench = await warningsOf(dir);
   t.same(bench.warnings.map((l) => [l.msg, l.benchmark]), [[RANDOM_WEIGHTS, { randomWeights: true, arch: 'cnn-small', seed: 0 }]]);
   t.equal(bench.models.evaluation, undefined, '/models has no evaluation to show');
+  t.same(bench.models.benchmark, { randomWeights: true, arch: 'cnn-small', seed: 0 }, '/models says the weights are random');
   const trained = await warningsOf(TINY);
   t.notOk(trained.warnings.some((l) => l.msg === RANDOM_WEIGHTS), 'a trained package: no such warning');
+  t.equal(trained.models.benchmark, undefined, 'a trained package: no benchmark field');
   await rm(dir, { recursive: true, force: true });
 });
