@@ -1,4 +1,4 @@
-"""Command line: python -m redtrain {train,export,validate,evaluate,study,bench-package} ...
+"""Command line: python -m redtrain {train,export,validate,evaluate,compare,study,bench-package} ...
 
 User errors (bad config, missing data, broken package) print one line and exit 2.
 """
@@ -6,6 +6,7 @@ User errors (bad config, missing data, broken package) print one line and exit 2
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -62,6 +63,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     command = "python -m redtrain " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     path = run_evaluation(args.package, args.out, settings, command, progress=not args.quiet, reuse=args.reuse)
     print(f"wrote {path}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from redtrain.paired import describe, load_scored, paired_difference
+
+    result = paired_difference(load_scored(args.a), load_scored(args.b), samples=args.samples, seed=args.seed)
+    print(json.dumps(result) if args.json else describe(result))
     return 0
 
 
@@ -133,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep results already in --out for unchanged packages evaluated with the same settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("compare", help="paired difference of adaptive accuracy between two evaluations of the same images")
+    p.add_argument("a", help="FILE#TARGET: a robustness.json and a target's name or spec (optional if it holds one)")
+    p.add_argument("b", help="the same for the other package; the difference is b minus a")
+    p.add_argument("--samples", type=int, default=10000, help="bootstrap resamples of the images (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("study", help="train, export, evaluate and report every arm and seed of a study plan (resumable)")
     p.add_argument("--plan", required=True, help="study plan YAML, e.g. training/configs/experiments/study.yaml")

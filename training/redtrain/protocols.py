@@ -170,8 +170,11 @@ def evaluate_target(target: Target, x: torch.Tensor, y: torch.Tensor, settings: 
         per_attack[name] = summarise(correct, torch.cat([e for _, e in outs]))
         count = correct.sum(dim=0)
         worst_count = count if worst_count is None else torch.minimum(worst_count, count)
+    # Per example, how many members the worst attack left correct: paired comparisons between two
+    # evaluations on the same examples (training/tools/paired.py) need it, the mean alone is not enough.
     per_attack["adaptive (worst of the above, per example)"] = {
-        "expected": float(worst_count.float().mean() / len(members))}
+        "expected": float(worst_count.float().mean() / len(members)),
+        "correctMembers": [int(c) for c in worst_count]}
     result["attacks"] = per_attack
 
     curve = {}

@@ -163,6 +163,10 @@ def test_report_from_a_small_run(tmp_path):
         # The per-example worst of three attacks can be no better than any one of them.
         worst = r["attacks"]["adaptive (worst of the above, per example)"]["expected"]
         assert all(worst <= a["expected"] + 1e-9 for k, a in r["attacks"].items() if "worst" not in k)
+        # Per image: how many members the worst attack left correct; their mean is the figure above.
+        counts = r["attacks"]["adaptive (worst of the above, per example)"]["correctMembers"]
+        assert len(counts) == 16 and all(0 <= c <= r["members"] for c in counts)
+        assert sum(counts) / (16 * r["members"]) == pytest.approx(worst, abs=1e-6)  # float32 mean
         assert set(r["curve"]) == {"0.05", "0.1", "0.15", "0.2"}
     assert "transfer" in results[0] and "transfer" not in results[1]
     assert 0 <= results[0]["clean"]["gradientCosine"] <= 1 and "gradientCosine" not in results[1]["clean"]
