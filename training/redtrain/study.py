@@ -45,6 +45,8 @@ class Arm:
     name: str
     config: str
     label: str
+    # Why the arm was stopped (evidence in the report); its runs are skipped unless --only/--redo names them.
+    stopped: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Plan:
 
 PLAN_KEYS = {"title", "arms", "seeds", "runs", "report", "eval"}
 EVAL_KEYS = {"limit", "args"}
+ARM_KEYS = {"name", "config", "label", "stopped"}
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -76,9 +79,14 @@ def load_plan(path: str | Path) -> Plan:
         if not isinstance(a, dict) or not {"name", "config"} <= set(a):
             problems.append(f"arms[{i}]: needs name and config")
             continue
+        problems += [f"arms[{i}]: unknown key '{k}' (allowed: {', '.join(sorted(ARM_KEYS))})"
+                     for k in sorted(set(a) - ARM_KEYS)]
+        if "stopped" in a and not (isinstance(a["stopped"], str) and a["stopped"].strip()):
+            problems.append(f"arms[{i}].stopped: expected the reason as text, got {a['stopped']!r}")
         if not Path(a["config"]).is_file():
             problems.append(f"arms[{i}].config: {a['config']} not found")
-        arms.append(Arm(str(a["name"]), str(a["config"]), str(a.get("label", a["name"]))))
+        arms.append(Arm(str(a["name"]), str(a["config"]), str(a.get("label", a["name"])),
+                        str(a.get("stopped", "")).strip()))
     if not arms:
         problems.append("arms: at least one arm is needed")
     if len({a.name for a in arms}) != len(arms):
@@ -216,7 +224,8 @@ def render(plan: Plan, records: list[dict], command: str) -> str:
     for arm in plan.arms:
         rows = by_arm.get(arm.name, [])
         if not rows:
-            lines.append(f"| {arm.label} | none yet |" + " - |" * len(COLUMNS) + " - |")
+            lines.append(f"| {arm.label} | {'stopped: ' + arm.stopped if arm.stopped else 'none yet'} |"
+                         + " - |" * len(COLUMNS) + " - |")
             continue
         cells = [_cell([r[k] for r in rows], pct=k != "cosine") for k, _ in COLUMNS]
         minutes = [r["trainSeconds"] / 60 for r in rows]
@@ -235,9 +244,12 @@ def plot(plan: Plan, records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, arm in enumerate(plan.arms):
         rows = [r for r in records if r["arm"] == arm.name]
+        if arm.stopped and not rows:
+            ax.annotate("stopped\n(see report)", (i, 0.05), xycoords=("data", "axes fraction"), ha="center",
+                        fontsize=7, color="0.4")
         for key, marker, colour, dx in (("adaptive", "o", "C0", -0.12), ("ensemble", "s", "C1", 0.0),
                                         ("member", "^", "C2", 0.12)):
             ys = [100 * r[key] for r in rows]
@@ -246,11 +258,11 @@ def plot(plan: Plan, records: list[dict], path: Path) -> None:
                            label={"adaptive": "random draw", "ensemble": "averaged ensemble",
                                   "member": "member 0 alone"}[key] if i == 0 else None)
                 ax.hlines(statistics.mean(ys), i + dx - 0.05, i + dx + 0.05, color=colour)
-    ax.set_xticks(range(len(plan.arms)), [a.label for a in plan.arms], rotation=15, fontsize=8)
+    ax.set_xticks(range(len(plan.arms)), [a.label for a in plan.arms], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("adaptive accuracy (%)")
     ax.set_title(plan.title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left")
     fig.tight_layout()
     tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -290,13 +302,18 @@ def run_study(plan_path: str, jobs: int, stages: set[str], only: set[str] | None
         raise UserError(f"no arm or run named {', '.join(unknown)} in {plan_path} (runs: "
                         f"{', '.join(name for _, _, name in plan.run_names())})")
     done = set(recorded(plan)) - (redo or set())
+    named = (only or set()) | (redo or set())
     selected = [(arm, seed, name) for arm, seed, name in plan.run_names()
-                if not only or arm.name in only or name in only]
+                if (not only or arm.name in only or name in only)
+                and (not arm.stopped or arm.name in named or name in named)]
     # A recorded run is skipped unless this checkout evaluated it (then the report refreshes from it).
     skipped = {name for _, _, name in selected
                if name in done and not (Path(plan.runs) / "eval" / name / "robustness.json").exists()}
     todo = [run for run in selected if run[2] not in skipped]
     if progress:
+        for arm in plan.arms:
+            if arm.stopped and not any(a is arm for a, _, _ in selected):
+                print(f"{arm.name}: stopped ({arm.stopped}); --only {arm.name} runs it anyway")
         for name in sorted(skipped):
             print(f"{name}: recorded in {Path(plan.report).with_suffix('.json')}, not retrained (--redo {name} to retrain)")
     started = time.time()

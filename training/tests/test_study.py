@@ -104,3 +104,30 @@ def test_render_gives_mean_and_range_over_seeds(tmp_path):
     text = render(plan, rows, "cmd")
     assert "| arm A | 0, 1 | 86.0 (85.0-87.0) | 62.0 (60.0-64.0) |" in text
     assert "10 min (10-10)" in text
+
+
+def test_a_stopped_arm_is_skipped_and_reported_with_its_reason(tmp_path, capsys):
+    plan_path = _plan(tmp_path, seeds=(0,))
+    raw = yaml.safe_load(plan_path.read_text())
+    raw["arms"].append({"name": "b", "label": "arm B", "config": raw["arms"][0]["config"],
+                        "stopped": "members collapsed by epoch 2"})
+    plan_path.write_text(yaml.safe_dump(raw))
+    table = run_study(str(plan_path), jobs=1, stages={"train", "export", "evaluate", "report"}, only=None)
+    assert "b: stopped (members collapsed by epoch 2)" in capsys.readouterr().out
+    assert not (tmp_path / "runs" / "b-s0").exists()
+    assert "| arm B | stopped: members collapsed by epoch 2 | - |" in table.read_text()
+    # Named explicitly, a stopped arm still runs (to resume or finish it on purpose).
+    run_study(str(plan_path), jobs=1, stages={"train"}, only={"b-s0"}, progress=False)
+    assert (tmp_path / "runs" / "b-s0" / "checkpoint.pt").exists()
+
+
+def test_a_stopped_arm_needs_a_reason_and_arms_refuse_unknown_keys(tmp_path):
+    plan_path = _plan(tmp_path, seeds=(0,))
+    raw = yaml.safe_load(plan_path.read_text())
+    raw["arms"][0]["stopped"] = True
+    raw["arms"][0]["lable"] = "typo"
+    plan_path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError) as err:
+        load_plan(plan_path)
+    assert "arms[0].stopped: expected the reason as text" in str(err.value)
+    assert "arms[0]: unknown key 'lable'" in str(err.value)
