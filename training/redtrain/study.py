@@ -312,7 +312,7 @@ def run_study(plan_path: str, jobs: int, stages: set[str], only: set[str] | None
     todo = [run for run in selected if run[2] not in skipped]
     if progress:
         for arm in plan.arms:
-            if arm.stopped and not any(a is arm for a, _, _ in selected):
+            if arm.stopped and not only and not any(a is arm for a, _, _ in selected):
                 print(f"{arm.name}: stopped ({arm.stopped}); --only {arm.name} runs it anyway")
         for name in sorted(skipped):
             print(f"{name}: recorded in {Path(plan.report).with_suffix('.json')}, not retrained (--redo {name} to retrain)")
