@@ -259,15 +259,16 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
     return RunResult(run_dir, o.epochs, seconds, summary["evaluation"])
 
 
-def load_run(run_dir: str | Path) -> tuple[Config, nn.Module, dict]:
-    """Load a finished run's config and trained ensemble (on CPU, eval mode) from its checkpoint."""
+def load_run(run_dir: str | Path, unfinished: bool = False) -> tuple[Config, nn.Module, dict]:
+    """Load a finished run's config and trained ensemble (on CPU, eval mode) from its checkpoint;
+    `unfinished=True` also takes a run stopped before its last epoch (for inspection, not export)."""
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoint.pt"
     if not ckpt_path.is_file():
         raise UserError(f"{run_dir} is not a training run: {ckpt_path} not found")
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     cfg = config_from_dict(state["config"])
-    if state["epoch"] < cfg.optim.epochs:
+    if state["epoch"] < cfg.optim.epochs and not unfinished:
         raise UserError(f"{run_dir} is unfinished ({state['epoch']}/{cfg.optim.epochs} epochs); resume training first")
     ensemble = build_ensemble(cfg, state["classes"])
     ensemble.load_state_dict(state["model"])

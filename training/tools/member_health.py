@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from redtrain.config import load_config
 from redtrain.data import load_dataset, to_unit
-from redtrain.train import build_ensemble
+from redtrain.errors import UserError
+from redtrain.train import load_run
 
 
 def health(member: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -51,11 +51,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     run = Path(args.run)
-    cfg = load_config(run / "config.yaml")
-    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
-    data = load_dataset(cfg.data.name, cfg.data.root)
-    ensemble = build_ensemble(cfg, len(data.labels))
-    ensemble.load_state_dict(ckpt["model"])
+    try:
+        cfg, ensemble, ckpt = load_run(run, unfinished=True)
+        data = load_dataset(cfg.data.name, cfg.data.root)
+    except UserError as exc:
+        raise SystemExit(f"member_health: {exc}") from None
     x, y = to_unit(data.test.images[:args.images]), data.test.labels[:args.images]
     print(f"{run}: epoch {ckpt['epoch']}, first {len(y)} test images")
     print("| member | clean accuracy | last ReLU active | logit spread | input-gradient norm | weight-gradient norm |")
