@@ -77,6 +77,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert torch.load(tmp_path / "partial" / "checkpoint.pt", weights_only=False)["epoch"] == 1
     with pytest.raises(UserError, match="unfinished"):
         load_run(tmp_path / "partial")
+    assert load_run(tmp_path / "partial", unfinished=True)[2]["epoch"] == 1  # inspection only
 
     monkeypatch.setattr(train_mod, "accuracy", real_accuracy)
     train(cfg, tmp_path / "partial", dataset=data, progress=False)
