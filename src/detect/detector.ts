@@ -184,7 +184,9 @@ export class Detector {
     shared: number, detection: boolean, now: number, seen: Observation | null): Verdict {
     return {
       flagged: true, query: state.queries, seen, reason, scope, shared, detection, detectedAtQuery: state.detectedAtQuery,
-      retryAfterS: Math.max(1, Math.ceil((state.flaggedUntilMs - now) / 1000)),
+      // Whole milliseconds first: (now + 120000) - now can exceed 120000 by a rounding error in
+      // floating point, which Math.ceil would turn into 121 s.
+      retryAfterS: Math.max(1, Math.ceil(Math.round(state.flaggedUntilMs - now) / 1000)),
     };
   }
 }
