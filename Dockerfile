@@ -49,7 +49,8 @@ ENV NODE_ENV=production \
     REDSERVE_METRICS_PORT=9464 \
     REDSERVE_METRICS_HOST=0.0.0.0 \
     REDSERVE_MODEL=/app/models/fmnist-baseline \
-    REDSERVE_DEVICE=auto
+    REDSERVE_DEVICE=auto \
+    ORT_DISABLE_TELEMETRY=1
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist

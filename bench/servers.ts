@@ -13,6 +13,8 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { DEFAULTS } from '../src/config.js';
+// Sets ORT_DISABLE_TELEMETRY here too, so every peer this program starts inherits it.
+import { RUNTIME_ENV } from '../src/runtime-env.js';
 import { descendants } from './cpu.js';
 import { sleep } from './load.js';
 import { PYTHON, ROOT, SetupError } from './workloads.js';
@@ -59,7 +61,7 @@ interface ProcessOptions {
 }
 
 async function startProcess(cmd: string, args: string[], readyUrl: string, url: string, o: ProcessOptions = {}): Promise<Started> {
-  const child = spawn(cmd, args, { cwd: o.cwd ?? ROOT, env: { ...process.env, ...o.env }, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(cmd, args, { cwd: o.cwd ?? ROOT, env: { ...process.env, ...RUNTIME_ENV, ...o.env }, stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
   const timeoutS = o.readyTimeoutS ?? 120;

@@ -2,6 +2,8 @@
  * Builds the Fastify application: logger, error handling, metrics, OpenAPI, routes and the model.
  * Every plugin and route is registered here, explicitly, so `grep` finds who registers what.
  */
+// First: the runtime's environment is set before anything loads onnxruntime.
+import './runtime-env.js';
 import multipart from '@fastify/multipart';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';

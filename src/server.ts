@@ -4,6 +4,8 @@
  * then the workers stop and the process exits 0 (1 if draining outlasts --drain-timeout-ms; a
  * second signal exits at once). A bad config or package stops start-up with a clear message.
  */
+// First: the runtime's environment is set before anything loads onnxruntime.
+import './runtime-env.js';
 import { buildApp } from './app.js';
 import { loadConfig } from './config.js';
 import { ConfigError } from './errors.js';

@@ -15,6 +15,7 @@ import path from 'node:path';
 import t from 'tap';
 import YAML from 'yaml';
 import { DEFAULTS, ENV_VARS } from '../src/config.js';
+import { RUNTIME_ENV } from '../src/runtime-env.js';
 import { createServer } from '../src/app.js';
 import { testConfig } from '../src/config.js';
 import { openapiDocument } from '../src/http/openapi-document.js';
@@ -26,7 +27,7 @@ const pkg = JSON.parse(await read('package.json')) as { version: string };
 const IMAGE = `redserve:${pkg.version}`;
 const paths = Object.keys(YAML.parse(await read('openapi.yaml')).paths as object);
 /** Variables the runtime itself reads, beside the service's own. */
-const OTHER_ENV = ['NODE_ENV'];
+const OTHER_ENV = ['NODE_ENV', ...Object.keys(RUNTIME_ENV)];
 
 t.test('Dockerfile: multi-stage, non-root, healthcheck on /readyz, ports, CUDA variant', async (t) => {
   const df = await read('Dockerfile');
@@ -43,6 +44,7 @@ t.test('Dockerfile: multi-stage, non-root, healthcheck on /readyz, ports, CUDA v
   const envs = [...df.matchAll(/^\s*(?:ENV\s+)?([A-Z][A-Z0-9_]*)=\S+\s*\\?$/gm)].map((m) => m[1]);
   t.ok(envs.length >= 5, `ENV lines read: ${envs.join(', ')}`);
   for (const e of envs) t.ok(ENV_VARS.includes(e) || OTHER_ENV.includes(e), `${e} is read by the service`);
+  t.match(df, /^\s*ORT_DISABLE_TELEMETRY=1\b/m, 'the image turns onnxruntime telemetry off');
   // CUDA variant: a build argument selects both the dependencies (with onnxruntime's CUDA
   // provider) and a runtime base that has the CUDA runtime and cuDNN.
   t.match(df, /^ARG VARIANT=cpu$/m);
@@ -70,7 +72,8 @@ t.test('docker-compose.yml: replicas behind an nginx load balancer, health check
   t.same(svc.expose.map(String), [String(DEFAULTS.port), String(DEFAULTS.metricsPort)]);
   t.match(svc.healthcheck.test.join(' '), new RegExp(`127\\.0\\.0\\.1:${DEFAULTS.port}/readyz`));
   t.equal(svc.environment.REDSERVE_SAMPLING, 'random');
-  for (const e of Object.keys(svc.environment)) t.ok(ENV_VARS.includes(e), `${e} is read by the service`);
+  for (const e of Object.keys(svc.environment)) t.ok(ENV_VARS.includes(e) || OTHER_ENV.includes(e), `${e} is read by the service`);
+  t.equal(svc.environment.ORT_DISABLE_TELEMETRY, '1', 'onnxruntime telemetry off');
   t.notMatch(String(svc.environment.REDSERVE_METRICS_HOST ?? '0.0.0.0'), /^127\./, 'metrics scrapeable on the compose network (the image binds them to 0.0.0.0)');
   const drainS = Number(svc.environment.REDSERVE_DRAIN_TIMEOUT_MS ?? DEFAULTS.drainTimeoutMs) / 1000;
   t.ok(parseInt(svc.stop_grace_period, 10) > drainS, `stop_grace_period ${svc.stop_grace_period} > drain ${drainS} s`);
@@ -116,7 +119,8 @@ t.test('Kubernetes manifests: Deployment with probes, Service, HPA, PDB agree wi
   t.equal(c.readinessProbe.httpGet.path, '/readyz');
   t.equal(c.livenessProbe.httpGet.path, '/healthz', 'liveness does not depend on the model');
   const env = Object.fromEntries(c.env.map((e: { name: string; value: string }) => [e.name, e.value]));
-  for (const e of Object.keys(env)) t.ok(ENV_VARS.includes(e), `${e} is read by the service`);
+  for (const e of Object.keys(env)) t.ok(ENV_VARS.includes(e) || OTHER_ENV.includes(e), `${e} is read by the service`);
+  t.equal(env.ORT_DISABLE_TELEMETRY, '1', 'onnxruntime telemetry off');
   t.notMatch(String(env.REDSERVE_METRICS_HOST ?? '0.0.0.0'), /^127\./, 'metrics scrapeable by the prometheus.io annotations (the image binds them to 0.0.0.0)');
   t.equal(env.REDSERVE_MODEL, `/app/${DEFAULTS.modelDir}`, 'a model shipped in the image');
   const preStopS = Number(c.lifecycle.preStop.exec.command[1]);
