@@ -5,6 +5,8 @@
 #      docker run --gpus all -e REDSERVE_DEVICE=cuda -p 8080:8080 redserve:0.1.0-cuda
 # Port 9464 serves Prometheus /metrics, bound to 0.0.0.0 in the image (REDSERVE_METRICS_HOST) so that
 # Prometheus can scrape the container: publish it only to your monitoring network.
+# Another Node.js 20 base (same layout: node in /usr/local/bin, a user node with uid 1000):
+#   --build-arg NODE_IMAGE=<image>   (scripts/containers.sh builds with one made from Debian packages)
 
 ARG NODE_IMAGE=node:20-bookworm-slim
 # onnxruntime-node's CUDA provider needs the CUDA 12 runtime libraries and cuDNN 9 beside the driver.
@@ -17,9 +19,8 @@ WORKDIR /app
 COPY package.json package-lock.json .npmrc ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
+# Only the service: the tests and benchmarks import the attack client, which is not in the image.
 COPY src ./src
-COPY test ./test
-COPY bench ./bench
 RUN npx tsc -p tsconfig.json && npm prune --omit=dev
 
 # --- dependencies per variant: cuda adds the CUDA execution provider libraries ---------------

@@ -61,6 +61,12 @@ t.test('Dockerfile: multi-stage, non-root, healthcheck on /readyz, ports, CUDA v
   t.match(ignore, /^attack$/m, 'the attack client is its own program, not part of the image');
   t.notMatch(df, /COPY attack/, 'nothing copies the attack client into the image');
   t.match(df, /^COPY docs\/model-format\.schema\.json \.\/docs\/$/m, 'the package format travels with the service');
+  // scripts/containers.sh builds this file with a base made from Debian packages: the base is an
+  // argument whose default stays the Node.js image for Docker users.
+  t.match(df, /^ARG NODE_IMAGE=node:20-bookworm-slim$/m, 'the Node.js 20 image by default');
+  t.match(df, /^FROM \$\{NODE_IMAGE\} AS build$/m, 'the build stage uses the base argument');
+  t.match(df, /^FROM \$\{NODE_IMAGE\} AS base-cpu$/m, 'the CPU runtime uses the base argument');
+  t.notMatch(df, /^COPY (test|bench) /m, 'only the service is compiled (tests and benchmarks import the attack client, not in the build context)');
 });
 
 t.test('docker-compose.yml: replicas behind an nginx load balancer, health checks, ports and env match the code', async (t) => {
