@@ -26,10 +26,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from redtrain.export import export_run
+    from redtrain.export import export_run, export_runs
 
-    path = export_run(args.run, args.out, name=args.name, version=args.version, hypernet_storage=args.hypernet_storage)
-    print(f"exported {args.run} -> {path}")
+    if len(args.run) > 1:
+        if args.hypernet_storage is not None:
+            raise UserError("--hypernet-storage applies to one ps-red run, not to members joined from several runs")
+        path = export_runs(args.run, args.out, name=args.name, version=args.version)
+    else:
+        path = export_run(args.run[0], args.out, name=args.name, version=args.version,
+                          hypernet_storage=args.hypernet_storage)
+    print(f"exported {', '.join(args.run)} -> {path}")
     return 0
 
 
@@ -112,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("export", help="export a finished run as a redserve model package")
-    p.add_argument("--run", required=True, help="run folder written by train")
+    p.add_argument("--run", required=True, action="append",
+                   help="run folder written by train; repeat it to join the members of several runs that differ "
+                        "only in seed (independent members trained side by side) into one package")
     p.add_argument("--out", required=True, help="package folder, e.g. models/fmnist-red")
     p.add_argument("--name", help="package name (default: the config's name)")
     p.add_argument("--version", default="1.0.0", help="package version (default 1.0.0)")

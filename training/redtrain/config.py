@@ -18,7 +18,10 @@ from redtrain.errors import UserError
 
 METHODS = ("independent", "independent-at", "red", "ps-red")
 DATASETS = ("fashion-mnist", "cifar10")
-ARCHS = ("cnn-small", "resnet20")
+ARCHS = ("cnn-small", "cnn-strided", "resnet20")
+DEVICES = ("auto", "cpu", "cuda")
+STACKABLE = ("cnn-small", "cnn-strided")  # architectures the vectorised trainer (redtrain.stacked) handles
+ADVERSARIAL_LOSSES = ("ce", "trades")
 TRAINERS = ("auto", "stacked", "loop")
 
 
@@ -35,7 +38,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "cnn-small"
-    # Channel widths of the three conv stages and the hidden width (cnn-small only).
+    # Channel widths of the conv stages and the hidden width (cnn-small: 3x3 conv + 2x2 pool per
+    # stage; cnn-strided: 4x4 conv of stride 2 per stage; resnet20 ignores both).
     widths: typing.Tuple[int, ...] = (8, 16, 32)
     hidden: int = 64
 
@@ -49,6 +53,10 @@ class OptimConfig:
     epochs: int = 5
     batch_size: int = 128
     schedule: str = "cosine"  # cosine | constant
+    # Exponential moving average of the weights (decay per step; 0: off). With it on, the per-epoch
+    # figures, the overfitting check and export all use the averaged weights; the raw weights are
+    # kept only to resume training. The decay warms up as min(ema, (1 + t) / (10 + t)) at step t.
+    ema: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -84,13 +92,35 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class OverfitCheck:
+    """A PGD check after every epoch on held-out test images (the last `examples` of the test set,
+    disjoint from the first images that evaluation and the study score). Catastrophic overfitting of
+    FGSM training shows as PGD accuracy collapsing within an epoch: when it falls more than `drop`
+    below the best epoch's, training stops and the best epoch's weights are what the run keeps."""
+
+    enabled: bool = False
+    examples: int = 1000
+    steps: int = 10
+    drop: float = 0.2
+
+
+@dataclass(frozen=True)
 class AdversarialConfig:
-    """Per-member PGD adversarial training (methods independent-at, red, ps-red)."""
+    """Per-member adversarial training (methods independent-at, red, ps-red).
+
+    loss "ce": CE = (1 - mix) * CE(clean) + mix * CE(x_adv), x_adv from PGD on the member's CE; mix
+    1.0 is Madry-style training on the whole batch. One step with step_ratio 1.25 and a random start
+    is fast adversarial training (FGSM-RS, Wong et al. 2020).
+    loss "trades": CE(clean) + trades_beta * KL(f(x) || f(x_adv)), x_adv from PGD on that KL started
+    0.001-close to x (Zhang et al. 2019); mix does not apply.
+    """
 
     enabled: bool = False
     attack: AttackConfig = field(default_factory=AttackConfig)
-    # CE = (1 - mix) * CE(clean) + mix * CE(adversarial); 1.0 is pure Madry-style training.
     mix: float = 0.5
+    loss: str = "ce"
+    trades_beta: float = 6.0
+    check: OverfitCheck = field(default_factory=OverfitCheck)
 
 
 @dataclass(frozen=True)
@@ -134,9 +164,12 @@ class Config:
     seed: int = 0
     # Torch CPU threads (None: torch's default). Two runs side by side on 2 cores: 1 each.
     threads: typing.Optional[int] = None
-    # How a step is computed: "stacked" evaluates all members in one vectorised pass (cnn-small only),
+    # How a step is computed: "stacked" evaluates all members in one vectorised pass (cnn-small and
+    # cnn-strided),
     # "loop" one member after another; "auto" picks stacked where it applies. Same objective either way.
     trainer: str = "auto"
+    # Where training runs: "auto" takes CUDA when torch sees a GPU, the CPU otherwise.
+    device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -154,8 +187,25 @@ class Config:
             problems.append(f"model.arch: '{self.model.arch}' is not one of {', '.join(ARCHS)}")
         if self.trainer not in TRAINERS:
             problems.append(f"trainer: '{self.trainer}' is not one of {', '.join(TRAINERS)}")
-        elif self.trainer == "stacked" and self.model.arch != "cnn-small":
-            problems.append(f"trainer: 'stacked' needs model.arch cnn-small, got '{self.model.arch}'")
+        elif self.trainer == "stacked" and self.model.arch not in STACKABLE:
+            problems.append(f"trainer: 'stacked' needs model.arch {' or '.join(STACKABLE)}, got '{self.model.arch}'")
+        if self.device not in DEVICES:
+            problems.append(f"device: '{self.device}' is not one of {', '.join(DEVICES)}")
+        if self.adversarial.loss not in ADVERSARIAL_LOSSES:
+            problems.append(f"adversarial.loss: '{self.adversarial.loss}' is not one of {', '.join(ADVERSARIAL_LOSSES)}")
+        elif self.adversarial.loss == "trades":
+            if self.method != "independent-at":
+                problems.append(f"adversarial.loss trades applies to method independent-at, got '{self.method}'")
+            if self.trainer == "stacked":
+                problems.append("adversarial.loss trades runs on the loop trainer; set trainer to auto or loop")
+        if not self.adversarial.trades_beta > 0:
+            problems.append(f"adversarial.trades_beta: {self.adversarial.trades_beta} must be > 0")
+        check = self.adversarial.check
+        if check.enabled and (check.examples < 1 or check.steps < 1 or not 0 < check.drop <= 1):
+            problems.append(f"adversarial.check: examples and steps must be >= 1 and drop in (0, 1], got "
+                            f"{check.examples}, {check.steps}, {check.drop}")
+        if not 0.0 <= self.optim.ema < 1.0:
+            problems.append(f"optim.ema: {self.optim.ema} is outside [0, 1)")
         if self.members < 1:
             problems.append(f"members: {self.members} must be >= 1")
         if self.method in ("red", "ps-red") and self.members < 2 and self.loss.l_sim > 0:
@@ -197,7 +247,8 @@ class Config:
     @property
     def stacked(self) -> bool:
         """Whether training uses the vectorised all-members step (redtrain.stacked)."""
-        return self.trainer == "stacked" or (self.trainer == "auto" and self.model.arch == "cnn-small")
+        return self.trainer == "stacked" or (self.trainer == "auto" and self.model.arch in STACKABLE
+                                              and self.adversarial.loss == "ce")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -33,7 +33,7 @@ from redtrain.models import count_parameters, input_shape
 from redtrain.onnx_export import OPSET, export_onnx
 from redtrain.provenance import git_commit, replace_folder, staging_folder
 from redtrain.psred_export import write_psred
-from redtrain.train import accuracy, load_run
+from redtrain.train import Ensemble, accuracy, load_run
 
 PARITY_ATOL = 1e-4
 GOLDEN_ATOL = 1e-4
@@ -86,6 +86,9 @@ def objective(cfg: Config) -> str:
     d = cfg.loss.distill
     clean = (f"[(1 - {d.weight:g}) * CE(clean) + {d.weight:g} * T^2 * KL(teacher member at T || member at T), "
              f"T {d.temperature:g}, teacher {d.teacher}]") if d.teacher else "CE(clean)"
+    if adv.enabled and adv.loss == "trades":
+        return (f"sum over members of CE(clean) + {adv.trades_beta:g} * KL(member at clean || member at x'), x' from "
+                f"PGD on that KL: Linf eps {a.eps:g}, {a.steps} steps of {a.eps * a.step_ratio:g} (TRADES)")
     if adv.enabled:
         ce = (f"sum over members of (1 - {adv.mix:g}) * {clean} + {adv.mix:g} * CE(PGD on that member: "
               f"Linf eps {a.eps:g}, {a.steps} steps of {a.eps * a.step_ratio:g}"
@@ -180,4 +183,38 @@ def export_run(run_dir: str | Path, out: str | Path, *, name: str | None = None,
     # the run started with.
     record = {"epochs": state["epoch"], "trainSeconds": round(state["seconds"], 1),
               "trainDevice": state.get("device", "cpu"), "trainCommit": state.get("commit", "unknown")}
+    return export_package(cfg, ensemble, out, data, name=name, version=version, training_record=record)
+
+
+def _same_recipe(config: dict) -> dict:
+    """What runs joined into one package must share: everything but the seed and the name (and
+    threads, trainer and device, which change speed only)."""
+    return {k: v for k, v in config.items() if k not in ("seed", "name", "threads", "trainer", "device")}
+
+
+def export_runs(run_dirs: list[str | Path], out: str | Path, *, name: str | None = None,
+                version: str = "1.0.0") -> Path:
+    """Export the members of several finished runs of one recipe, differing only in seed, as one
+    ensemble package: members trained independently, side by side, as one ensemble."""
+    loaded = [load_run(r) for r in run_dirs]
+    first_cfg = loaded[0][0]
+    if first_cfg.method not in ("independent", "independent-at"):
+        raise UserError(f"joining runs applies to independent members; {run_dirs[0]} is a '{first_cfg.method}' run "
+                        "(its members were trained together)")
+    for run_dir, (cfg, _, _) in zip(run_dirs, loaded):
+        if _same_recipe(cfg.to_dict()) != _same_recipe(first_cfg.to_dict()):
+            raise UserError(f"{run_dir} was trained with another recipe than {run_dirs[0]}; "
+                            "only runs that differ in seed can be joined")
+    seeds = [cfg.seed for cfg, _, _ in loaded]
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"the runs share a seed ({seeds}); their members would be the same")
+    nets = [net for _, ensemble, _ in loaded for net in ensemble.nets]
+    cfg = dataclasses.replace(first_cfg, members=len(nets), name=name or first_cfg.name)
+    ensemble = Ensemble(cfg, loaded[0][2]["classes"])
+    ensemble.nets = nn.ModuleList(nets)
+    data = load_dataset(cfg.data.name, cfg.data.root)
+    record = {"seeds": seeds, "runs": [{"seed": c.seed, "members": c.members, "epochs": st["epoch"],
+                                        "trainSeconds": round(st["seconds"], 1), "trainDevice": st.get("device", "cpu"),
+                                        "trainCommit": st.get("commit", "unknown")} for c, _, st in loaded],
+              "trainSeconds": round(sum(st["seconds"] for _, _, st in loaded), 1)}
     return export_package(cfg, ensemble, out, data, name=name, version=version, training_record=record)

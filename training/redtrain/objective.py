@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from redtrain.attacks import ensemble_ce, member_ce, pgd
+from redtrain.attacks import ensemble_ce, member_ce, pgd, project
 from redtrain.config import AttackConfig, Config
 from redtrain.losses import distill_loss, gradient_similarity, input_gradients, lipschitz_penalty
 from redtrain.stacked import loss_terms_stacked, stacked_logits
@@ -28,18 +28,51 @@ def _attack_members(members: Sequence[Member], x: torch.Tensor, y: torch.Tensor,
             for m in members]
 
 
+def trades_point(member: Member, x: torch.Tensor, attack: AttackConfig, generator: torch.Generator) -> torch.Tensor:
+    """TRADES' inner maximisation: PGD on KL(f(x) || f(x')) from a start 0.001-close to x (a random
+    start on the KL alone has zero gradient at x' = x)."""
+    with torch.no_grad():
+        clean = F.softmax(member(x), dim=1)
+    x = x.detach()
+    noise = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
+    point = project(x + 0.001 * noise, x, attack.eps)
+    for _ in range(attack.steps):
+        point.requires_grad_(True)
+        kl = F.kl_div(F.log_softmax(member(point), dim=1), clean, reduction="sum")
+        (grad,) = torch.autograd.grad(kl, point)
+        point = project(point.detach() + _step_size(attack) * grad.sign(), x, attack.eps)
+    return point.detach()
+
+
+def trades_terms(members: Sequence[Member], x: torch.Tensor, y: torch.Tensor, cfg: Config,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """sum_i CE(f_i(x), y) + beta * KL(f_i(x) || f_i(x_i')), x_i' from `trades_point` on member i."""
+    adv = cfg.adversarial
+    ce_total, kl_total = x.new_zeros(()), x.new_zeros(())
+    for member in members:
+        point = trades_point(member, x, adv.attack, generator)
+        logits = member(x)
+        ce_total = ce_total + F.cross_entropy(logits, y)
+        kl_total = kl_total + F.kl_div(F.log_softmax(member(point), dim=1), F.softmax(logits, dim=1),
+                                       reduction="batchmean")
+    return {"ce": ce_total, "kl": kl_total, "loss": ce_total + adv.trades_beta * kl_total}
+
+
 def loss_terms(members: Sequence[Member], x: torch.Tensor, y: torch.Tensor, cfg: Config,
                generator: torch.Generator, teacher: Sequence[Member] | None = None) -> dict[str, torch.Tensor]:
     """The training objective of cfg.method, split into named terms; terms['loss'] is what to minimise.
 
     independent     sum_i CE(f_i(x))
     independent-at  sum_i (1-mix) CE(f_i(x)) + mix CE(f_i(x_i^adv)), x_i^adv = PGD on member i
+                    (adversarial.loss trades: `trades_terms`)
     red / ps-red    CE part as above (or clean CE without adversarial training)
                     (with a teacher, each clean CE is (1-w) CE + w T^2 KL(teacher_i_T || f_i_T))
                     + l_sim * L_sim  (gradients at the points the CE is taken at)
                     + l_lip * L_lip  (on [clean half; PGD-against-the-averaged-ensemble half])
     """
     adv = cfg.adversarial
+    if adv.enabled and adv.loss == "trades":
+        return trades_terms(members, x, y, cfg, generator)
     terms: dict[str, torch.Tensor] = {}
     x_adv = _attack_members(members, x, y, adv.attack, generator) if adv.enabled else None
 

@@ -1,6 +1,6 @@
 """All members in one vectorised pass: the RED objective without a Python loop over members.
 
-Members of the `cnn-small` architecture are evaluated together: their conv weights are concatenated
+Members of the `cnn-small` and `cnn-strided` architectures are evaluated together: their conv weights are concatenated
 into one grouped convolution (groups = members) and their linear layers into batched matmuls, so a
 step costs a few large kernels instead of members x layers small ones. This is the same function as
 running each member alone; `tests/test_stacked.py` checks losses and parameter gradients against the
@@ -30,7 +30,8 @@ StackedForward = Callable[[torch.Tensor], torch.Tensor]  # x -> [M, B, K]
 
 
 def _conv_stages(params: StackedParams) -> list[int]:
-    """Indices k of the `features.k` conv layers, in order (conv, ReLU, pool repeat every 3)."""
+    """Indices k of the `features.k` conv layers, in order (cnn-small: conv, ReLU, pool repeat every 3;
+    cnn-strided: conv, ReLU every 2)."""
     stages = sorted(int(name.split(".")[1]) for name in params if name.startswith("features.") and name.endswith(".weight"))
     if not stages:
         raise ValueError("stacked parameters hold no features.*.weight: not a cnn-small member")
@@ -38,7 +39,7 @@ def _conv_stages(params: StackedParams) -> list[int]:
 
 
 def stacked_logits(params: StackedParams, x: torch.Tensor) -> torch.Tensor:
-    """Logits [M, B, K] of every SmallCNN member; x is shared [B, C, H, W] or per member [M, B, C, H, W]."""
+    """Logits [M, B, K] of every SmallCNN or StridedCNN member; x is shared [B, C, H, W] or per member [M, B, C, H, W]."""
     stages = _conv_stages(params)
     members = params[f"features.{stages[0]}.weight"].shape[0]
     if x.dim() == 4:
@@ -54,6 +55,9 @@ def stacked_logits(params: StackedParams, x: torch.Tensor) -> torch.Tensor:
     h = h.contiguous(memory_format=torch.channels_last)
     for k in stages:
         w, b = params[f"features.{k}.weight"], params[f"features.{k}.bias"]
+        if w.shape[-1] == 4:  # cnn-strided: a 4x4 conv of stride 2 halves the resolution, no pooling
+            h = F.relu(F.conv2d(h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), stride=2, padding=1, groups=members))
+            continue
         h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), padding=1, groups=members)
         # relu(max_pool(h)) == max_pool(relu(h)) (both monotone); pooling first runs the ReLU and its
         # backward on a quarter of the values.

@@ -6,6 +6,7 @@ epoch), history.jsonl (one line of figures per epoch) and, once finished, summar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -20,7 +21,8 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from redtrain.config import Config, config_from_dict
+from redtrain.attacks import member_ce, pgd
+from redtrain.config import Config, OverfitCheck, config_from_dict
 from redtrain.data import Dataset, load_dataset, to_unit
 from redtrain.errors import UserError
 from redtrain.losses import ensemble_log_probs
@@ -32,8 +34,56 @@ from redtrain.stacked import stack_members
 Member = Callable[[torch.Tensor], torch.Tensor]
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(choice: str = "auto") -> torch.device:
+    """The config's `device`: "auto" is CUDA when torch sees a GPU, else the CPU."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for, but torch sees no CUDA device (use auto or cpu)")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+class WeightAverage:
+    """Exponential moving average of a module's floating-point parameters and buffers, updated
+    after every optimizer step with decay min(decay, (1 + t) / (10 + t)) at step t."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.steps = 0
+        self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for k, v in module.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.state[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.state[k].copy_(v)
+        self.steps += 1
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "state": self.state}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.steps = saved["steps"]
+        self.state = {k: v.clone() for k, v in saved["state"].items()}
+
+
+def pgd_accuracy(members: Sequence[Member], images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int,
+                 device: torch.device, batch_size: int = 500) -> float:
+    """Random-draw accuracy (mean over members) under PGD on each member's own CE, step eps/4 with a
+    random start: the per-epoch check for catastrophic overfitting, not an evaluation."""
+    generator = torch.Generator().manual_seed(0)
+    correct = 0.0
+    for start in range(0, len(images), batch_size):
+        x = to_unit(images[start:start + batch_size]).to(device)
+        y = labels[start:start + batch_size].to(device)
+        for m in members:
+            x_adv = pgd(member_ce(m), x, y, eps, eps / 4, steps, True, generator)
+            with torch.no_grad():
+                correct += (m(x_adv).argmax(1) == y).sum().item() / len(members)
+    return correct / len(images)
 
 
 def seed_everything(seed: int) -> None:
@@ -137,13 +187,21 @@ def _subset(split_images: torch.Tensor, split_labels: torch.Tensor, limit: int |
 def _resume_identity(config: dict) -> dict:
     """The parts of a config a resumed run must share with the run it continues.
 
-    `threads` and `trainer` change speed, not the objective, and `hypernet.storage` only how export writes the
+    `threads`, `trainer` and `device` change speed, not the objective, and `hypernet.storage` only how export writes the
     result; the hypernet section means nothing outside ps-red, so a later change of its defaults
     must not strand runs of the other methods.
     Keys added since a run started compare equal to their absence while they hold their defaults
     (no distillation teacher, no member gains), so older runs still resume.
     """
-    identity = json.loads(json.dumps({k: v for k, v in config.items() if k not in ("threads", "trainer")}))
+    identity = json.loads(json.dumps({k: v for k, v in config.items() if k not in ("threads", "trainer", "device")}))
+    defaults = {"optim": {"ema": 0.0},
+                "adversarial": {"loss": "ce", "trades_beta": 6.0, "check": dataclasses.asdict(OverfitCheck())}}
+    for section, keys in defaults.items():
+        values = identity.get(section)
+        if isinstance(values, dict):
+            for k, v in keys.items():
+                if values.get(k, v) == v:
+                    values.pop(k, None)
     if identity.get("method") != "ps-red":
         identity.pop("hypernet", None)
     elif isinstance(identity.get("hypernet"), dict):
@@ -172,10 +230,12 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
     cfg_path = run_dir / "config.yaml"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device()
+    device = pick_device(cfg.device)
     data = dataset or load_dataset(cfg.data.name, cfg.data.root)
     train_x, train_y = _subset(data.train.images, data.train.labels, cfg.data.train_limit)
     test_x, test_y = _subset(data.test.images, data.test.labels, cfg.data.test_limit)
+    check = cfg.adversarial.check
+    check_x, check_y = data.test.images[-check.examples:], data.test.labels[-check.examples:]
 
     seed_everything(cfg.seed)
     ensemble = build_ensemble(cfg, len(data.labels)).to(device)
@@ -193,6 +253,11 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
     # The commit is taken once, when the run starts: later epochs run the code loaded then,
     # whatever HEAD has moved to since.
     start_epoch, seconds, history, commit = 0, 0.0, [], git_commit()
+    average = WeightAverage(ensemble, o.ema) if o.ema > 0 else None
+    # The weights the run keeps: the averaged ones when optim.ema is on (the raw ones only resume).
+    kept = (lambda: average.state) if average else ensemble.state_dict
+    best: dict = {}  # with the overfitting check: the best epoch's kept weights and PGD accuracy
+    stopped = False
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         if _resume_identity(state["config"]) != _resume_identity(cfg.to_dict()):
@@ -204,6 +269,9 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, seconds, history = state["epoch"], state["seconds"], state["history"]
         commit = state.get("commit", commit)
+        if average:
+            average.load_state_dict(state["average"])
+        best, stopped = state.get("best", {}), state.get("stopped", False)
         torch.set_rng_state(state["rng"])
         if progress:
             print(f"resuming {run_dir} after epoch {start_epoch}/{o.epochs}")
@@ -212,6 +280,8 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
 
     members = ensemble.members()
     for epoch in range(start_epoch, o.epochs):
+        if stopped:
+            break
         ensemble.train()
         started = time.time()
         order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
@@ -227,6 +297,8 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
             terms["loss"].backward()
             optimizer.step()
             scheduler.step()
+            if average:
+                average.update(ensemble)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             images_per_s = (step + 1) * o.batch_size / max(time.time() - started, 1e-9)
@@ -234,10 +306,25 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
                             refresh=False)
         bar.close()
         ensemble.eval()
+        raw = {k: v.clone() for k, v in ensemble.state_dict().items()} if average else None
+        if average:
+            ensemble.load_state_dict(average.state)
         evaluation = accuracy(ensemble.members(), test_x, test_y, device)
+        checked = {}
+        if check.enabled:
+            acc = pgd_accuracy(ensemble.members(), check_x, check_y, cfg.adversarial.attack.eps, check.steps, device)
+            checked = {"checkPgdAccuracy": round(acc, 6)}
+            if not best or acc >= best["accuracy"]:
+                best = {"epoch": epoch + 1, "accuracy": acc, "model": {k: v.clone() for k, v in kept().items()}}
+            elif acc < best["accuracy"] - check.drop:
+                stopped = True
+                checked["stopped"] = (f"PGD accuracy {acc:.3f} fell more than {check.drop} below epoch "
+                                      f"{best['epoch']}'s {best['accuracy']:.3f}: catastrophic overfitting")
+        if raw is not None:
+            ensemble.load_state_dict(raw)
         seconds += time.time() - started
         record = {"epoch": epoch + 1, "seconds": round(seconds, 1),
-                  **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}, **evaluation}
+                  **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}, **evaluation, **checked}
         history.append(record)
         with open(run_dir / "history.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -247,16 +334,29 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
         _atomic_save({"config": cfg.to_dict(), "epoch": epoch + 1, "seconds": seconds, "history": history,
                       "model": ensemble.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                      "classes": len(data.labels), "commit": commit, "device": str(device)}, ckpt_path)
+                      "classes": len(data.labels), "commit": commit, "device": str(device),
+                      "average": average.state_dict() if average else None, "best": best, "stopped": stopped,
+                      "kept": _kept_weights(kept(), best, check.enabled)}, ckpt_path)
 
     ensemble.eval()
-    evaluation = history[-1] if history else accuracy(ensemble.members(), test_x, test_y, device)
-    summary = {"epochs": o.epochs, "seconds": round(seconds, 1), "device": str(device),
+    ensemble.load_state_dict(_kept_weights(kept(), best, check.enabled))
+    chosen = [r for r in history if best and r["epoch"] == best["epoch"]]
+    evaluation = (chosen or history)[-1] if history else accuracy(ensemble.members(), test_x, test_y, device)
+    summary = {"epochs": o.epochs, "epochsRun": len(history), "seconds": round(seconds, 1), "device": str(device),
                "threads": torch.get_num_threads(), "commit": commit,
+               "weights": ("EMA " if average else "") + (f"of epoch {best['epoch']} (best check)" if best else "final"),
                "evaluation": {k: evaluation[k] for k in ("memberAccuracy", "randomDrawAccuracy",
                                                            "ensembleAccuracy", "examples")}}
+    if stopped:
+        summary["stopped"] = history[-1].get("stopped", "stopped by the overfitting check")
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return RunResult(run_dir, o.epochs, seconds, summary["evaluation"])
+
+
+def _kept_weights(current: dict, best: dict, checked: bool) -> dict:
+    """What the run hands to export: with the overfitting check, the best checked epoch's weights;
+    otherwise the current (averaged, with optim.ema) weights."""
+    return best["model"] if checked and best else current
 
 
 def load_run(run_dir: str | Path, unfinished: bool = False) -> tuple[Config, nn.Module, dict]:
@@ -268,9 +368,9 @@ def load_run(run_dir: str | Path, unfinished: bool = False) -> tuple[Config, nn.
         raise UserError(f"{run_dir} is not a training run: {ckpt_path} not found")
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     cfg = config_from_dict(state["config"])
-    if state["epoch"] < cfg.optim.epochs and not unfinished:
+    if state["epoch"] < cfg.optim.epochs and not state.get("stopped") and not unfinished:
         raise UserError(f"{run_dir} is unfinished ({state['epoch']}/{cfg.optim.epochs} epochs); resume training first")
     ensemble = build_ensemble(cfg, state["classes"])
-    ensemble.load_state_dict(state["model"])
+    ensemble.load_state_dict(state.get("kept") or state["model"])
     ensemble.eval()
     return cfg, ensemble, state

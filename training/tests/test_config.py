@@ -56,7 +56,7 @@ def test_experiment_names_cannot_collide_with_a_package():
             continue
         name = raw["name"]
         # exp-* (single experiments), study-* and psred-* (study arms): never a package's name.
-        assert name == path.stem and name.startswith(("exp-", "study-", "psred-")), path.name
+        assert name == path.stem and name.startswith(("exp-", "study-", "psred-", "members-")), path.name
         assert name not in packages and not name.startswith("fmnist-")
 
 

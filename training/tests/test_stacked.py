@@ -41,6 +41,9 @@ CASES = {
     "red-clean-ce": {"adversarial": {"enabled": False}},
     "red-pure-adv": {"adversarial": {"enabled": True, "mix": 1.0, "attack": {"eps": 0.1, "steps": 2}}},
     "independent-at": {"method": "independent-at", "loss": {"l_sim": 0.0, "l_lip": 0.0}},
+    "independent-at-strided": {"method": "independent-at", "loss": {"l_sim": 0.0, "l_lip": 0.0},
+                               "model": {"arch": "cnn-strided", "widths": [4, 6], "hidden": 8}},
+    "red-strided": {"model": {"arch": "cnn-strided", "widths": [3, 5], "hidden": 7}},
     "independent": {"method": "independent", "loss": {"l_sim": 0.0, "l_lip": 0.0}, "adversarial": {"enabled": False}},
     "ps-red": {"method": "ps-red", "hypernet": {"member_gains": True, "member_scale": True}},
     "ps-red-adapter": {"method": "ps-red", "hypernet": {"adapter_rank": 2}},
@@ -65,8 +68,9 @@ def test_stacked_step_matches_the_member_loop(case):
         torch.testing.assert_close(fast_grads[n], loop_grads[n], rtol=RTOL, atol=ATOL, msg=f"gradient of {n}")
 
 
-def test_stacked_logits_equal_each_member():
-    cfg = tiny_config(members=4)
+@pytest.mark.parametrize("model", [{}, {"arch": "cnn-strided", "widths": [4, 6], "hidden": 8}])
+def test_stacked_logits_equal_each_member(model):
+    cfg = tiny_config(members=4, model=model)
     ensemble = build_ensemble(cfg, 10)
     x, _ = _batch(8)
     x = x.float()
@@ -86,7 +90,10 @@ def test_similarity_matches_pairwise_cosines():
 def test_stacked_trainer_refuses_other_architectures():
     from redtrain.errors import UserError
 
-    with pytest.raises(UserError, match="trainer: 'stacked' needs model.arch cnn-small"):
+    with pytest.raises(UserError, match="trainer: 'stacked' needs model.arch cnn-small or cnn-strided"):
         tiny_config(trainer="stacked", model={"arch": "resnet20"})
     assert not tiny_config(model={"arch": "resnet20"}).stacked
     assert not tiny_config(trainer="loop").stacked
+    # TRADES has no stacked form: auto picks the loop.
+    assert not tiny_config(method="independent-at", loss={"l_sim": 0.0, "l_lip": 0.0},
+                           adversarial={"enabled": True, "loss": "trades"}).stacked
