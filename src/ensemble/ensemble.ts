@@ -2,19 +2,21 @@
  * The Ensemble: what the HTTP layer talks to. It loads a package, starts the worker pool and turns
  * pre-processed images into class probabilities under the configured sampling mode:
  *
- *   random   each image is answered by one member drawn uniformly with node:crypto (RED);
+ *   random   each image is answered by one member drawn with node:crypto (RED), with the manifest's
+ *            sampling.probabilities, uniformly when it has none (sampling.ts);
  *   fixed:K  every image is answered by member K (evaluation, attacks on one member);
- *   mean     the softmax of every member, averaged (the classic ensemble; N times the work).
+ *   mean     the softmax of every member, averaged with the same probabilities as weights (the
+ *            classic ensemble; N times the work, less the members of probability 0).
  *
  * Which member answered is never returned; it is logged at debug level only.
  */
-import { randomFillSync, randomInt } from 'node:crypto';
 import type { Config, Sampling } from '../config.js';
 import { ConfigError, PackageError } from '../errors.js';
 import { readPackage, type Manifest, type MemberSource, type ModelPackage } from './manifest.js';
 import { NO_OBSERVER, type InferenceObserver } from './observer.js';
 import { WorkerPool, type PoolLogger } from './pool.js';
 import { generateMembers, sessionSpec, type Provider } from './runtime.js';
+import { memberSampler } from './sampling.js';
 
 export interface EnsembleLogger extends PoolLogger {
   info(obj: object, msg: string): void;
@@ -42,46 +44,6 @@ export function softmaxInto(logits: Float32Array, offset: number, classes: numbe
     sum += out[k];
   }
   for (let k = 0; k < classes; k++) out[k] /= sum;
-}
-
-/**
- * Cryptographic random bytes, fetched from the OS 4 KiB at a time: one getrandom call per request
- * cost about 10 us of the event loop's CPU, more than the draw itself. A private Uint8Array, not
- * Buffer.allocUnsafe, which slices Node's shared pool where the bytes (future draws) would linger;
- * each byte is zeroed once used, so the buffer never holds a draw that was already made.
- */
-class RandomBytes {
-  private readonly bytes = new Uint8Array(4096);
-  private next = this.bytes.length;
-
-  take(): number {
-    if (this.next === this.bytes.length) {
-      randomFillSync(this.bytes);
-      this.next = 0;
-    }
-    const b = this.bytes[this.next];
-    this.bytes[this.next++] = 0;
-    return b;
-  }
-}
-
-const randomBytes = new RandomBytes();
-
-/**
- * Draw one member per image, uniformly, with a cryptographic RNG. Up to 256 members, one random byte
- * per draw: bytes at or past the largest multiple of `members` are rejected, so every member keeps
- * probability exactly 1 / members. Past 256 members, crypto.randomInt per draw.
- */
-export function drawMembers(n: number, members: number): number[] {
-  if (!Number.isInteger(members) || members < 1) throw new RangeError(`members: ${members} is not an integer >= 1`);
-  if (members > 256) return Array.from({ length: n }, () => randomInt(members));
-  const limit = 256 - (256 % members);
-  const draws = new Array<number>(n);
-  for (let i = 0; i < n;) {
-    const b = randomBytes.take();
-    if (b < limit) draws[i++] = b % members;
-  }
-  return draws;
 }
 
 /** The sessions' sources: member files, or for ps-red the target with each member's generated weights. */
@@ -130,27 +92,33 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger, observer
   }
   log.info({
     model: manifest.name, members: nMembers, provider: info.provider, sampling: sampling.mode,
+    probabilities: manifest.sampling?.probabilities ?? 'uniform',
     workers: config.workers, maxGoldenError: info.maxGoldenError, loadMs: Math.round(performance.now() - started),
   }, 'model package loaded, members checked against golden logits and warm');
   if (manifest.benchmark?.randomWeights) {
     log.warn({ model: manifest.name, benchmark: manifest.benchmark }, 'serving random weights: benchmark package, not a classifier');
   }
 
+  const sampler = memberSampler(nMembers, manifest.sampling?.probabilities);
+  const meanMembers = sampler.probabilities.map((weight, member) => ({ member, weight })).filter((m) => m.weight > 0);
+
   async function classify(data: Float32Array, n: number): Promise<Float32Array[]> {
     const out = Array.from({ length: n }, () => new Float32Array(classes));
     if (sampling.mode === 'mean') {
-      // One job per member: they spread over the workers and batch with other requests' jobs.
-      const logits = await pool.runAll(Array.from({ length: nMembers }, (_, member) => ({ member, data, n })));
+      // One job per member that can be drawn: they spread over the workers and batch with other
+      // requests' jobs. Each member's softmax weighs what its probability of being drawn is.
+      const jobs = meanMembers.map(({ member }) => ({ member, data, n }));
+      const logits = await pool.runAll(jobs);
       const p = new Float32Array(classes);
       for (let i = 0; i < n; i++) {
-        for (const member of logits) {
-          softmaxInto(member, i * classes, classes, p);
-          for (let k = 0; k < classes; k++) out[i][k] += p[k] / nMembers;
-        }
+        meanMembers.forEach(({ weight }, j) => {
+          softmaxInto(logits[j], i * classes, classes, p);
+          for (let k = 0; k < classes; k++) out[i][k] += weight * p[k];
+        });
       }
       return out;
     }
-    const draws = sampling.mode === 'fixed' ? new Array<number>(n).fill(sampling.member) : drawMembers(n, nMembers);
+    const draws = sampling.mode === 'fixed' ? new Array<number>(n).fill(sampling.member) : sampler.draw(n);
     log.debug({ draws }, 'members drawn');
     const groups = new Map<number, number[]>();
     draws.forEach((m, i) => {

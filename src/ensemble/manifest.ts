@@ -68,6 +68,8 @@ export interface Manifest {
   readonly labels: readonly string[];
   /** kind ensemble: files; kind ps-red: `{ index, parameters }` (see `hypernet`, `target`). */
   readonly members: readonly MemberFile[];
+  /** How the random draw weighs the members; uniform when absent (sampling.ts). */
+  readonly sampling?: { readonly probabilities?: readonly number[] };
   readonly hypernet?: PsRedEntries['hypernet'];
   readonly target?: PsRedEntries['target'];
   readonly golden: { readonly file: string; readonly sha256: string; readonly atol: number };
@@ -159,6 +161,9 @@ function problemOf(e: ErrorObject, data: unknown): string | null {
   return `${path}: expected ${description}, got ${describeValue(e.data)}`;
 }
 
+/** How far sampling.probabilities may sum from 1 (docs/model-format.md); the draw normalises by the sum. */
+export const PROBABILITY_SUM_TOLERANCE = 1e-6;
+
 /** What the schema cannot say: fields that must agree with each other. Each check runs only where
  * the fields it reads already have the schema's shape. */
 function relations(m: Record<string, unknown>): string[] {
@@ -196,6 +201,20 @@ function relations(m: Record<string, unknown>): string[] {
       if (t.length !== expected) problems.push(`target.tensors[${i}].length: ${t.length}, expected 4 * prod(shape) = ${expected}`);
       if (t.offset !== offset) problems.push(`target.tensors[${i}].offset: ${t.offset}, expected ${offset} (contiguous)`);
       offset = t.offset + t.length;
+    }
+  }
+  const probabilities = isObject(m.sampling) ? m.sampling.probabilities : undefined;
+  if (Array.isArray(probabilities) && probabilities.length > 0) {
+    if (Array.isArray(members) && members.length > 0 && probabilities.length !== members.length) {
+      problems.push(`sampling.probabilities: ${probabilities.length} values for ${members.length} members`);
+    }
+    if (probabilities.every(isNumber)) {
+      // Summed left to right, as the Python validator does, so both get the same float64 and verdict.
+      let sum = 0;
+      for (const p of probabilities) sum += p;
+      if (!(Math.abs(sum - 1) <= PROBABILITY_SUM_TOLERANCE)) {
+        problems.push(`sampling.probabilities: sum ${describeValue(sum)}, expected 1 (within 1e-6)`);
+      }
     }
   }
   const accuracies = isObject(m.evaluation) ? m.evaluation.memberAccuracy : undefined;

@@ -79,10 +79,12 @@ export function registerRoutes(app: FastifyInstance, config: Config, state: Mode
     const ensemble = state.ready();
     const m = ensemble.manifest;
     const s = ensemble.sampling;
+    const memberParameters = m.members.reduce((sum, mem) => sum + mem.parameters, 0);
     return {
       name: m.name, version: m.version, kind: m.kind, description: m.description,
       members: m.members.length,
-      parameters: m.members.reduce((sum, mem) => sum + mem.parameters, 0),
+      parameters: m.kind === 'ps-red' ? m.hypernet!.parameters : memberParameters,
+      memberParameters,
       input: m.input, labels: m.labels, provider: ensemble.provider,
       sampling: s.mode === 'fixed' ? `fixed:${s.member}` : s.mode,
       batching: { maxBatchImages: config.maxBatchImages, queueDelayUs: config.queueDelayUs },

@@ -65,6 +65,14 @@ t.test('cuda refuses to start without the CUDA execution provider', async (t) =>
   await t.rejects(startApp({ device: { kind: 'cuda', id: 0 } }), /cannot create a cuda session/);
 });
 
+t.test('/models: a kind ensemble stores its members, so parameters and memberParameters agree', async (t) => {
+  const app = await startApp();
+  t.teardown(() => app.close());
+  const info = (await app.server.inject({ url: '/models' })).json();
+  const sum = (await manifestOf(TINY)).members.reduce((s, m) => s + m.parameters, 0);
+  t.same([info.parameters, info.memberParameters], [sum, sum]);
+});
+
 t.test('auto falls back to the CPU and reports it', async (t) => {
   const app = await startApp({ device: { kind: 'auto' } });
   t.equal((await app.server.inject({ url: '/models' })).json().provider, 'cpu');

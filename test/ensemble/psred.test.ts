@@ -15,6 +15,11 @@ t.test('a ps-red package loads, and fixed:K serves generated member K exactly as
     const app = await startApp({ modelDir: PSRED, sampling: { mode: 'fixed', member: k }, workers: 1 });
     const info = (await app.server.inject({ url: '/models' })).json();
     t.equal(info.kind, 'ps-red');
+    if (k === 0) {
+      t.equal(info.parameters, manifest.hypernet.parameters, '/models: parameters stored, the hypernetwork\'s');
+      t.equal(info.memberParameters, manifest.members.reduce((s: number, m: any) => s + m.parameters, 0),
+        '/models: memberParameters, the generated members\' sum');
+    }
     for (const g of golden) {
       const res = await app.server.inject({
         method: 'POST', url: '/classify?topK=all', headers: { 'content-type': 'image/png' },

@@ -12,13 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
 from redtrain.errors import UserError
+
+# How far sampling.probabilities may sum from 1 (docs/model-format.md); the service normalises by the sum.
+PROBABILITY_SUM_TOLERANCE = 1e-6
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "model-format.schema.json"
 
@@ -31,6 +35,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _is_json_number(_checker, v: object) -> bool:
+    """A number as the service reads it: a finite float64 (1e400, or an integer of 400 digits, reads
+    as Infinity there and fails 'number', as NaN does)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return math.isfinite(v) if isinstance(v, float) else abs(v) < 2**1024
+
+
+_Validator = validators.extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many({
+    "number": _is_json_number,
+    "integer": lambda checker, v: _is_json_number(checker, v) and (isinstance(v, int) or v.is_integer()),
+}))
+
+
 @cache
 def _validator() -> Draft202012Validator:
     if not SCHEMA_PATH.is_file():
@@ -38,7 +56,7 @@ def _validator() -> Draft202012Validator:
                         "(pip install -e training)")
     schema = json.loads(SCHEMA_PATH.read_text())
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return _Validator(schema)
 
 
 def field_path(parts) -> str:
@@ -53,6 +71,29 @@ def _child(path: str, key: str) -> str:
     return key if path == "manifest" else f"{path}.{key}"
 
 
+def js_number(x: float) -> str:
+    """`x` as JavaScript's String(x) writes it: the shortest digits that read back as `x` (what
+    repr finds too), laid out by ECMAScript's Number::toString rules (0.00001, not 1e-05; 1e+21,
+    not 1e21; 5, not 5.0), so messages that show a number read the same in both validators."""
+    if not math.isfinite(x):
+        return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+    if x == 0:
+        return "0"
+    if x < 0:
+        return "-" + js_number(-x)
+    t = Decimal(repr(x)).normalize().as_tuple()
+    digits = "".join(map(str, t.digits))
+    k, n = len(digits), t.exponent + len(digits)  # x = 0.<digits> * 10^n
+    if k <= n <= 21:
+        return digits + "0" * (n - k)
+    if 0 < n <= 21:
+        return f"{digits[:n]}.{digits[n:]}"
+    if -6 < n <= 0:
+        return "0." + "0" * -n + digits
+    e = n - 1
+    return f"{digits[0]}{'.' + digits[1:] if k > 1 else ''}e{'+' if e >= 0 else '-'}{abs(e)}"
+
+
 def describe_value(v: object) -> str:
     """A short rendering of a JSON value, the same in both languages."""
     if isinstance(v, bool):
@@ -63,9 +104,12 @@ def describe_value(v: object) -> str:
         text = json.dumps(v, ensure_ascii=False)
         return text if len(text) <= 42 else text[:40] + '..."'
     if isinstance(v, int):
-        return str(v)
+        # JavaScript reads every JSON number as a float64: past 2^53 it no longer holds every integer.
+        if abs(v) <= 2**53:
+            return str(v)
+        return js_number(float(v)) if abs(v) < 2**1024 else ("Infinity" if v > 0 else "-Infinity")
     if isinstance(v, float):
-        return str(int(v)) if v.is_integer() else repr(v)
+        return js_number(v)
     if isinstance(v, list):
         return f"a list of {len(v)}"
     return "an object"
@@ -122,6 +166,18 @@ def _relations(m: dict) -> list[str]:
             if t["offset"] != offset:
                 problems.append(f"target.tensors[{i}].offset: {t['offset']}, expected {offset} (contiguous)")
             offset = t["offset"] + t["length"]
+    sampling = m.get("sampling")
+    probabilities = sampling.get("probabilities") if isinstance(sampling, dict) else None
+    if isinstance(probabilities, list) and probabilities:
+        if isinstance(members, list) and members and len(probabilities) != len(members):
+            problems.append(f"sampling.probabilities: {len(probabilities)} values for {len(members)} members")
+        if all(_is_json_number(None, p) for p in probabilities):
+            # Left to right in float64, as the service sums (not sum(), which compensates from 3.12 on).
+            total = 0.0
+            for p in probabilities:
+                total += p
+            if not abs(total - 1) <= PROBABILITY_SUM_TOLERANCE:
+                problems.append(f"sampling.probabilities: sum {describe_value(total)}, expected 1 (within 1e-6)")
     evaluation = m.get("evaluation")
     accuracies = evaluation.get("memberAccuracy") if isinstance(evaluation, dict) else None
     if isinstance(accuracies, list) and isinstance(members, list) and members and len(accuracies) != len(members):

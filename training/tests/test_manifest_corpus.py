@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from redtrain.manifest import validate_manifest
+from redtrain.manifest import describe_value, validate_manifest
 
 CORPUS = Path(__file__).resolve().parents[2] / "test" / "fixtures" / "manifests"
 EXPECTED = json.loads((CORPUS / "expected.json").read_text())
@@ -33,3 +33,15 @@ def test_every_expectation_has_its_manifest():
 def test_shipped_manifests_are_valid(package):
     path = CORPUS.parents[2] / "models" / package / "manifest.json"
     assert validate_manifest(json.loads(path.read_text())) == []
+
+
+
+@pytest.mark.parametrize("value, javascript", [
+    # What String(value) gives in Node 20, for each layout ECMAScript's Number::toString has; an
+    # integer past 2^53 is read by the service as the nearest float64, and written as one.
+    (0.9000000000000001, "0.9000000000000001"), (1e-05, "0.00001"), (1e-07, "1e-7"), (-1.5e-300, "-1.5e-300"),
+    (5.0, "5"), (1e20, "100000000000000000000"), (1e21, "1e+21"), (123.456, "123.456"), (0.0, "0"),
+    (2**53, "9007199254740992"), (2**60, "1152921504606847000"),
+])
+def test_numbers_in_messages_read_as_the_service_writes_them(value, javascript):
+    assert describe_value(value) == javascript
