@@ -56,8 +56,9 @@ class HyperEnsemble(nn.Module):
 
     def __init__(self, cfg: Config, classes: int) -> None:
         super().__init__()
-        if cfg.model.arch != "cnn-small":
-            raise UserError("ps-red supports model.arch cnn-small (members without batch norm)")
+        if cfg.model.arch not in ("cnn-small", "cnn-strided"):
+            raise UserError(f"ps-red supports model.arch cnn-small and cnn-strided (members without batch norm), "
+                            f"got '{cfg.model.arch}'")
         hc = cfg.hypernet
         self.n_members = cfg.members
         self.chunk_size = hc.chunk_size
