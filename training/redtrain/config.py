@@ -16,7 +16,7 @@ import yaml
 
 from redtrain.errors import UserError
 
-METHODS = ("independent", "independent-at", "red", "ps-red")
+METHODS = ("independent", "independent-at", "red", "ps-red", "barre")
 DATASETS = ("fashion-mnist", "cifar10")
 ARCHS = ("cnn-small", "cnn-strided", "resnet20")
 DEVICES = ("auto", "cpu", "cuda")
@@ -157,6 +157,18 @@ class HypernetConfig:
 
 
 @dataclass(frozen=True)
+class BoostConfig:
+    """Method barre (redtrain.boost): members boosted one after another from a finished run."""
+
+    start: str = ""  # a finished single-member adversarial training run: member 0
+    epochs_per_member: int = 5
+    margin_weight: float = 1.0  # weight of the margin CE beside CE on the mixture's PGD examples
+    rounds: int = 5  # ARC rounds that fit the sampling probabilities
+    probability_step: float = 1.0  # projected-gradient step on the expected error, per round
+    arc_iterations: int = 10
+
+
+@dataclass(frozen=True)
 class Config:
     name: str
     method: str = "red"
@@ -176,6 +188,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     hypernet: HypernetConfig = field(default_factory=HypernetConfig)
+    boost: BoostConfig = field(default_factory=BoostConfig)
 
     def __post_init__(self) -> None:
         problems = []
@@ -189,6 +202,15 @@ class Config:
             problems.append(f"trainer: '{self.trainer}' is not one of {', '.join(TRAINERS)}")
         elif self.trainer == "stacked" and self.model.arch not in STACKABLE:
             problems.append(f"trainer: 'stacked' needs model.arch {' or '.join(STACKABLE)}, got '{self.model.arch}'")
+        if self.method == "barre":
+            b = self.boost
+            if not b.start:
+                problems.append("method barre needs boost.start: a finished run whose member 0 it boosts from")
+            if self.members < 2 or not self.adversarial.enabled:
+                problems.append("method barre needs members >= 2 and adversarial.enabled: true")
+            if b.epochs_per_member < 1 or b.rounds < 1 or b.arc_iterations < 1 or not b.probability_step > 0:
+                problems.append("boost: epochs_per_member, rounds and arc_iterations must be >= 1, "
+                                "probability_step > 0")
         if self.device not in DEVICES:
             problems.append(f"device: '{self.device}' is not one of {', '.join(DEVICES)}")
         if self.adversarial.loss not in ADVERSARIAL_LOSSES:

@@ -86,6 +86,12 @@ def objective(cfg: Config) -> str:
     d = cfg.loss.distill
     clean = (f"[(1 - {d.weight:g}) * CE(clean) + {d.weight:g} * T^2 * KL(teacher member at T || member at T), "
              f"T {d.temperature:g}, teacher {d.teacher}]") if d.teacher else "CE(clean)"
+    if cfg.method == "barre":
+        b = cfg.boost
+        return (f"BARRE-style boosting from {b.start}: member k starts as member k-1 and trains on PGD examples of "
+                f"the uniform mixture of members 0..k (Linf eps {a.eps:g}, {a.steps} steps of {a.eps * a.step_ratio:g}) "
+                f"with CE + {b.margin_weight:g} * margin CE, {b.epochs_per_member} epochs each; sampling "
+                f"probabilities fitted on the simplex against ARC over {b.rounds} rounds")
     if adv.enabled and adv.loss == "trades":
         return (f"sum over members of CE(clean) + {adv.trades_beta:g} * KL(member at clean || member at x'), x' from "
                 f"PGD on that KL: Linf eps {a.eps:g}, {a.steps} steps of {a.eps * a.step_ratio:g} (TRADES)")
@@ -123,7 +129,7 @@ def _write_members(cfg: Config, ensemble: nn.Module, shape: tuple[int, int, int]
 
 def export_package(cfg: Config, ensemble: nn.Module, out: str | Path, data: Dataset, *, name: str | None = None,
                    version: str = "1.0.0", training_record: dict | None = None,
-                   parity_atol: float = PARITY_ATOL) -> Path:
+                   parity_atol: float = PARITY_ATOL, probabilities: list[float] | None = None) -> Path:
     out = Path(out)
     tmp = staging_folder(out)
     try:
@@ -136,7 +142,8 @@ def export_package(cfg: Config, ensemble: nn.Module, out: str | Path, data: Data
         test_x, test_y = data.test.images, data.test.labels
         if cfg.data.test_limit is not None:
             test_x, test_y = test_x[:cfg.data.test_limit], test_y[:cfg.data.test_limit]
-        evaluation = {"split": "test", **accuracy(members, test_x, test_y, torch.device("cpu"))}
+        weights = torch.tensor(probabilities, dtype=torch.float64) if probabilities is not None else None
+        evaluation = {"split": "test", **accuracy(members, test_x, test_y, torch.device("cpu"), weights=weights)}
         channels = "gray" if shape[0] == 1 else "rgb"
         manifest = {
             "format": "redserve-package",
@@ -151,6 +158,7 @@ def export_package(cfg: Config, ensemble: nn.Module, out: str | Path, data: Data
             "output": {"name": "logits", "classes": len(data.labels)},
             "labels": list(data.labels),
             **stored,
+            **({"sampling": {"probabilities": list(probabilities)}} if probabilities is not None else {}),
             "golden": {"file": "golden.json", "sha256": sha256_file(tmp / "golden.json"), "atol": GOLDEN_ATOL},
             "training": {"method": cfg.method, "seed": cfg.seed, "dataset": data.name,
                          "commit": git_commit(), "objective": objective(cfg),
@@ -183,7 +191,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, name: str | None = None,
     # the run started with.
     record = {"epochs": state["epoch"], "trainSeconds": round(state["seconds"], 1),
               "trainDevice": state.get("device", "cpu"), "trainCommit": state.get("commit", "unknown")}
-    return export_package(cfg, ensemble, out, data, name=name, version=version, training_record=record)
+    return export_package(cfg, ensemble, out, data, name=name, version=version, training_record=record,
+                          probabilities=state.get("probabilities"))
 
 
 def _same_recipe(config: dict) -> dict:

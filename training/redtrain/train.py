@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import yaml
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -137,9 +138,10 @@ def load_teacher(cfg: Config, members: int) -> list[Member] | None:
 
 @torch.no_grad()
 def accuracy(members: Sequence[Member], images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-             batch_size: int = 1000) -> dict[str, object]:
-    """Clean accuracy of each member, of a uniformly random draw (the mean over members) and of the
-    averaged ensemble (argmax of the mean softmax)."""
+             batch_size: int = 1000, weights: torch.Tensor | None = None) -> dict[str, object]:
+    """Clean accuracy of each member, of the random draw (the mean over members, weighted by the
+    sampling probabilities `weights` when given) and of the averaged ensemble (argmax of the mean
+    softmax, weighted alike)."""
     correct = torch.zeros(len(members))
     correct_ens = 0
     for start in range(0, len(images), batch_size):
@@ -148,11 +150,16 @@ def accuracy(members: Sequence[Member], images: torch.Tensor, labels: torch.Tens
         logits = [m(x) for m in members]
         for i, z in enumerate(logits):
             correct[i] += (z.argmax(1) == y).sum().item()
-        correct_ens += (ensemble_log_probs(logits).argmax(1) == y).sum().item()
+        if weights is None:
+            mean = ensemble_log_probs(logits)
+        else:
+            mean = (torch.stack([F.softmax(z, 1) for z in logits]) * weights.to(z.dtype).view(-1, 1, 1)).sum(0)
+        correct_ens += (mean.argmax(1) == y).sum().item()
     member_acc = (correct / len(images)).tolist()
+    p = [1.0 / len(members)] * len(members) if weights is None else [float(w) for w in weights]
     return {
         "memberAccuracy": [round(a, 6) for a in member_acc],
-        "randomDrawAccuracy": round(sum(member_acc) / len(member_acc), 6),
+        "randomDrawAccuracy": round(sum(w * a for w, a in zip(p, member_acc)), 6),
         "ensembleAccuracy": round(correct_ens / len(images), 6),
         "examples": len(images),
     }
@@ -202,6 +209,8 @@ def _resume_identity(config: dict) -> dict:
             for k, v in keys.items():
                 if values.get(k, v) == v:
                     values.pop(k, None)
+    if identity.get("method") != "barre":
+        identity.pop("boost", None)
     if identity.get("method") != "ps-red":
         identity.pop("hypernet", None)
     elif isinstance(identity.get("hypernet"), dict):
@@ -223,6 +232,11 @@ class RunResult:
 
 def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, progress: bool = True) -> RunResult:
     run_dir = Path(run_dir)
+    if cfg.method == "barre":
+        from redtrain.boost import train_boosted  # noqa: PLC0415 (its own loop, member after member)
+
+        summary = train_boosted(cfg, run_dir, dataset, progress)
+        return RunResult(run_dir, cfg.optim.epochs, summary["seconds"], summary["evaluation"])
     # The teacher is loaded before anything is written: a bad teacher path leaves no run folder.
     teacher = load_teacher(cfg, cfg.members)
     run_dir.mkdir(parents=True, exist_ok=True)
