@@ -7,11 +7,13 @@ import './runtime-env.js';
 import multipart from '@fastify/multipart';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Config } from './config.js';
 import { registerDetection } from './detect/http.js';
 import { loadEnsemble, type Ensemble } from './ensemble/ensemble.js';
 import { registerAccessControl } from './http/access.js';
+import { boundedServerFactory } from './http/connections.js';
 import { Admission } from './http/admission.js';
 import { sendError, type ErrorShape } from './http/error-handler.js';
 import { HttpError } from './http/http-error.js';
@@ -19,7 +21,7 @@ import { MAX_FORM_FIELDS } from './http/multipart.js';
 import { RouteIndex } from './http/not-found.js';
 import { openapiInfo } from './http/openapi.js';
 import { registerRoutes } from './http/routes.js';
-import { registerV2Routes } from './http/v2.js';
+import { registerV2Routes, v2Shape } from './http/v2.js';
 import { Metrics } from './metrics.js';
 import { ModelState } from './model-state.js';
 
@@ -45,10 +47,16 @@ declare module 'fastify' {
     errorCode: string | null;
     /** Stop the body timeout: the handler has read the whole body (multipart bodies are read there). */
     bodyReceived(): void;
+    /** Images this inference request is answered for (set by the inference routes; 0 otherwise). */
+    answeredImages: number;
   }
 }
 
 const rootShape: ErrorShape = (e) => ({ error: e.code, message: e.message });
+/** Does a URL belong to the v2 scope (v2.ts registers under /v2)? */
+const isV2Url = (url: string) => /^\/v2(\/|\?|$)/.test(url);
+/** The error shape of the scope a request belongs to. */
+const shapeOf = (req: FastifyRequest): ErrorShape => (isV2Url(req.url) ? v2Shape : rootShape);
 
 /** Does the request carry a body (one the body timeout must watch)? */
 const hasBody = (req: FastifyRequest) =>
@@ -57,7 +65,28 @@ const hasBody = (req: FastifyRequest) =>
 /** The Fastify instance with every plugin and route, serving whatever `state` holds. */
 export function createServer(config: Config, state: ModelState,
   options: { logger?: boolean | object; metrics?: Metrics } = {}): FastifyInstance {
+  const { metrics } = options;
+  const admission = new Admission(config.maxQueue);
+  // An inference request while every admission slot is taken is refused from its method and URL,
+  // before its body is read and before Fastify builds a request (admission.ts, connections.ts);
+  // so it comes before access control: the client learns that the server is busy, nothing else.
+  const refuseOverloaded = (req: IncomingMessage, res: ServerResponse): boolean => {
+    if (req.method !== 'POST' || !admission.full) return false;
+    const route = routes.inferenceRoute(req.url ?? '');
+    if (route === null) return false;
+    const started = performance.now();
+    const e = new HttpError(503, 'overloaded', admission.refusal(), { 'retry-after': '1' });
+    const body = JSON.stringify((isV2Url(req.url ?? '') ? v2Shape : rootShape)(e));
+    res.writeHead(503, {
+      'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'retry-after': '1',
+      ...(state.draining ? { connection: 'close' } : {}),
+    });
+    res.end(body);
+    metrics?.observeRequest('POST', route, 503, (performance.now() - started) / 1000, e.code);
+    return true;
+  };
   const server = Fastify({
+    serverFactory: boundedServerFactory(config.maxConnections, refuseOverloaded),
     logger: options.logger ?? { level: config.logLevel },
     bodyLimit: config.maxBodyBytes,
     requestIdHeader: 'x-request-id',
@@ -74,6 +103,7 @@ export function createServer(config: Config, state: ModelState,
 
   server.decorateRequest('errorCode', null);
   server.decorateRequest('bodyReceived', () => undefined);
+  server.decorateRequest('answeredImages', 0);
   server.setErrorHandler((err: Error, req, reply) => sendError(err, req, reply, rootShape));
   server.setNotFoundHandler((req, reply) => sendError(routes.miss(req), req, reply, rootShape));
   // While draining, every answer closes its connection, so that keep-alive clients cannot hold the
@@ -104,18 +134,23 @@ export function createServer(config: Config, state: ModelState,
     if (!req.isMultipart()) req.bodyReceived();
     done();
   });
-  const admission = new Admission(config.maxQueue);
   server.decorate('inflightRequests', () => admission.count);
-  const { metrics } = options;
   if (metrics) {
     // The route pattern, never the raw URL, keeps label values bounded.
     server.addHook('onResponse', (req, reply, done) => {
-      metrics.observeRequest(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000, req.errorCode);
+      metrics.observeRequest(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000, req.errorCode,
+        req.answeredImages);
       done();
     });
   }
 
   registerAccessControl(server, config);
+  // A request no route takes gets 404, or 405 with Allow, at its headers (after access control),
+  // whatever its body: Fastify would otherwise parse the body for the not-found handler first.
+  server.addHook('onRequest', (req, reply, done) => {
+    if (req.is404) return sendError(routes.miss(req), req, reply, shapeOf(req));
+    done();
+  });
   registerDetection(server, config, metrics);
 
   server.register(swagger, { openapi: openapiInfo(config) });

@@ -29,9 +29,13 @@ export interface Config {
   readonly maxImagesPerRequest: number;
   /** Decoded pixel limit per image (width * height), the guard against decompression bombs. */
   readonly maxInputPixels: number;
+  /** Decoded pixels of all the images of one request together (their headers are read first). */
+  readonly maxRequestPixels: number;
   /** Inference requests admitted (body received, not yet answered), and separately inference jobs
    * waiting for a worker, before new requests get 503. */
   readonly maxQueue: number;
+  /** Open connections; Node closes the ones past it at once. */
+  readonly maxConnections: number;
   /** Dynamic batching: images in one batched member run (1: no batching). */
   readonly maxBatchImages: number;
   /** Dynamic batching: how long a batch that is not full may wait for more jobs of its member. */
@@ -66,7 +70,9 @@ export const DEFAULTS = {
   maxBodyBytes: 8 * 1024 * 1024,
   maxImagesPerRequest: 64,
   maxInputPixels: 4096 * 4096,
+  maxRequestPixels: 2 * 4096 * 4096,
   maxQueue: 256,
+  maxConnections: 4096,
   maxBatchImages: 64,
   queueDelayUs: 500,
   requestTimeoutMs: 30_000,
@@ -99,7 +105,9 @@ const OPTIONS = {
   'max-body-bytes': { env: 'REDSERVE_MAX_BODY_BYTES', help: `request body limit (default ${DEFAULTS.maxBodyBytes})` },
   'max-images': { env: 'REDSERVE_MAX_IMAGES', help: `images per request (default ${DEFAULTS.maxImagesPerRequest})` },
   'max-input-pixels': { env: 'REDSERVE_MAX_INPUT_PIXELS', help: `decoded pixels per image (default ${DEFAULTS.maxInputPixels})` },
+  'max-request-pixels': { env: 'REDSERVE_MAX_REQUEST_PIXELS', help: `decoded pixels of all images of one request (default ${DEFAULTS.maxRequestPixels})` },
   'max-queue': { env: 'REDSERVE_MAX_QUEUE', help: `admitted inference requests (body complete), and queued jobs, before 503 (default ${DEFAULTS.maxQueue})` },
+  'max-connections': { env: 'REDSERVE_MAX_CONNECTIONS', help: `open connections, past it new ones are closed (default ${DEFAULTS.maxConnections})` },
   'max-batch-images': { env: 'REDSERVE_MAX_BATCH_IMAGES', help: `images per batched member run, 1 = no batching (default ${DEFAULTS.maxBatchImages})` },
   'queue-delay-us': { env: 'REDSERVE_QUEUE_DELAY_US', help: `wait for a batch to fill, microseconds (default ${DEFAULTS.queueDelayUs})` },
   'request-timeout-ms': { env: 'REDSERVE_REQUEST_TIMEOUT_MS', help: `inference deadline per request, then 503 (default ${DEFAULTS.requestTimeoutMs})` },
@@ -229,7 +237,9 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
     maxBodyBytes: num('max-body-bytes', DEFAULTS.maxBodyBytes, 1024, 1024 * 1024 * 1024),
     maxImagesPerRequest: num('max-images', DEFAULTS.maxImagesPerRequest, 1, 4096),
     maxInputPixels: num('max-input-pixels', DEFAULTS.maxInputPixels, 1, 2 ** 31),
+    maxRequestPixels: num('max-request-pixels', DEFAULTS.maxRequestPixels, 1, 2 ** 40),
     maxQueue: num('max-queue', DEFAULTS.maxQueue, 1, 1_000_000),
+    maxConnections: num('max-connections', DEFAULTS.maxConnections, 1, 10_000_000),
     maxBatchImages: num('max-batch-images', DEFAULTS.maxBatchImages, 1, 65_536),
     queueDelayUs: num('queue-delay-us', DEFAULTS.queueDelayUs, 0, 10_000_000),
     requestTimeoutMs: num('request-timeout-ms', DEFAULTS.requestTimeoutMs, 1, 3_600_000),

@@ -31,6 +31,7 @@ export class Metrics {
   private readonly requests: Counter<'method' | 'route' | 'status'>;
   private readonly errors: Counter<'route' | 'status' | 'code'>;
   private readonly duration: Histogram<'method' | 'route'>;
+  private readonly answeredImages: Counter;
   /** Label children by "method route status": prom-client hashes a label object on every call. */
   private readonly children = new Map<string, { requests: Counter.Internal; duration: Histogram.Internal<'method' | 'route'> }>();
   readonly observer: InferenceObserver;
@@ -49,6 +50,10 @@ export class Metrics {
     this.duration = new Histogram({
       name: 'redserve_http_request_duration_seconds', help: 'time from request received to response sent',
       labelNames: ['method', 'route'], buckets: TIME_BUCKETS, registers,
+    });
+    this.answeredImages = new Counter({
+      name: 'redserve_inference_images_total',
+      help: 'images answered (status 200) by inference requests, one per image whatever the sampling', registers,
     });
     const queueWait = new Histogram({
       name: 'redserve_inference_queue_seconds', help: 'time an inference job waited before a worker started it',
@@ -93,8 +98,9 @@ export class Metrics {
     };
   }
 
-  /** One HTTP answer. `route` is the route's pattern (bounded cardinality), never the raw URL. */
-  observeRequest(method: string, route: string, status: number, seconds: number, errorCode: string | null): void {
+  /** One HTTP answer. `route` is the route's pattern (bounded cardinality), never the raw URL;
+   * `images`: the images an inference request answered (0 for any other request). */
+  observeRequest(method: string, route: string, status: number, seconds: number, errorCode: string | null, images = 0): void {
     const key = `${method} ${route} ${status}`;
     let child = this.children.get(key);
     if (!child) {
@@ -105,6 +111,7 @@ export class Metrics {
     child.requests.inc();
     child.duration.observe(seconds);
     if (errorCode) this.errors.inc({ route, status: String(status), code: errorCode });
+    if (images > 0 && status === 200) this.answeredImages.inc(images);
   }
 
   /** The metrics server: GET /metrics in Prometheus text format, nothing else. */

@@ -4,9 +4,21 @@
  * that trickle a body cannot hold slots (they meet the body timeout instead); past the limit the
  * request is refused at once as overloaded. The worker pool's own bound counts jobs; this one keeps
  * the main thread from pre-processing requests it would only queue behind hundreds of others.
+ *
+ * Refusing must cost far less than serving, or a storm of clients that resend at once after a 503
+ * takes the main thread from the admitted work: app.ts asks `full` when an inference request's
+ * headers arrive (routes mark themselves with `config.inference`) and answers 503 before its body
+ * is read or parsed; Node discards the unread body, and the connection stays open.
  */
 import type { FastifyReply } from 'fastify';
 import { overloaded } from '../errors.js';
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** An inference route: it takes an admission slot, and is refused at its headers when none is free. */
+    inference?: boolean;
+  }
+}
 
 export class Admission {
   private inflight = 0;
@@ -21,10 +33,20 @@ export class Admission {
     return this.inflight;
   }
 
+  /** Every slot is taken: a request arriving now would be refused once its body is in. */
+  get full(): boolean {
+    return this.inflight >= this.maxInflight;
+  }
+
+  /** The message of an overloaded refusal. */
+  refusal(): string {
+    return `${this.inflight} inference requests in flight (the limit is ${this.maxInflight}); retry shortly`;
+  }
+
   /** Take a slot until `reply` is sent or its connection closes; throws overloaded past the limit. */
   enter(reply: FastifyReply): void {
     if (this.inflight >= this.maxInflight) {
-      throw overloaded(`${this.inflight} inference requests in flight (the limit is ${this.maxInflight}); retry shortly`);
+      throw overloaded(this.refusal());
     }
     this.inflight++;
     reply.raw.once('close', () => { this.inflight--; });

@@ -13,6 +13,7 @@ import { HttpError } from './http-error.js';
 const INPUT_STATUS: Record<string, number> = {
   body_too_large: 413,
   image_too_large: 413,
+  too_many_pixels: 413,
   too_many_fields: 413,
   unsupported_media_type: 415,
 };

@@ -1,13 +1,16 @@
 /**
  * Answers for requests no route takes: 405 with `Allow` when the path exists under other methods,
  * 404 otherwise. Every route's path and method is collected as it is registered (onRoute), so the
- * answer follows the routes without a second list.
+ * answer follows the routes without a second list; so are the inference routes, for the refusal
+ * decided before Fastify sees a request (connections.ts).
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { HttpError } from './http-error.js';
 
 export class RouteIndex {
   private readonly routes: { pattern: RegExp; methods: Set<string> }[] = [];
+  /** Routes marked `config.inference`: their pattern, and the route's own URL (the metrics label). */
+  private readonly inference: { pattern: RegExp; url: string }[] = [];
 
   /** Collect the routes registered on `server` from now on (call before registering them). */
   constructor(server: FastifyInstance) {
@@ -19,6 +22,7 @@ export class RouteIndex {
         this.routes.push(entry);
       }
       for (const m of [route.method].flat()) entry.methods.add(m);
+      if ((route.config as { inference?: boolean } | undefined)?.inference) this.inference.push({ pattern: entry.pattern, url: route.url });
     });
   }
 
@@ -28,6 +32,13 @@ export class RouteIndex {
     for (const r of this.routes) if (r.pattern.test(path)) r.methods.forEach((m) => methods.add(m));
     if (methods.has('GET')) methods.add('HEAD');
     return [...methods].sort();
+  }
+
+  /** The inference route a request URL (query and all) reaches, as its pattern, or null. */
+  inferenceRoute(url: string): string | null {
+    const path = url.split('?')[0];
+    for (const r of this.inference) if (r.pattern.test(path)) return r.url;
+    return null;
   }
 
   /** The error for a request that matched no route. */

@@ -9,8 +9,9 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Config } from '../config.js';
 import { InputError } from '../errors.js';
 import type { ModelState } from '../model-state.js';
-import { IMAGE_TYPES, imageToTensor, tensorsToBatch } from '../preprocess/image.js';
+import { checkRequestPixels, IMAGE_TYPES, imageToTensor, tensorsToBatch } from '../preprocess/image.js';
 import type { Admission } from './admission.js';
+import { checkJsonDepth } from './json-depth.js';
 import { checkProbabilities, topClasses } from './probabilities.js';
 import { classifySchema, healthSchema, modelsSchema, readySchema } from './schemas.js';
 import { multipartError } from './multipart.js';
@@ -62,6 +63,17 @@ type ClassifyBody = Buffer | { images?: string[]; tensors?: unknown[] } | undefi
 export function registerRoutes(app: FastifyInstance, config: Config, state: ModelState, admission: Admission): void {
   // Only what classifySchema documents: Fastify answers 415 for any other type (text/plain too).
   app.removeContentTypeParser('text/plain');
+  // Fastify's own (prototype-poisoning safe) JSON parser, after a bound on nesting (json-depth.ts).
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit: config.maxBodyBytes }, (req, body, done) => {
+    try {
+      checkJsonDepth(body as string);
+    } catch (err) {
+      return done(err as Error);
+    }
+    parseJson(req, body as string, done);
+  });
   for (const type of IMAGE_TYPES) {
     app.addContentTypeParser(type, { parseAs: 'buffer', bodyLimit: config.maxBodyBytes }, (_req, body, done) => {
       done(null, body);
@@ -93,7 +105,7 @@ export function registerRoutes(app: FastifyInstance, config: Config, state: Mode
     };
   });
 
-  app.post<{ Querystring: { topK?: string }; Body: ClassifyBody }>('/classify', { schema: classifySchema },
+  app.post<{ Querystring: { topK?: string }; Body: ClassifyBody }>('/classify', { schema: classifySchema, config: { inference: true } },
     async (req, reply: FastifyReply) => {
       const ensemble = state.ready();
       const { manifest } = ensemble;
@@ -133,6 +145,8 @@ export function registerRoutes(app: FastifyInstance, config: Config, state: Mode
       // The body is complete: from here the request holds one of --max-queue slots until answered.
       admission.enter(reply);
       if (images) {
+        // A single image is bounded by --max-input-pixels alone; several together by their headers first.
+        if (images.length > 1) await checkRequestPixels(images, config.maxRequestPixels, (i) => `images[${i}]`);
         const batch = new Float32Array(images.length * size);
         await Promise.all(images.map((bytes, i) =>
           imageToTensor(bytes, manifest.input, limits, batch.subarray(i * size, (i + 1) * size), single ? 'image' : `images[${i}]`)));
@@ -142,6 +156,7 @@ export function registerRoutes(app: FastifyInstance, config: Config, state: Mode
       req.server.screenQueries(req, manifest.input, data!, n);
       const probs = checkProbabilities(await ensemble.classify(data!, n));
       const results = probs.map((p) => ({ predictions: topK(p, manifest.labels, k) }));
+      req.answeredImages = n;
       return single ? { model: manifest.name, predictions: results[0].predictions } : { model: manifest.name, results };
     });
 }

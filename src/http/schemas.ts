@@ -54,7 +54,7 @@ export const classifySchema = {
           minProperties: 1,
           maxProperties: 1,
           properties: {
-            images: { type: 'array', minItems: 1, items: { type: 'string', description: 'base64-encoded image' } },
+            images: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1, description: 'base64-encoded image' } },
             tensors: { type: 'array', minItems: 1, items: { type: 'array' }, description: 'float tensors of shape [C, H, W]' },
           },
         },

@@ -121,7 +121,7 @@ const inferRequest = {
         additionalProperties: false,
         properties: {
           name: { type: 'string' },
-          shape: { type: 'array', items: { type: 'integer' } },
+          shape: { type: 'array', minItems: 1, items: { type: 'integer', minimum: 1 }, description: '[N, C, H, W] (or [C, H, W]); every dimension at least 1' },
           datatype: { type: 'string' },
           parameters: { ...parameters, description: 'binary_data_size: the tensor\'s bytes follow the JSON header' },
           data: { type: 'array', description: 'row-major elements, flat or nested' },
@@ -206,12 +206,13 @@ const modelStats = {
     name: { type: 'string' },
     version: { type: 'string' },
     last_inference: { type: 'integer', description: 'not kept: 0' },
-    inference_count: { type: 'integer', description: 'images run through members (under mean sampling, once per member)' },
-    execution_count: { type: 'integer', description: 'member runs (batches)' },
+    inference_count: { type: 'integer', description: 'images answered (one per image, whatever the sampling)' },
+    execution_count: { type: 'integer', description: 'inference requests answered; member runs depend on the draw and are on the internal metrics port only' },
     inference_stats: {
       type: 'object',
       properties: Object.fromEntries(['success', 'fail', 'queue', 'compute_input', 'compute_infer', 'compute_output', 'cache_hit', 'cache_miss']
         .map((k) => [k, counter])),
+      description: 'success and fail per request; queue and compute per member run are not reported here (0): they depend on the draw',
     },
     batch_stats: { type: 'array', items: { type: 'object', additionalProperties: true } },
   },

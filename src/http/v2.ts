@@ -19,6 +19,7 @@ import { sendError, type ErrorShape } from './error-handler.js';
 import { HttpError } from './http-error.js';
 import type { RouteIndex } from './not-found.js';
 import { checkProbabilities } from './probabilities.js';
+import { checkJsonDepth } from './json-depth.js';
 import { inferenceStatistics } from './v2-statistics.js';
 import { decodeInferRequest, encodeInferResponse, OUTPUT_NAME } from './v2-codec.js';
 import {
@@ -41,7 +42,7 @@ declare module 'fastify' {
   }
 }
 
-const v2Shape: ErrorShape = (e) => ({ error: e.message, code: e.code });
+export const v2Shape: ErrorShape = (e) => ({ error: e.message, code: e.code });
 
 /** The served model, if `params` names it (404 otherwise); unavailable while it is not ready. */
 function modelFor(state: ModelState, params: ModelParams): Ensemble {
@@ -90,7 +91,13 @@ export function registerV2Routes(app: FastifyInstance, config: Config, state: Mo
         jsonBytes = body.subarray(0, length);
         req.inferBinary = body.subarray(length);
       }
-      parseJson(req, jsonBytes.toString('utf8'), (err, parsed) => {
+      const text = jsonBytes.toString('utf8');
+      try {
+        checkJsonDepth(text);
+      } catch (err) {
+        return done(err as Error);
+      }
+      parseJson(req, text, (err, parsed) => {
         if (err) return done(new InputError('bad_request', `the request is not valid JSON: ${err.message}`));
         return done(null, parsed);
       });
@@ -177,11 +184,12 @@ export function registerV2Routes(app: FastifyInstance, config: Config, state: Mo
     req.server.screenQueries(req, manifest.input, request.data, request.n);
     const probs = checkProbabilities(await ensemble.classify(request.data, request.n));
     const response = encodeInferResponse(request, probs, { name: manifest.name, version: manifest.version }, manifest.labels);
+    req.answeredImages = request.n;
     if (!response.binary) return response.header;
     const header = Buffer.from(JSON.stringify(response.header), 'utf8');
     return reply.header(HEADER_LENGTH, header.length).type('application/octet-stream')
       .send(Buffer.concat([header, response.binary]));
   };
-  app.post('/models/:name/infer', { schema: v2InferSchema }, infer);
-  app.post('/models/:name/versions/:version/infer', { schema: v2InferVersionSchema }, infer);
+  app.post('/models/:name/infer', { schema: v2InferSchema, config: { inference: true } }, infer);
+  app.post('/models/:name/versions/:version/infer', { schema: v2InferVersionSchema, config: { inference: true } }, infer);
 }
