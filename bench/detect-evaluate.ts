@@ -44,14 +44,16 @@ function settingsFrom(args: Record<string, string | undefined>): DetectSettings 
   return loadConfig(['--detect', 'log', ...argv], {}).detect;
 }
 
-/** One query's observation, compact: [ownShared, repeats, globalShared]. */
-type Obs = [number, number, number];
-const compact = (o: Observation): Obs => [o.ownShared, o.repeats, o.globalShared];
+/** One query's observation, compact: [ownShared, repeats, globalShared, globalOwners]. */
+type Obs = [number, number, number, number?];
+const compact = (o: Observation): Obs => [o.ownShared, o.repeats, o.globalShared, o.globalOwners];
 
-/** Would a query with this observation be flagged at `threshold` (repeat allowance `repeats`)? */
-export function flaggedAt(o: Obs, threshold: number, repeats: number, useGlobal = true): boolean {
+/** Would a query with this observation be flagged at `threshold` (repeat allowance `repeats`, and
+ * `globalOwners` other clients matched for a match across clients; the owners were counted at the
+ * recording's threshold, and recordings without them count one)? */
+export function flaggedAt(o: Obs, threshold: number, repeats: number, useGlobal = true, globalOwners = 2): boolean {
   if (o[1] > 0) return o[1] > repeats;
-  return o[0] >= threshold || (useGlobal && o[2] >= threshold);
+  return o[0] >= threshold || (useGlobal && o[2] >= threshold && (o[3] ?? 1) >= globalOwners);
 }
 
 async function fmnistRaw(dir: string): Promise<{ images: Uint8Array; labels: Uint8Array; rows: number; cols: number; n: number }> {

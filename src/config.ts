@@ -89,6 +89,8 @@ export const DEFAULTS = {
   detectHistory: 64,
   detectClients: 4096,
   detectGlobal: 20_000,
+  detectGlobalOwners: 2,
+  detectGlobalQuota: 64,
   detectRepeats: 5,
   detectCooldownS: 600,
 } as const;
@@ -128,6 +130,8 @@ const OPTIONS = {
   'detect-history': { env: 'REDSERVE_DETECT_HISTORY', help: `fingerprints kept per client (default ${DEFAULTS.detectHistory})` },
   'detect-clients': { env: 'REDSERVE_DETECT_CLIENTS', help: `clients tracked, least recently seen forgotten (default ${DEFAULTS.detectClients})` },
   'detect-global': { env: 'REDSERVE_DETECT_GLOBAL', help: `fingerprints kept across clients, 0 = none (default ${DEFAULTS.detectGlobal})` },
+  'detect-global-owners': { env: 'REDSERVE_DETECT_GLOBAL_OWNERS', help: `other clients a client's queries must match before a match across clients flags it (default ${DEFAULTS.detectGlobalOwners})` },
+  'detect-global-quota': { env: 'REDSERVE_DETECT_GLOBAL_QUOTA', help: `fingerprints one client may hold in the global store (default ${DEFAULTS.detectGlobalQuota})` },
   'detect-repeats': { env: 'REDSERVE_DETECT_REPEATS', help: `exact re-uploads of one input allowed (default ${DEFAULTS.detectRepeats})` },
   'detect-cooldown-s': { env: 'REDSERVE_DETECT_COOLDOWN_S', help: `seconds a flagged client stays flagged (default ${DEFAULTS.detectCooldownS})` },
   'detect-header': { env: 'REDSERVE_DETECT_HEADER', help: 'log mode: on | off, tell flagged clients in X-Redserve-Detection (default off)' },
@@ -177,6 +181,12 @@ function readApiKeys(file: string | undefined): string[] {
   if (keys.length === 0) throw new ConfigError(`--api-key-file: ${file} holds no key`);
   const short = keys.findIndex((k) => k.length < 16 || /\s/.test(k));
   if (short >= 0) throw new ConfigError(`--api-key-file: key ${short + 1} is shorter than 16 characters or contains spaces`);
+  // HTTP headers carry bytes that Node reads as latin1: a key outside printable ASCII could never match.
+  const nonAscii = keys.findIndex((k) => /[^\x21-\x7e]/.test(k));
+  if (nonAscii >= 0) {
+    throw new ConfigError(`--api-key-file: key ${nonAscii + 1} has a character outside printable ASCII (0x21-0x7e); `
+      + 'a key in an HTTP header could never match it');
+  }
   return keys.map((k) => createHash('sha256').update(k, 'utf8').digest('hex'));
 }
 
@@ -277,6 +287,8 @@ function detectSettings(get: (name: OptionName) => string | undefined,
     history: num('detect-history', DEFAULTS.detectHistory, 1, 100_000),
     clients: num('detect-clients', DEFAULTS.detectClients, 1, 10_000_000),
     globalSize: num('detect-global', DEFAULTS.detectGlobal, 0, 10_000_000),
+    globalOwners: num('detect-global-owners', DEFAULTS.detectGlobalOwners, 1, 1024),
+    globalQuota: num('detect-global-quota', DEFAULTS.detectGlobalQuota, 1, 10_000_000),
     repeats: num('detect-repeats', DEFAULTS.detectRepeats, 0, 1_000_000),
     cooldownS: num('detect-cooldown-s', DEFAULTS.detectCooldownS, 0, 7 * 24 * 3600),
     header,

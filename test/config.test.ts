@@ -40,3 +40,24 @@ t.test('bad values name the flag and the allowed range', async (t) => {
   t.throws(() => loadConfig(['--colour', 'red'], {}), /Unknown option '--colour'/);
   t.throws(() => loadConfig([], { LOG_LEVEL: 'loud' }), /--log-level: 'loud'/);
 });
+
+t.test('API keys outside printable ASCII are refused at start-up, naming the key', async (t) => {
+  const { mkdtemp, writeFile } = await import('node:fs/promises');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'redserve-keys-'));
+  const file = path.join(dir, 'keys');
+  await writeFile(file, 'an-ascii-key-0123456789\nschlüssel-0123456789abcdef\n');
+  t.throws(() => loadConfig(['--api-key-file', file], {}),
+    /--api-key-file: key 2 has a character outside printable ASCII \(0x21-0x7e\); a key in an HTTP header could never match it/);
+  await writeFile(file, 'an-ascii-key-0123456789\n');
+  t.equal(loadConfig(['--api-key-file', file], {}).apiKeySha256.length, 1, 'an ASCII key is accepted');
+});
+
+t.test('--max-request-pixels and --max-connections', async (t) => {
+  const c = loadConfig([], {});
+  t.same([c.maxRequestPixels, c.maxConnections], [2 * 4096 * 4096, 4096]);
+  const set = loadConfig(['--max-request-pixels', '1000000'], { REDSERVE_MAX_CONNECTIONS: '64' });
+  t.same([set.maxRequestPixels, set.maxConnections], [1_000_000, 64]);
+  t.throws(() => loadConfig(['--max-connections', '0'], {}), /--max-connections: 0 is out of range \[1, 10000000\]/);
+});

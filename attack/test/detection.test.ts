@@ -16,7 +16,7 @@ import { TINY_SINGLE } from '../../test/helpers.js';
 
 const DETECT: DetectSettings = {
   mode: 'log', quantStep: 50, window: 20, hashes: 50, threshold: 25, history: 64, clients: 1000,
-  globalSize: 1000, repeats: 5, cooldownS: 600, header: true,
+  globalSize: 1000, repeats: 5, cooldownS: 600, header: true, globalOwners: 2, globalQuota: 64,
 };
 
 async function serve(detect: Partial<DetectSettings>): Promise<{ app: App; url: string; posts: () => number }> {

@@ -6,9 +6,14 @@
  * only inputs, never which member answers, so it cannot change or reveal the member draw.
  *
  * A query is flagged when
- * - it shares at least `threshold` kept hashes with one of the client's last `history` queries, or
- *   with one of the last `globalSize` queries of any other client (a near duplicate: what a query
- *   attack sends); or
+ * - it shares at least `threshold` kept hashes with one of the client's last `history` queries (a
+ *   near duplicate: what a query attack sends); or
+ * - it shares at least `threshold` with a stored query of another client, and the client's queries
+ *   have by then matched stored queries of at least `globalOwners` distinct other clients. One
+ *   match across clients is only suspicion: anyone can plant a popular image in the store, and the
+ *   innocent client who later sends a re-encoded copy must not be locked out for it. A query
+ *   attack spread over many identities matches many of them; a planted image matches its one
+ *   planter. Each identity also holds at most `globalQuota` of the store's slots; or
  * - it is byte for byte a query the client sent before, more than `repeats` times over (an attacker
  *   averaging many answers for one image against the random draw; a person re-uploading the same
  *   photo does it a few times). A few exact re-uploads are never near-duplicate detections.
@@ -32,6 +37,10 @@ export interface DetectSettings extends FingerprintParams {
   readonly clients: number;
   /** Fingerprints kept across all clients (0: no global store). */
   readonly globalSize: number;
+  /** Distinct other clients whose stored queries a client must have matched before a match across clients flags it. */
+  readonly globalOwners: number;
+  /** Slots of the global store one client may hold. */
+  readonly globalQuota: number;
   /** Exact re-uploads of one tensor a client may send before it is flagged. */
   readonly repeats: number;
   /** Seconds a flagged client stays flagged (and, in reject mode, refused). */
@@ -50,6 +59,8 @@ export interface Observation {
   readonly repeats: number;
   /** Kept hashes shared with the closest stored query of another client (0 for a re-upload: not compared). */
   readonly globalShared: number;
+  /** Distinct other clients whose stored queries this client's queries have matched so far, this one included. */
+  readonly globalOwners: number;
 }
 
 /** What the detector says about one query. */
@@ -80,6 +91,8 @@ interface ClientState {
   queries: number;
   flaggedUntilMs: number;
   detectedAtQuery: number;
+  /** Other owners whose stored queries this client's matched, at the threshold (kept up to settings.globalOwners). */
+  readonly matchedOwners: number[];
 }
 
 /** Postings per hash in the global index before the hash counts as common (see store.ts). */
@@ -100,7 +113,8 @@ export class Detector {
     options: { key?: FingerprintKey; nowMs?: () => number } = {}) {
     this.fingerprinter = new Fingerprinter(settings, norm, options.key ?? randomKey());
     this.clientStates = new LruMap(settings.clients);
-    this.global = settings.globalSize > 0 ? new GlobalIndex(settings.globalSize, settings.hashes, MAX_POSTINGS) : null;
+    this.global = settings.globalSize > 0
+      ? new GlobalIndex(settings.globalSize, settings.hashes, MAX_POSTINGS, settings.globalQuota) : null;
     this.nowMs = options.nowMs ?? (() => performance.now());
   }
 
@@ -127,6 +141,7 @@ export class Detector {
       queries: 0,
       flaggedUntilMs: -Infinity,
       detectedAtQuery: 0,
+      matchedOwners: [],
     }));
     state.queries++;
     const seen = this.observe(state, fp);
@@ -141,7 +156,7 @@ export class Detector {
     } else if (seen.ownShared >= s.threshold) {
       reason = 'near_duplicate';
       scope = 'client';
-    } else if (seen.globalShared >= s.threshold) {
+    } else if (seen.globalShared >= s.threshold && seen.globalOwners >= s.globalOwners) {
       reason = 'near_duplicate';
       scope = 'global';
     }
@@ -162,12 +177,17 @@ export class Detector {
     const own = state.history.closest(fp);
     if (own.exact) {
       // A re-upload is not stored again: its first copy counts the repeats.
-      return { ownShared: own.shared, repeats: state.history.repeat(own.slot), globalShared: 0 };
+      return { ownShared: own.shared, repeats: state.history.repeat(own.slot), globalShared: 0, globalOwners: state.matchedOwners.length };
     }
-    const globalShared = this.global ? this.global.closestOther(fp, state.owner).shared : 0;
+    const other = this.global ? this.global.closestOther(fp, state.owner, this.settings.threshold) : null;
+    const globalShared = other?.shared ?? 0;
+    for (const owner of other?.owners ?? []) {
+      if (state.matchedOwners.length >= this.settings.globalOwners) break;
+      if (!state.matchedOwners.includes(owner)) state.matchedOwners.push(owner);
+    }
     state.history.add(fp);
     this.global?.add(fp, state.owner);
-    return { ownShared: own.shared, repeats: 0, globalShared };
+    return { ownShared: own.shared, repeats: 0, globalShared, globalOwners: state.matchedOwners.length };
   }
 
   /** A client in its cool-down, without fingerprinting the query (reject mode refuses it anyway). */

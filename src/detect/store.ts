@@ -9,7 +9,9 @@
  *   (hash -> slots holding it), so that a query is compared with all of them at the cost of the
  *   slots that share a hash with it. It catches an attack spread over many keys or addresses.
  *   A hash held by `maxPostings` slots already is common to many unrelated images; it is not
- *   indexed further, which bounds both the memory and the work per query.
+ *   indexed further, which bounds both the memory and the work per query. One owner holds at most
+ *   `perOwner` slots: its queries past that are not stored, so one identity can neither plant
+ *   more than that nor flush the other owners' queries out of the ring.
  */
 import type { Fingerprint } from './fingerprint.js';
 
@@ -24,6 +26,8 @@ export interface Match {
 }
 
 const NO_MATCH: Match = { shared: 0, exact: false, slot: -1 };
+/** Distinct owners closestOther reports at most. */
+export const MAX_MATCHED_OWNERS = 16;
 
 export class ClientHistory {
   private readonly hashes: Uint32Array;
@@ -108,11 +112,14 @@ export class GlobalIndex {
   /** Per-query scratch: shared-hash counts by slot, and the slots touched. */
   private readonly counts: Uint16Array;
   private readonly touched: Int32Array;
+  /** Slots each owner holds now (owners holding none are absent). */
+  private readonly slotsOf = new Map<number, number>();
   private next = 0;
   private stored = 0;
   private postingEntries = 0;
 
-  constructor(readonly capacity: number, private readonly hashesPerFingerprint: number, readonly maxPostings: number) {
+  constructor(readonly capacity: number, private readonly hashesPerFingerprint: number, readonly maxPostings: number,
+    readonly perOwner = capacity) {
     this.hashes = new Uint32Array(capacity * hashesPerFingerprint);
     this.lengths = new Uint16Array(capacity);
     this.digests = new Float64Array(capacity);
@@ -125,6 +132,11 @@ export class GlobalIndex {
     return this.stored;
   }
 
+  /** Slots `owner` holds now (at most perOwner). */
+  heldBy(owner: number): number {
+    return this.slotsOf.get(owner) ?? 0;
+  }
+
   /** Slot entries in the inverted index (at most capacity * hashes). */
   get indexed(): number {
     return this.postingEntries;
@@ -132,10 +144,12 @@ export class GlobalIndex {
 
   /**
    * The closest stored fingerprint that another owner sent (`owner`'s own are its ClientHistory's
-   * business). Exact re-uploads across owners are not matches: a popular image sent by many
-   * clients is not an attack, and one client's re-uploads are counted in its own history.
+   * business), and the distinct other owners of every stored fingerprint sharing at least
+   * `threshold` hashes with it (at most MAX_MATCHED_OWNERS). Exact re-uploads across owners are not
+   * matches: a popular image sent by many clients is not an attack, and one client's re-uploads are
+   * counted in its own history.
    */
-  closestOther(fp: Fingerprint, owner: number): Match {
+  closestOther(fp: Fingerprint, owner: number, threshold = Infinity): Match & { readonly owners: readonly number[] } {
     let touchedCount = 0;
     for (const h of fp.hashes) {
       const list = this.postings.get(h);
@@ -146,20 +160,26 @@ export class GlobalIndex {
       }
     }
     let best = NO_MATCH;
+    const owners: number[] = [];
     for (let t = 0; t < touchedCount; t++) {
       const s = this.touched[t];
       const shared = this.counts[s];
       this.counts[s] = 0;
       if (this.ownerOf[s] === owner || this.digests[s] === fp.digest) continue;
       if (shared > best.shared) best = { shared, exact: false, slot: s };
+      if (shared >= threshold && owners.length < MAX_MATCHED_OWNERS && !owners.includes(this.ownerOf[s])) owners.push(this.ownerOf[s]);
     }
-    return best;
+    return { ...best, owners };
   }
 
-  add(fp: Fingerprint, owner: number): void {
+  /** Store `fp` as `owner`'s; false (nothing stored) when the owner already holds perOwner slots. */
+  add(fp: Fingerprint, owner: number): boolean {
+    const held = this.slotsOf.get(owner) ?? 0;
+    if (held >= this.perOwner) return false;
     const k = this.hashesPerFingerprint;
     const s = this.next;
     if (this.ownerOf[s] !== -1) this.evict(s);
+    this.slotsOf.set(owner, (this.slotsOf.get(owner) ?? 0) + 1);
     const length = Math.min(fp.hashes.length, k);
     this.hashes.set(fp.hashes.subarray(0, length), s * k);
     this.lengths[s] = length;
@@ -178,9 +198,14 @@ export class GlobalIndex {
     }
     this.next = (s + 1) % this.capacity;
     this.stored = Math.min(this.stored + 1, this.capacity);
+    return true;
   }
 
   private evict(s: number): void {
+    const owner = this.ownerOf[s];
+    const held = (this.slotsOf.get(owner) ?? 1) - 1;
+    if (held > 0) this.slotsOf.set(owner, held);
+    else this.slotsOf.delete(owner);
     const k = this.hashesPerFingerprint;
     for (let i = 0; i < this.lengths[s]; i++) {
       const h = this.hashes[s * k + i];

@@ -6,7 +6,7 @@ t.test('detection is off by default, with the measured defaults for its paramete
   t.same(d, {
     mode: 'off', quantStep: DEFAULTS.detectQuantStep, window: DEFAULTS.detectWindow, hashes: DEFAULTS.detectHashes,
     threshold: DEFAULTS.detectThreshold, history: DEFAULTS.detectHistory, clients: DEFAULTS.detectClients,
-    globalSize: DEFAULTS.detectGlobal, repeats: DEFAULTS.detectRepeats, cooldownS: DEFAULTS.detectCooldownS, header: false,
+    globalSize: DEFAULTS.detectGlobal, globalOwners: DEFAULTS.detectGlobalOwners, globalQuota: DEFAULTS.detectGlobalQuota, repeats: DEFAULTS.detectRepeats, cooldownS: DEFAULTS.detectCooldownS, header: false,
   });
   t.ok(Object.isFrozen(d));
 });

@@ -6,7 +6,7 @@ const NORM: Normalisation = { channels: 1, plane: 28 * 28, scale: 1 / 255, mean:
 const KEY = { base: 12345, mix: 678, digest: 9 };
 const SETTINGS: DetectSettings = {
   mode: 'log', quantStep: 50, window: 20, hashes: 50, threshold: 25, history: 8, clients: 4,
-  globalSize: 100, repeats: 2, cooldownS: 60, header: false,
+  globalSize: 100, repeats: 2, cooldownS: 60, header: false, globalOwners: 2, globalQuota: 64,
 };
 
 /** A seeded textured 28x28 image (a pixel tensor in [0, 1]). */
@@ -109,10 +109,45 @@ t.test('coolingDown: refuses without fingerprinting, only while the cool-down ru
 });
 
 t.test('memory: clients past the limit are forgotten, least recently seen first', async (t) => {
-  const { d } = detector({ clients: 4 });
+  const { d } = detector({ clients: 4, globalOwners: 1 });
   for (let c = 0; c < 10; c++) d.screen(`c${c}`, image(c));
   t.equal(d.trackedClients, 4);
   t.ok(d.globalStored <= 100);
   // c0 was forgotten: its near duplicate is now only seen by the global store (another owner).
   t.match(d.screen('c0', nudge(image(0), 4)), { flagged: true, scope: 'global' });
+});
+
+t.test('poisoning: images planted by one client never get the clients who later send copies flagged', async (t) => {
+  const { d } = detector({ mode: 'reject', globalSize: 1000, clients: 100, globalQuota: 64 });
+  for (let i = 0; i < 20; i++) t.equal(d.screen('planter', image(100 + i)).flagged, false);
+  for (let i = 0; i < 20; i++) {
+    const v = d.screen(`benign-${i}`, nudge(image(100 + i), i + 1)); // a re-encoded copy
+    t.equal(v.flagged, false, `benign-${i}: one match across clients is suspicion, not a flag`);
+    t.match(v.seen, { globalOwners: 1 });
+    t.equal(d.screen(`benign-${i}`, image(500 + i)).flagged, false, `benign-${i}: its next, unrelated query is answered`);
+  }
+  const { d: fresh } = detector({ mode: 'reject', globalSize: 1000, clients: 100 });
+  for (let i = 0; i < 20; i++) fresh.screen('planter', image(100 + i));
+  const all = Array.from({ length: 20 }, (_, i) => fresh.screen('collector', nudge(image(100 + i), 40 + i)));
+  t.notOk(all.some((v) => v.flagged), 'even copies of every planted image: the one planter is one owner');
+});
+
+t.test('a query attack spread over identities is flagged once it matches two of them', async (t) => {
+  const { d } = detector({ globalSize: 1000, clients: 100 });
+  t.equal(d.screen('sybil-0', nudge(image(7), 1)).flagged, false);
+  t.equal(d.screen('sybil-1', nudge(image(7), 2)).flagged, false, 'one other identity matched: suspicion');
+  t.match(d.screen('sybil-2', nudge(image(7), 3)), { flagged: true, reason: 'near_duplicate', scope: 'global', seen: { globalOwners: 2 } },
+    'two other identities matched by one query');
+  const { d: strict } = detector({ globalSize: 1000, clients: 100, globalOwners: 3 });
+  for (let k = 0; k < 3; k++) t.equal(strict.screen(`sybil-${k}`, nudge(image(7), k + 1)).flagged, false);
+  t.match(strict.screen('sybil-3', nudge(image(7), 4)), { flagged: true, scope: 'global' }, '--detect-global-owners 3: at the fourth');
+});
+
+t.test('one identity holds at most --detect-global-quota of the global store', async (t) => {
+  const { d } = detector({ globalSize: 100, globalQuota: 5, history: 8 });
+  for (let i = 0; i < 50; i++) d.screen('flooder', image(1000 + i));
+  t.equal(d.globalStored, 5, 'the flood stored 5');
+  d.screen('a', image(1));
+  d.screen('b', image(1));
+  t.match(d.screen('c', nudge(image(1), 5)), { flagged: true, scope: 'global' }, "others' queries were not flushed out");
 });

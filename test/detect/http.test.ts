@@ -13,7 +13,7 @@ const memberProbs = golden[0].logits.map(softmax);
 
 const DETECT: DetectSettings = {
   mode: 'log', quantStep: 50, window: 20, hashes: 50, threshold: 25, history: 16, clients: 100,
-  globalSize: 1000, repeats: 2, cooldownS: 120, header: true,
+  globalSize: 1000, repeats: 2, cooldownS: 120, header: true, globalOwners: 2, globalQuota: 64,
 };
 
 /** A seeded textured 28x28 image as a [1][28][28] tensor (the fixture normalises with mean 0, std 1). */

@@ -37,9 +37,9 @@ t.test('ClientHistory: closest match, exact re-uploads, ring eviction, fixed mem
 t.test('GlobalIndex: other owners only, exact re-uploads ignored, eviction unindexes', async (t) => {
   const g = new GlobalIndex(3, 10, 100);
   g.add(fp(range(0, 10), 1), 7);
-  t.same(g.closestOther(fp([...range(0, 8), 900, 901], 2), 7), { shared: 0, exact: false, slot: -1 }, "the owner's own queries are not matched here");
-  t.same(g.closestOther(fp([...range(0, 8), 900, 901], 2), 8), { shared: 8, exact: false, slot: 0 }, 'another owner matches');
-  t.same(g.closestOther(fp(range(0, 10), 1), 8), { shared: 0, exact: false, slot: -1 }, 'the same image from another owner is not a match');
+  t.same(g.closestOther(fp([...range(0, 8), 900, 901], 2), 7), { shared: 0, exact: false, slot: -1, owners: [] }, "the owner's own queries are not matched here");
+  t.same(g.closestOther(fp([...range(0, 8), 900, 901], 2), 8), { shared: 8, exact: false, slot: 0, owners: [] }, 'another owner matches');
+  t.same(g.closestOther(fp(range(0, 10), 1), 8), { shared: 0, exact: false, slot: -1, owners: [] }, 'the same image from another owner is not a match');
   t.equal(g.indexed, 10);
 
   g.add(fp(range(100, 10), 2), 8);
@@ -73,4 +73,19 @@ t.test('LruMap: bounded, least recently used forgotten first', async (t) => {
   t.equal(m.size, 2);
   t.ok(m.has('a') && m.has('c') && !m.has('b'));
   t.equal(m.use('b', () => ++made), 4, 'a forgotten key starts again');
+});
+
+t.test('GlobalIndex: the distinct other owners at the threshold; one owner holds at most perOwner slots', async (t) => {
+  const g = new GlobalIndex(10, 10, 100, 2);
+  t.ok(g.add(fp(range(0, 10), 1), 1));
+  t.ok(g.add(fp([...range(0, 9), 50], 2), 1));
+  t.notOk(g.add(fp([...range(0, 8), 60, 61], 3), 1), "owner 1's third fingerprint is not stored");
+  t.equal(g.heldBy(1), 2);
+  t.ok(g.add(fp([...range(0, 7), 70, 71, 72], 4), 2));
+  const m = g.closestOther(fp([...range(0, 9), 99], 9), 3, 7);
+  t.same([m.shared, [...m.owners].sort()], [9, [1, 2]], 'owners 1 and 2 at 7 shared hashes or more');
+  t.same(g.closestOther(fp([...range(0, 9), 99], 9), 3, 8).owners, [1], 'only owner 1 at 8');
+  for (let i = 0; i < 10; i++) g.add(fp(range(1000 + 10 * i, 10), 100 + i), 10 + i);
+  t.equal(g.heldBy(1), 0, 'eviction gives the slots back');
+  t.ok(g.add(fp(range(0, 10), 200), 1), 'and the owner may store again');
 });

@@ -3,7 +3,7 @@ import sharp from 'sharp';
 import t from 'tap';
 import type { InputSpec } from '../../src/ensemble/manifest.js';
 import { imageToTensor } from '../../src/preprocess/image.js';
-import { decodePlainPng } from '../../src/preprocess/plain-png.js';
+import { decodePlainPng, MAX_CHUNKS } from '../../src/preprocess/plain-png.js';
 
 const limits = { maxInputPixels: 10_000_000 };
 
@@ -138,4 +138,17 @@ t.test('a damaged model-sized PNG still gets sharp\'s 400', async (t) => {
   t.match(err, { name: 'InputError', code: 'truncated_image' }, 'an input error (the HTTP layer answers 400)');
   await imageToTensor(good, grey, limits, out);
   t.ok(Number.isFinite(out[0]), 'the intact file decodes');
+});
+
+t.test('a file of more chunks than the fast path walks goes to sharp, and decodes the same', async (t) => {
+  const pixels = bytesFrom(7, 28 * 28);
+  const plain = encode(pixels, 28, 28, 1);
+  t.same(decodePlainPng(plain, 28, 28, 1), pixels, 'the plain file: fast path');
+  const at = plain.length - 12; // before IEND
+  const padded = Buffer.concat([plain.subarray(0, at), ...Array.from({ length: MAX_CHUNKS }, () => chunk('IDAT')), plain.subarray(at)]);
+  t.equal(decodePlainPng(padded, 28, 28, 1), null, `${MAX_CHUNKS} more empty IDAT chunks: left to sharp`);
+  const [fast, slow] = [new Float32Array(784), new Float32Array(784)];
+  await imageToTensor(plain, grey, limits, fast);
+  await imageToTensor(padded, grey, limits, slow);
+  t.same(slow, fast, 'same tensor either way');
 });
