@@ -18,6 +18,10 @@ def _train(args: argparse.Namespace) -> int:
     from redtrain.train import train
 
     cfg = load_config(args.config)
+    if args.seed is not None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, seed=args.seed)
     result = train(cfg, args.out, progress=not args.quiet)
     ev = result.evaluation
     print(f"trained {cfg.name} ({cfg.method}, {cfg.members} members) in {result.seconds:.0f} s: "
@@ -115,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML config, e.g. training/configs/fmnist-red.yaml")
     p.add_argument("--out", required=True, help="run folder, e.g. runs/fmnist-red")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--seed", type=int, help="override the config's seed (independent members trained as one run "
+                                             "per seed, joined by `export --run A --run B ...`)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("export", help="export a finished run as a redserve model package")

@@ -16,9 +16,9 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def test_shipped_configs_load():
-    for name in ("fmnist-red", "fmnist-baseline", "fmnist-psred"):
+    for name, members in (("fmnist-red", 5), ("fmnist-baseline", 2), ("fmnist-psred", 5)):
         cfg = load_config(CONFIGS / f"{name}.yaml")
-        assert cfg.members == 5 and cfg.adversarial.enabled and cfg.adversarial.attack.eps == 0.1
+        assert cfg.members == members and cfg.adversarial.enabled and cfg.adversarial.attack.eps == 0.1
 
 
 def _settings(tree: dict, prefix: str = "") -> dict:
@@ -55,7 +55,8 @@ def test_experiment_names_cannot_collide_with_a_package():
         if "arms" in raw:  # a study plan (redtrain study), not a run config
             continue
         name = raw["name"]
-        # exp-* (single experiments), study-* and psred-* (study arms): never a package's name.
+        # exp-* (single experiments), study-*, psred-* (study arms) and members-* (the member recipe
+        # ladder, reports/members.md): never a package's name.
         assert name == path.stem and name.startswith(("exp-", "study-", "psred-", "members-")), path.name
         assert name not in packages and not name.startswith("fmnist-")
 
