@@ -6,22 +6,25 @@ served package all share one input space.
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import nn
 
 from redtrain.config import ModelConfig
 
 
-class SmallCNN(nn.Module):
-    """Three conv stages (3x3 conv, ReLU, 2x2 max-pool) and a two-layer head, for 28x28 gray input."""
+class _StagesAndHead(nn.Module):
+    """Conv stages (`features`), each halving the resolution, then a two-layer head (`head`). The
+    parameter names (features.K, head.1, head.3) are what the stacked trainer and PS-RED read."""
 
-    def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (8, 16, 32), hidden: int = 64,
-                 classes: int = 10, image_size: int = 28) -> None:
+    def __init__(self, stage: typing.Callable[[int, int], list[nn.Module]], in_channels: int,
+                 widths: tuple[int, ...], hidden: int, classes: int, image_size: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels, size = in_channels, image_size
         for width in widths:
-            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += stage(channels, width)
             channels, size = width, size // 2
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
@@ -32,7 +35,16 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-class StridedCNN(nn.Module):
+class SmallCNN(_StagesAndHead):
+    """Three conv stages (3x3 conv, ReLU, 2x2 max-pool) and a two-layer head, for 28x28 gray input."""
+
+    def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (8, 16, 32), hidden: int = 64,
+                 classes: int = 10, image_size: int = 28) -> None:
+        super().__init__(lambda cin, cout: [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)],
+                         in_channels, widths, hidden, classes, image_size)
+
+
+class StridedCNN(_StagesAndHead):
     """Conv layers of 4x4 kernels with stride 2 and padding 1 (each halves the resolution, no pooling),
     then one hidden layer: with widths (16, 32) and hidden 100 on 28x28 gray input this is the small
     CNN of Croce, Andriushchenko and Hein (AISTATS 2019), about 166k parameters, the published
@@ -40,19 +52,8 @@ class StridedCNN(nn.Module):
 
     def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (16, 32), hidden: int = 100,
                  classes: int = 10, image_size: int = 28) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels, size = in_channels, image_size
-        for width in widths:
-            layers += [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.ReLU()]
-            channels, size = width, size // 2
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(channels * size * size, hidden), nn.ReLU(), nn.Linear(hidden, classes)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        super().__init__(lambda cin, cout: [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.ReLU()],
+                         in_channels, widths, hidden, classes, image_size)
 
 
 class _BasicBlock(nn.Module):
