@@ -345,11 +345,53 @@ async function costHttp(args: Record<string, string | undefined>): Promise<unkno
   return { requestsPerRound: count - 200, results };
 }
 
+/**
+ * The poisoning attack of issue 29 against --detect reject: one identity uploads `--images` (20)
+ * popular test images once; then 20 benign clients each send a JPEG re-encoding (--quality, default 90) of
+ * one of them, either each its own image ("distinct") or one drawn at random ("random", so some
+ * images are copied twice), followed by 5 unrelated images each. A benign client is locked out
+ * when any of its queries is flagged. Run with the service's settings and with
+ * --detect-global-owners 1 --detect-global-quota 20000 (what the detector did before).
+ */
+async function poison(args: Record<string, string | undefined>, input: InputSpec): Promise<unknown> {
+  const popular = Number(args.images ?? 20);
+  const seed = Number(args.seed ?? 0);
+  const settings: DetectSettings = { ...settingsFrom(args), mode: 'reject' };
+  const data = await fmnistRaw(args.fmnist ?? FASHION_MNIST_DIR);
+  const size = data.rows * data.cols;
+  const raw = (i: number) => Buffer.from(data.images.subarray(i * size, (i + 1) * size));
+  const png = (i: number) => pngOf(raw(i), data.rows, data.cols);
+  const jpeg = (i: number) => sharp(raw(i), { raw: { width: data.cols, height: data.rows, channels: 1 } }).jpeg({ quality: Number(args.quality ?? 90) }).toBuffer();
+  const results: Record<string, unknown> = {};
+  for (const choice of ['distinct', 'random'] as const) {
+    const detector = new Detector(settings, normalisationOf(input));
+    for (let i = 0; i < popular; i++) detector.screen('attacker', await tensorOf(await png(i), input));
+    const rng = new Rng(seed);
+    let lockedOut = 0;
+    let lockedOnUnrelated = 0;
+    for (let c = 0; c < 20; c++) {
+      const pick = choice === 'distinct' ? c % popular : rng.int(popular);
+      let flagged = detector.screen(`benign-${c}`, await tensorOf(await jpeg(pick), input)).flagged;
+      let unrelated = false;
+      for (let k = 0; k < 5; k++) {
+        const v = detector.screen(`benign-${c}`, await tensorOf(await png(2000 + c * 5 + k), input));
+        unrelated ||= v.flagged;
+      }
+      flagged ||= unrelated;
+      if (flagged) lockedOut++;
+      if (unrelated) lockedOnUnrelated++;
+    }
+    const attacker = detector.screen('attacker', await tensorOf(await png(5000), input));
+    results[choice] = { benignClients: 20, lockedOut, lockedOutOnUnrelatedImages: lockedOnUnrelated, attackerFlagged: attacker.flagged };
+  }
+  return { settings, popular, seed, results };
+}
+
 async function main(): Promise<void> {
   const { values, positionals } = parseArgs({
     args: process.argv.slice(2), allowPositionals: true, strict: true,
     options: Object.fromEntries(['model', 'fmnist', 'count', 'rounds', 'seed', 'out', 'images', 'offset', 'queries', 'eps', 'attack',
-      'detect-quant-step', 'detect-window', 'detect-hashes', 'detect-history', 'detect-global', 'detect-repeats', 'detect-threshold']
+      'detect-quant-step', 'detect-window', 'detect-hashes', 'detect-history', 'detect-global', 'detect-global-owners', 'detect-global-quota', 'quality', 'detect-repeats', 'detect-threshold']
       .map((k) => [k, { type: 'string' as const }])),
   });
   const modelDir = path.resolve((values.model as string | undefined) ?? 'models/fmnist-red');
@@ -360,9 +402,10 @@ async function main(): Promise<void> {
     : command === 'attacks' ? await attacks(args, modelDir)
       : command === 'cost' ? await cost(args, input)
         : command === 'cost-http' ? await costHttp(args)
-          : null;
+          : command === 'poison' ? await poison(args, input)
+            : null;
   if (result === null) {
-    process.stderr.write('usage: node dist/bench/detect-evaluate.js benign|attacks|cost [--out FILE] [...]\n');
+    process.stderr.write('usage: node dist/bench/detect-evaluate.js benign|attacks|cost|cost-http|poison [--out FILE] [...]\n');
     process.exit(2);
   }
   const text = JSON.stringify({ command: `node dist/bench/detect-evaluate.js ${process.argv.slice(2).join(' ')}`, ...result as object });
