@@ -87,8 +87,8 @@ echo "   podman $(podman version -f '{{.Client.Version}}'), $(runc --version | h
 # --- clean-up: whatever this run created, on any exit --------------------------------------------
 images_before=$(podman images -aq --no-trunc | sort -u)
 cgroup_parents=()
-for d in /sys/fs/cgroup/*/libpod_parent /sys/fs/cgroup/unified/libpod_parent; do
-  [ -d "$d" ] || cgroup_parents+=("$d")
+for controller in /sys/fs/cgroup/*/; do
+  [ -d "${controller}libpod_parent" ] || cgroup_parents+=("${controller}libpod_parent")
 done
 cleanup() {
   local rc=$?
