@@ -1,4 +1,5 @@
-"""Linf attacks in pixel space [0, 1]: PGD (Madry et al. 2018) for training, APGD-CE/DLR for evaluation."""
+"""Linf attacks in pixel space [0, 1]: PGD (Madry et al. 2018) for training, APGD (CE, DLR, targeted DLR,
+clamped margin) for evaluation. ARC, the attack made for randomized ensembles, is in arc.py."""
 
 from __future__ import annotations
 
@@ -68,38 +69,88 @@ def apgd_checkpoints(steps: int) -> list[int]:
     return sorted({math.ceil(round(q * steps, 6)) for q in p if q <= 1.0})
 
 
+CLAMP_KAPPA = 0.1  # logits; where the clamped margin stops pushing a fooled member
+
 StackedLogits = Callable[[torch.Tensor], torch.Tensor]  # x -> logits of every member [M, B, C]
 
 
 class WorstCase:
-    """Per example, the perturbed input with the fewest members right (ties: the highest loss)."""
+    """Per example, the perturbed input with the lowest expected accuracy: the members right on it,
+    weighted by their sampling probabilities (uniform without `weights`); ties: the highest loss."""
 
-    def __init__(self, x: torch.Tensor, members: int) -> None:
+    def __init__(self, x: torch.Tensor, members: int, weights: Optional[torch.Tensor] = None) -> None:
         self.x = x.clone()
+        self.weights = (torch.full((members,), 1.0 / members, dtype=torch.float64) if weights is None
+                        else weights.detach().to("cpu", torch.float64))
+        self.accuracy = torch.full((x.shape[0],), float("inf"), dtype=torch.float64)
         self.correct = torch.full((x.shape[0],), members + 1, dtype=torch.long)
         self.loss = torch.full((x.shape[0],), float("-inf"))
 
     def update(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
-        correct = (logits.argmax(dim=2) == y[None]).sum(dim=0).cpu()
+        right = (logits.argmax(dim=2) == y[None]).cpu()
+        accuracy = expected_accuracy(right, self.weights)
         loss = loss.detach().cpu()
-        better = (correct < self.correct) | ((correct == self.correct) & (loss > self.loss))
+        better = (accuracy < self.accuracy) | ((accuracy == self.accuracy) & (loss > self.loss))
         self.x[better] = x.detach()[better.to(x.device)].to(self.x.device)
-        self.correct = torch.where(better, correct, self.correct)
+        self.accuracy = torch.where(better, accuracy, self.accuracy)
+        self.correct = torch.where(better, right.sum(dim=0), self.correct)
         self.loss = torch.where(better, loss, self.loss)
 
 
-def _mean_member_loss(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    per_member = {"ce": lambda z, y: F.cross_entropy(z, y, reduction="none"), "dlr": dlr_loss}[kind]
-    return lambda logits, y: torch.stack([per_member(z, y) for z in logits]).mean(dim=0)
+def expected_accuracy(right: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """float64 [B]: sum_i p_i 1[member i right], from bool `right` [M, B] and probabilities p [M]
+    (uniform when None). Summed in float64 so that ties between inputs stay exact ties."""
+    members = right.shape[0]
+    w = (torch.full((members,), 1.0 / members, dtype=torch.float64) if weights is None
+         else weights.to(torch.float64))
+    return (w.to(right.device)[:, None] * right.to(torch.float64)).sum(dim=0)
+
+
+def clamped_margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = CLAMP_KAPPA) -> torch.Tensor:
+    """Per example: -max(z_y - max_{i != y} z_i, -kappa). Maximising it pushes a member just past its
+    decision boundary and then stops (zero gradient), so effort goes to the members still right."""
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.clone()
+    others.scatter_(1, y[:, None], float("-inf"))
+    return -(z_y - others.max(dim=1).values).clamp(min=-kappa)
+
+
+def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR (Croce & Hein 2020), per example: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)."""
+    if logits.shape[1] < 4:
+        raise ValueError(f"targeted DLR needs at least 4 classes, got {logits.shape[1]}")
+    ordered, _ = logits.sort(dim=1, descending=True)
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    z_t = logits.gather(1, target[:, None]).squeeze(1)
+    return -(z_y - z_t) / (ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
+
+
+def _mean_member_loss(kind: str, weights: Optional[torch.Tensor] = None,
+                      target: Optional[torch.Tensor] = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss over members, weighted by their sampling probabilities (the mean when None)."""
+    per_member = {"ce": lambda z, y: F.cross_entropy(z, y, reduction="none"), "dlr": dlr_loss,
+                  "margin": clamped_margin_loss, "dlr-t": lambda z, y: targeted_dlr_loss(z, y, target)}[kind]
+    if kind == "dlr-t" and target is None:
+        raise ValueError("the targeted DLR loss needs a target class per example")
+    if weights is None:
+        return lambda logits, y: torch.stack([per_member(z, y) for z in logits]).mean(dim=0)
+    return lambda logits, y: (weights.to(logits.device, logits.dtype)[:, None]
+                              * torch.stack([per_member(z, y) for z in logits])).sum(dim=0)
 
 
 def apgd(stacked: StackedLogits, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
          loss: str = "ce", generator: Optional[torch.Generator] = None, rho: float = 0.75,
-         momentum: float = 0.75) -> torch.Tensor:
-    """Linf APGD maximising the member-averaged CE or DLR (the exact expectation over a uniform
-    draw, i.e. EOT with no sampling noise). Returns, per example, the iterate that left the fewest
-    members right."""
-    loss_fn = _mean_member_loss(loss)
+         momentum: float = 0.75, weights: Optional[torch.Tensor] = None, target: Optional[torch.Tensor] = None,
+         score: Optional[StackedLogits] = None, score_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Linf APGD maximising a loss over members: `ce`, `dlr`, `margin` (clamped_margin_loss) or
+    `dlr-t` (targeted_dlr_loss toward `target`), averaged with the sampling probabilities `weights`
+    (uniform when None: the exact expectation over the draw, i.e. EOT with no sampling noise).
+    Returns, per example, the iterate with the lowest expected accuracy; that is judged on the
+    members `score` computes (weighted by `score_weights`) when given, e.g. every member of the
+    ensemble while only one is attacked, and on the attacked members otherwise."""
+    loss_fn = _mean_member_loss(loss, weights, target)
+    if score is None:
+        score_weights = weights
     x = x.detach()
     n = x.shape[0]
     checkpoints = set(apgd_checkpoints(steps)[1:])
@@ -109,12 +160,15 @@ def apgd(stacked: StackedLogits, x: torch.Tensor, y: torch.Tensor, eps: float, s
         logits = stacked(z)
         values = loss_fn(logits, y)
         (grad,) = torch.autograd.grad(values.sum(), z)
+        if score is not None:
+            with torch.no_grad():
+                logits = score(z)
         return values.detach(), grad.detach(), logits.detach()
 
     noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
     x_k = project(x + (2 * noise - 1) * eps, x, eps)
     f_k, g_k, logits = value_and_grad(x_k)
-    worst = WorstCase(x, logits.shape[0])
+    worst = WorstCase(x, logits.shape[0], score_weights)
     worst.update(x_k, logits, y, f_k)
     step = torch.full((n, 1, 1, 1), 2.0 * eps, device=x.device)
     x_best, f_best, g_best = x_k.clone(), f_k.clone(), g_k.clone()
@@ -153,9 +207,11 @@ def apgd(stacked: StackedLogits, x: torch.Tensor, y: torch.Tensor, eps: float, s
 
 
 def pgd_worst(stacked: StackedLogits, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
-              step_size: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """PGD with random start on the member-averaged CE; keeps the worst iterate per example."""
-    loss_fn = _mean_member_loss("ce")
+              step_size: float, generator: Optional[torch.Generator] = None,
+              weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """PGD with random start on the member-averaged CE (weighted by `weights`); keeps the worst
+    iterate per example."""
+    loss_fn = _mean_member_loss("ce", weights)
     x = x.detach()
     noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
     x_adv = project(x + (2 * noise - 1) * eps, x, eps)
@@ -166,7 +222,7 @@ def pgd_worst(stacked: StackedLogits, x: torch.Tensor, y: torch.Tensor, eps: flo
         values = loss_fn(logits, y)
         (grad,) = torch.autograd.grad(values.sum(), z)
         if worst is None:
-            worst = WorstCase(x, logits.shape[0])
+            worst = WorstCase(x, logits.shape[0], weights)
         worst.update(x_adv, logits.detach(), y, values.detach())
         x_adv = project(x_adv + step_size * grad.sign(), x, eps)
     return worst.x.to(x.device)

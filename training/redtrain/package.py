@@ -4,6 +4,11 @@ Each member is rebuilt in PyTorch from the package's ONNX files (for `ps-red`, f
 hypernetwork's outputs run in onnxruntime), so that attacks can differentiate it, and `check_parity`
 refuses a rebuilt member that does not compute what onnxruntime computes: what is attacked is
 exactly what is served. `models/x:K` names member K of a package alone (a single, undefended model).
+
+Attacks live in pixel space [0, 1] (8-bit pixel / 255), where eps is measured. A package whose
+manifest scales or normalises its input (`input.scale`, `mean`, `std`) is attacked through that
+pre-processing: every member is wrapped in `PixelInput`, which maps pixels to the model's input as
+the service does, so the eps ball and the [0, 1] box stay in pixel space whatever the manifest says.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from torch import nn
 
 from redtrain.errors import UserError
 from redtrain.manifest import check_package, sha256_file
@@ -24,14 +30,69 @@ from redtrain.psred_export import member_weights, target_logits
 PARITY_ATOL = 1e-4
 
 
+class PixelInput(nn.Module):
+    """A member fed pixels in [0, 1]: x = (255 * u * scale - mean[c]) / std[c], docs/model-format.md."""
+
+    def __init__(self, member: nn.Module, gain: torch.Tensor, offset: torch.Tensor) -> None:
+        super().__init__()
+        self.member = member
+        self.register_buffer("gain", gain)
+        self.register_buffer("offset", offset)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.member(u * self.gain + self.offset)
+
+
+def input_mapping(manifest: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(gain, offset), each [C, 1, 1], with model input = u * gain + offset for pixels u in [0, 1];
+    None when the package takes [0, 1] pixels as they are (scale 1/255, mean 0, std 1)."""
+    spec = manifest["input"]
+    channels = spec["shape"][0]
+    scale = float(spec.get("scale", 1 / 255))
+    mean = [float(v) for v in spec.get("mean", [0.0] * channels)]
+    std = [float(v) for v in spec.get("std", [1.0] * channels)]
+    if len(mean) != channels or len(std) != channels or not all(s > 0 for s in std):
+        raise UserError(f"input.mean and input.std need {channels} values with std > 0, got {mean} and {std}")
+    if abs(255.0 * scale - 1.0) < 1e-9 and all(m == 0 for m in mean) and all(s == 1 for s in std):
+        return None
+    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    gain = (255.0 * scale) / std_t
+    offset = -torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_t
+    return gain, offset
+
+
+def sampling_probabilities(manifest: dict) -> list[float]:
+    """The manifest's `sampling.probabilities` (one per member, summing to 1); uniform when absent."""
+    count = len(manifest["members"])
+    raw = (manifest.get("sampling") or {}).get("probabilities")
+    if raw is None:
+        return [1.0 / count] * count
+    p = [float(v) for v in raw]
+    if len(p) != count or any(v < 0 for v in p) or abs(sum(p) - 1.0) > 1e-6:
+        raise UserError(f"sampling.probabilities must be {count} numbers >= 0 summing to 1, got {raw}")
+    return p
+
+
 @dataclass
 class Target:
-    """What one report column describes: a package, or one member of it served alone."""
+    """What one report column describes: a package, or one member of it served alone.
+
+    `members` take pixels in [0, 1] (wrapped in PixelInput where the manifest normalises);
+    `probabilities` are the chances that each answers a request."""
 
     spec: str
     name: str
     manifest: dict
-    members: list[OnnxMember]
+    members: list[nn.Module]
+    probabilities: list[float]
+
+    def model_input(self, u: np.ndarray) -> np.ndarray:
+        """Pixels in [0, 1] -> what the ONNX members take, as the service pre-processes."""
+        mapping = input_mapping(self.manifest)
+        if mapping is None:
+            return u
+        gain, offset = (t.numpy() for t in mapping)
+        return (u * gain + offset).astype(np.float32)
 
 
 def parse_spec(spec: str) -> tuple[Path, int | None]:
@@ -68,14 +129,18 @@ def load_target(spec: str) -> Target:
     pkg, single = parse_spec(spec)
     manifest = check_package(pkg)
     members = (_psred_members if manifest["kind"] == "ps-red" else _ensemble_members)(pkg, manifest)
+    mapping = input_mapping(manifest)
+    if mapping is not None:
+        members = [PixelInput(m, *mapping) for m in members]
     for module in members:
         module.eval()
     name = manifest["name"]
+    probabilities = sampling_probabilities(manifest)
     if single is not None:
         if not 0 <= single < len(members):
             raise UserError(f"{spec}: member {single} is out of range [0, {len(members)})")
-        members, name = [members[single]], f"{name} member {single} alone"
-    return Target(spec, name, manifest, members)
+        members, name, probabilities = [members[single]], f"{name} member {single} alone", [1.0]
+    return Target(spec, name, manifest, members, probabilities)
 
 
 def _onnxruntime_logits(target: Target, x: np.ndarray) -> list[np.ndarray]:
@@ -99,7 +164,7 @@ def _onnxruntime_logits(target: Target, x: np.ndarray) -> list[np.ndarray]:
 
 def check_parity(target: Target, x: torch.Tensor) -> float:
     """Refuse to attack a rebuilt member that does not compute what onnxruntime computes."""
-    reference = _onnxruntime_logits(target, x.numpy())
+    reference = _onnxruntime_logits(target, target.model_input(x.numpy()))
     worst = 0.0
     with torch.no_grad():
         for i, (module, ref) in enumerate(zip(target.members, reference)):

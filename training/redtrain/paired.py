@@ -5,7 +5,8 @@
 
 Two packages evaluated on the same first N test images (same eps, attack steps and seed) differ per
 image: the adaptive expected accuracy of one image is the fraction of members the worst attack left
-correct (`correctMembers` in robustness.json, divided by the member count). The difference of the two
+correct, weighted by their sampling probabilities (`accuracyPerImage` in robustness.json; older files
+have only `correctMembers`, divided by the member count). The difference of the two
 means is a paired statistic, and its 95% interval comes from resampling images with replacement
 (percentile bootstrap). It says how much of a difference the choice of images alone could make; the
 spread between training seeds is a separate question that only more seeds answer.
@@ -50,11 +51,15 @@ def load_scored(ref: str) -> Scored:
         names = ", ".join(repr(r.get("name")) for r in results)
         raise UserError(f"{ref}: name one target after '#' (this file has: {names})")
     result = chosen[0]
-    counts = result.get("attacks", {}).get(ADAPTIVE, {}).get("correctMembers")
+    adaptive = result.get("attacks", {}).get(ADAPTIVE, {})
+    counts = adaptive.get("correctMembers")
     if counts is None:
         raise UserError(f"{ref}: no per-image results (evaluated before `correctMembers` was recorded; "
                         f"evaluate it again)")
-    accuracy = torch.tensor(counts, dtype=torch.float64) / result["members"]
+    if "accuracyPerImage" in adaptive:  # weighted by the sampling probabilities
+        accuracy = torch.tensor(adaptive["accuracyPerImage"], dtype=torch.float64)
+    else:
+        accuracy = torch.tensor(counts, dtype=torch.float64) / result["members"]
     return Scored(result["name"], accuracy, meta["settings"], meta.get("dataset", ""))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from redtrain.package import PARITY_ATOL
+from redtrain.protocols import ADAPTIVE, BASE_WORST
 
 
 def _pct(v: float) -> str:
@@ -37,9 +38,14 @@ def render_markdown(results: list[dict], meta: dict) -> str:
         "space [0, 1]. Members are rebuilt from the packages' ONNX files and checked against onnxruntime "
         f"(largest logit difference {meta['parityMax']:.2g}, allowed {PARITY_ATOL:g}) before any attack.",
         "",
-        "A request is answered by one member drawn uniformly, so the figure that matters is the **expected "
-        "accuracy**: the mean over members of being right on the attacked input. The adaptive attacks maximise the "
-        "loss averaged over all members (EOT computed exactly, no sampling noise). The weak protocol is the one "
+        "A request is answered by one member drawn with the manifest's sampling probabilities (uniformly when it "
+        "has none), so the figure that matters is the **expected accuracy**: the probability-weighted mean over "
+        "members of being right on the attacked input. PGD and APGD maximise the loss averaged over all members "
+        "with those weights (EOT computed exactly, no sampling noise); APGD-CE per member attacks each member "
+        "alone and scores every iterate on all members; ARC (Dbouk & Shanbhag 2022) visits the members in an "
+        "order drawn with the probabilities, steps toward each one's nearest decision boundary among its top-g "
+        "classes and keeps a step only if the expected accuracy does not rise. Attacks run in pixel space "
+        "through each package's own input scaling and normalisation. The weak protocol is the one "
         "the public RED code reports: every PGD step differentiates one randomly drawn member and success is "
         "judged by another independent draw. Numbers are accuracies in percent.",
         "",
@@ -58,20 +64,34 @@ def render_markdown(results: list[dict], meta: dict) -> str:
         lines.append(f"| {r['name']} | {r['members']} | {', '.join(_pct(a) for a in c['perMember'])} | "
                      f"{_pct(c['expected'])} | {_pct(c['ensemble'])} | {cosine} |")
     names = list(results[0]["attacks"])
+    attack_names = [n for n in names if n != ADAPTIVE]
+    head = "| attack | " + " | ".join(r["name"] for r in results) + " |"
+    rule = "|---|" + "---|" * len(results)
     lines += ["", f"## Robust accuracy at eps {eps:g}", "",
-              "Expected accuracy under each attack; the weak protocol's accuracy first for contrast.", "",
-              "| target | weak protocol | " + " | ".join(names) + " |",
-              "|---|---|" + "---|" * len(names)]
-    for r in results:
-        lines.append(f"| {r['name']} | {_pct(r['weak']['accuracy'])} | "
-                     + " | ".join(_pct(r["attacks"][n]["expected"]) for n in names) + " |")
-    apgd_names = [n for n in names if "worst" not in n]
-    lines += ["", "Worst member and averaged ensemble (mean softmax) on the same attacked inputs:", "",
-              "| target | " + " | ".join(f"{n}: worst member / ensemble" for n in apgd_names) + " |",
-              "|---|" + "---|" * len(apgd_names)]
-    for r in results:
-        lines.append(f"| {r['name']} | " + " | ".join(
-            f"{_pct(r['attacks'][n]['worstMember'])} / {_pct(r['attacks'][n]['ensemble'])}" for n in apgd_names) + " |")
+              "Expected accuracy under each attack, the weak protocol first for contrast. In brackets: how many "
+              "points the per-example worst case would rise without that attack (what it alone found; 0.0 "
+              "when the others find as much; ARC from the worst point starts where all the others got and "
+              "never rises from there, so removing any one of them alone rarely shows). The last two rows are the worst case before and after the "
+              "attacks made for randomized ensembles were added (ARC, clamped margin, per-member APGD, "
+              "APGD-T, second starts).", "", head, rule,
+              "| weak protocol | " + " | ".join(_pct(r["weak"]["accuracy"]) for r in results) + " |"]
+    for n in attack_names:
+        cells = []
+        for r in results:
+            a = r["attacks"].get(n)
+            moved = r.get("worstCase", {}).get("withoutEach", {}).get(n)
+            cells.append("-" if a is None else _pct(a["expected"]) + ("" if moved is None else f" ({100 * moved:+.1f})"))
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines.append(f"| {BASE_WORST} | " + " | ".join(
+        _pct(r["worstCase"]["base"]) if "worstCase" in r else "-" for r in results) + " |")
+    lines.append(f"| **{ADAPTIVE}** | " + " | ".join(f"**{_pct(r['attacks'][ADAPTIVE]['expected'])}**"
+                                                       for r in results) + " |")
+    lines += ["", "Worst member / averaged ensemble (softmax averaged with the probabilities) on the same "
+              "attacked inputs:", "", head, rule]
+    for n in attack_names:
+        lines.append(f"| {n} | " + " | ".join(
+            "-" if n not in r["attacks"] else
+            f"{_pct(r['attacks'][n]['worstMember'])} / {_pct(r['attacks'][n]['ensemble'])}" for r in results) + " |")
     curve_keys = list(results[0]["curve"])
     lines += ["", "## Expected accuracy against eps", "", f"Attack: {results[0]['curveAttack']}. Plot: "
               "[robustness-eps.png](robustness-eps.png).", "",

@@ -149,12 +149,17 @@ def test_gradient_cosine_is_one_for_identical_members_and_zero_for_orthogonal_on
 def test_report_from_a_small_run(tmp_path):
     data = synthetic_dataset(n_train=8, n_test=24)
     settings = Settings(limit=16, apgd_steps=3, pgd_steps=2, weak_steps=2, transfer_steps=2, curve_steps=2,
-                        batch_size=8)
+                        batch_size=8, member_steps=3, arc_iterations=2)
     path = run_evaluation([str(FIXTURES / "tiny-ensemble"), f"{FIXTURES / 'tiny-ensemble'}:0",
                            str(FIXTURES / "tiny-psred")], tmp_path, settings, "redtrain evaluate (test)",
                           progress=False, data=data)
     text = path.read_text()
-    assert "| target | weak protocol | PGD-2 | APGD-CE-3 | APGD-DLR-3 | adaptive (worst of the above, per example) |" in text
+    assert "| attack | tiny-ensemble | tiny-ensemble member 0 alone |" in text
+    for row in ("| weak protocol |", "| PGD-2 |", "| APGD-CE-3 |", "| APGD-DLR-3 |", "| APGD-T-3 (top 3) |",
+                "| APGD-3 clamped margin |", "| APGD-CE-3 per member |", "| ARC-2 g=1 |", "| ARC-2 g=2 |",
+                "| ARC-2 g=2 from the worst point |", "| worst of PGD, APGD-CE, APGD-DLR (first starts) |",
+                "| **adaptive (worst of the above, per example)** |"):
+        assert row in text
     assert "tiny-ensemble member 0 alone" in text and "first 16 images" in text
     report = json.loads((tmp_path / "robustness.json").read_text())
     results = report["results"]
@@ -166,7 +171,13 @@ def test_report_from_a_small_run(tmp_path):
         # Per image: how many members the worst attack left correct; their mean is the figure above.
         counts = r["attacks"]["adaptive (worst of the above, per example)"]["correctMembers"]
         assert len(counts) == 16 and all(0 <= c <= r["members"] for c in counts)
-        assert sum(counts) / (16 * r["members"]) == pytest.approx(worst, abs=1e-6)  # float32 mean
+        assert sum(counts) / (16 * r["members"]) == pytest.approx(worst, abs=1e-6)  # uniform draw
+        per_image = r["attacks"]["adaptive (worst of the above, per example)"]["accuracyPerImage"]
+        assert sum(per_image) / 16 == pytest.approx(worst, abs=1e-5)
+        # The worst case before the new attacks can be no lower, and no attack lowers it by its absence.
+        assert r["worstCase"]["base"] >= worst - 1e-9
+        assert all(v >= -1e-9 for v in r["worstCase"]["withoutEach"].values())
+        assert ("APGD-CE-3 per member" in r["attacks"]) == (r["members"] > 1)
         assert set(r["curve"]) == {"0.05", "0.1", "0.15", "0.2"}
     assert "transfer" in results[0] and "transfer" not in results[1]
     assert 0 <= results[0]["clean"]["gradientCosine"] <= 1 and "gradientCosine" not in results[1]["clean"]
@@ -189,7 +200,7 @@ def test_evaluate_cli_errors_are_one_line(tmp_path, capsys):
 def test_reuse_keeps_unchanged_results_and_names_their_run(tmp_path):
     data = synthetic_dataset(n_train=8, n_test=8)
     settings = Settings(limit=8, apgd_steps=2, pgd_steps=1, weak_steps=1, transfer_steps=1, curve_steps=1,
-                        curve_eps=(0.1,), batch_size=8)
+                        curve_eps=(0.1,), batch_size=8, member_steps=1, arc_iterations=1)
     single = f"{FIXTURES / 'tiny-ensemble'}:0"
     run_evaluation([single], tmp_path, settings, "first run", progress=False, data=data)
     first = json.loads((tmp_path / "robustness.json").read_text())["results"][0]
