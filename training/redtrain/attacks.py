@@ -46,6 +46,14 @@ def ensemble_ce(members: Sequence[Callable[[torch.Tensor], torch.Tensor]]) -> Lo
 
 # --- Evaluation attacks: APGD (Croce & Hein 2020) on a loss averaged over members -------------------
 
+def true_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per example z_y - max_{i != y} z_i: positive while the true class wins."""
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.clone()
+    others.scatter_(1, y[:, None], float("-inf"))
+    return z_y - others.max(dim=1).values
+
+
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Difference-of-logits-ratio loss, per example: -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3).
 
@@ -54,10 +62,7 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if logits.shape[1] < 3:
         raise ValueError(f"DLR needs at least 3 classes, got {logits.shape[1]}")
     ordered, _ = logits.sort(dim=1, descending=True)
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.clone()
-    others.scatter_(1, y[:, None], float("-inf"))
-    return -(z_y - others.max(dim=1).values) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+    return -true_margin(logits, y) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -109,10 +114,7 @@ def expected_accuracy(right: torch.Tensor, weights: Optional[torch.Tensor] = Non
 def clamped_margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = CLAMP_KAPPA) -> torch.Tensor:
     """Per example: -max(z_y - max_{i != y} z_i, -kappa). Maximising it pushes a member just past its
     decision boundary and then stops (zero gradient), so effort goes to the members still right."""
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.clone()
-    others.scatter_(1, y[:, None], float("-inf"))
-    return -(z_y - others.max(dim=1).values).clamp(min=-kappa)
+    return -true_margin(logits, y).clamp(min=-kappa)
 
 
 def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

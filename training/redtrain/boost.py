@@ -33,7 +33,7 @@ import yaml
 from torch import nn
 
 from redtrain.arc import arc
-from redtrain.attacks import expected_accuracy, pgd
+from redtrain.attacks import expected_accuracy, pgd, true_margin
 from redtrain.config import Config
 from redtrain.data import Dataset, load_dataset, to_unit
 from redtrain.errors import UserError
@@ -43,10 +43,7 @@ from redtrain.provenance import git_commit, write_text_atomic
 def margin_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per example softplus(max_{j != y} z_j - z_y): cross-entropy over the true and the strongest
     other class alone."""
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.clone()
-    others.scatter_(1, y[:, None], float("-inf"))
-    return F.softplus(others.max(dim=1).values - z_y)
+    return F.softplus(-true_margin(logits, y))
 
 
 def mixture_ce(members: list[nn.Module]):
@@ -62,12 +59,6 @@ def project_simplex(v: torch.Tensor) -> torch.Tensor:
     rho = int(torch.nonzero(u - css / k > 0).max())
     theta = css[rho] / (rho + 1)
     return torch.clamp(v - theta, min=0)
-
-
-def member_errors(members: list[nn.Module], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """[M] error rate of each member on x."""
-    with torch.no_grad():
-        return torch.stack([(m(x).argmax(1) != y).double().mean() for m in members])
 
 
 def fit_probabilities(members: list[nn.Module], x: torch.Tensor, y: torch.Tensor, eps: float, rounds: int,
@@ -104,7 +95,8 @@ def _state(cfg: Config, nets: list[nn.Module], classes: int, seconds: float, his
 
 def train_boosted(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, progress: bool = True) -> dict:
     """Train method "barre" (see the module docstring); returns the summary written to summary.json."""
-    from redtrain.train import load_run, seed_everything  # noqa: PLC0415 (train imports this module lazily)
+    # train imports this module lazily (method barre), so these come from it here
+    from redtrain.train import _atomic_save, _subset, accuracy, load_run, seed_everything  # noqa: PLC0415
 
     b = cfg.boost
     run_dir = Path(run_dir)
@@ -133,9 +125,7 @@ def train_boosted(cfg: Config, run_dir: str | Path, dataset: Dataset | None = No
     else:
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
 
-    train_x, train_y = data.train.images, data.train.labels
-    if cfg.data.train_limit is not None:
-        train_x, train_y = train_x[:cfg.data.train_limit], train_y[:cfg.data.train_limit]
+    train_x, train_y = _subset(data.train.images, data.train.labels, cfg.data.train_limit)
     a = cfg.adversarial.attack
     o = cfg.optim
     for k in range(len(nets), cfg.members):
@@ -171,8 +161,7 @@ def train_boosted(cfg: Config, run_dir: str | Path, dataset: Dataset | None = No
                 print(json.dumps(record), flush=True)
         nets.append(new.eval().requires_grad_(False))
         seconds += time.time() - started
-        torch.save(_state(cfg, nets, classes, seconds, history, commit, None), ckpt.with_suffix(".tmp"))
-        ckpt.with_suffix(".tmp").replace(ckpt)
+        _atomic_save(_state(cfg, nets, classes, seconds, history, commit, None), ckpt)
 
     check = cfg.adversarial.check
     x_check, y_check = to_unit(data.test.images[-check.examples:]), data.test.labels[-check.examples:]
@@ -181,16 +170,12 @@ def train_boosted(cfg: Config, run_dir: str | Path, dataset: Dataset | None = No
                                               b.arc_iterations, torch.Generator().manual_seed(cfg.seed))
     seconds += time.time() - started
     history.append({"probabilityRounds": rounds})
-    torch.save(_state(cfg, nets, classes, seconds, history, commit, probabilities), ckpt.with_suffix(".tmp"))
-    ckpt.with_suffix(".tmp").replace(ckpt)
-    from redtrain.train import accuracy  # noqa: PLC0415
-
-    test_x, test_y = data.test.images, data.test.labels
-    if cfg.data.test_limit is not None:
-        test_x, test_y = test_x[:cfg.data.test_limit], test_y[:cfg.data.test_limit]
+    _atomic_save(_state(cfg, nets, classes, seconds, history, commit, probabilities), ckpt)
+    test_x, test_y = _subset(data.test.images, data.test.labels, cfg.data.test_limit)
     evaluation = accuracy(nets, test_x, test_y, torch.device("cpu"), weights=probabilities)
+    held_out = accuracy(nets, data.test.images[-check.examples:], y_check, torch.device("cpu"))
     summary = {"members": cfg.members, "seconds": round(seconds, 1), "commit": commit, "evaluation": evaluation,
                "probabilities": [float(v) for v in probabilities], "rounds": rounds,
-               "memberCleanErrors": [round(float(e), 6) for e in member_errors(nets, x_check, y_check)]}
+               "memberCleanErrors": [round(1 - a, 6) for a in held_out["memberAccuracy"]]}
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

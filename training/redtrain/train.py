@@ -17,13 +17,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import yaml
 import torch.nn.functional as F
+import yaml
 from torch import nn
 from tqdm import tqdm
 
 from redtrain.attacks import member_ce, pgd
-from redtrain.config import Config, OverfitCheck, config_from_dict
+from redtrain.config import AdversarialConfig, Config, OptimConfig, config_from_dict
 from redtrain.data import Dataset, load_dataset, to_unit
 from redtrain.errors import UserError
 from redtrain.losses import ensemble_log_probs
@@ -201,8 +201,9 @@ def _resume_identity(config: dict) -> dict:
     (no distillation teacher, no member gains), so older runs still resume.
     """
     identity = json.loads(json.dumps({k: v for k, v in config.items() if k not in ("threads", "trainer", "device")}))
-    defaults = {"optim": {"ema": 0.0},
-                "adversarial": {"loss": "ce", "trades_beta": 6.0, "check": dataclasses.asdict(OverfitCheck())}}
+    adversarial = dataclasses.asdict(AdversarialConfig())
+    defaults = {"optim": {"ema": OptimConfig().ema},
+                "adversarial": {k: adversarial[k] for k in ("loss", "trades_beta", "check")}}
     for section, keys in defaults.items():
         values = identity.get(section)
         if isinstance(values, dict):
@@ -349,11 +350,12 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
                       "model": ensemble.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                       "classes": len(data.labels), "commit": commit, "device": str(device),
-                      "average": average.state_dict() if average else None, "best": best, "stopped": stopped,
-                      "kept": _kept_weights(kept(), best, check.enabled)}, ckpt_path)
+                      "average": average.state_dict() if average else None, "best": best, "stopped": stopped},
+                     ckpt_path)
 
     ensemble.eval()
-    ensemble.load_state_dict(_kept_weights(kept(), best, check.enabled))
+    ensemble.load_state_dict(_kept_weights({"model": ensemble.state_dict(), "best": best,
+                                            "average": average.state_dict() if average else None}))
     chosen = [r for r in history if best and r["epoch"] == best["epoch"]]
     evaluation = (chosen or history)[-1] if history else accuracy(ensemble.members(), test_x, test_y, device)
     summary = {"epochs": o.epochs, "epochsRun": len(history), "seconds": round(seconds, 1), "device": str(device),
@@ -367,10 +369,14 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
     return RunResult(run_dir, o.epochs, seconds, summary["evaluation"])
 
 
-def _kept_weights(current: dict, best: dict, checked: bool) -> dict:
-    """What the run hands to export: with the overfitting check, the best checked epoch's weights;
-    otherwise the current (averaged, with optim.ema) weights."""
-    return best["model"] if checked and best else current
+def _kept_weights(state: dict) -> dict:
+    """What a checkpoint hands to export: the best checked epoch's weights (with the overfitting
+    check), else the averaged weights (with optim.ema), else the raw ones."""
+    if state.get("best"):
+        return state["best"]["model"]
+    if state.get("average"):
+        return state["average"]["state"]
+    return state["model"]
 
 
 def load_run(run_dir: str | Path, unfinished: bool = False) -> tuple[Config, nn.Module, dict]:
@@ -385,6 +391,6 @@ def load_run(run_dir: str | Path, unfinished: bool = False) -> tuple[Config, nn.
     if state["epoch"] < cfg.optim.epochs and not state.get("stopped") and not unfinished:
         raise UserError(f"{run_dir} is unfinished ({state['epoch']}/{cfg.optim.epochs} epochs); resume training first")
     ensemble = build_ensemble(cfg, state["classes"])
-    ensemble.load_state_dict(state.get("kept") or state["model"])
+    ensemble.load_state_dict(_kept_weights(state))
     ensemble.eval()
     return cfg, ensemble, state
