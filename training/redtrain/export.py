@@ -184,7 +184,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, name: str | None = None,
     cfg, ensemble, state = load_run(run_dir)
     if hypernet_storage is not None:
         if cfg.method != "ps-red":
-            raise UserError(f"--hypernet-storage applies to ps-red runs; {run_dir} is a '{cfg.method}' run")
+            raise UserError(f"--hypernet-storage applies to ps-red runs; {run_dir} has method '{cfg.method}'")
         cfg = dataclasses.replace(cfg, hypernet=dataclasses.replace(cfg.hypernet, storage=hypernet_storage))
     data = load_dataset(cfg.data.name, cfg.data.root)
     # training.commit (set by export_package) is the code that exported; trainCommit is the code
@@ -208,7 +208,7 @@ def export_runs(run_dirs: list[str | Path], out: str | Path, *, name: str | None
     loaded = [load_run(r) for r in run_dirs]
     first_cfg = loaded[0][0]
     if first_cfg.method not in ("independent", "independent-at"):
-        raise UserError(f"joining runs applies to independent members; {run_dirs[0]} is a '{first_cfg.method}' run "
+        raise UserError(f"joining runs applies to independent members; {run_dirs[0]} has method '{first_cfg.method}' "
                         "(its members were trained together)")
     for run_dir, (cfg, _, _) in zip(run_dirs, loaded):
         if _same_recipe(cfg.to_dict()) != _same_recipe(first_cfg.to_dict()):

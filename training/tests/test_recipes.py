@@ -139,3 +139,7 @@ def test_runs_of_one_recipe_join_into_one_package(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="another recipe"):
         export_runs([runs[0], tmp_path / "other"], tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+    before = {f.name: f.read_bytes() for f in pkg.iterdir() if f.is_file()}
+    with pytest.raises(UserError, match="share a seed"):  # a refused join leaves the good package as it was
+        export_runs([runs[0], runs[0]], pkg)
+    assert {f.name: f.read_bytes() for f in pkg.iterdir() if f.is_file()} == before
