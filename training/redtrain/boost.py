@@ -29,15 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from redtrain.arc import arc
 from redtrain.attacks import expected_accuracy, pgd, true_margin
 from redtrain.config import Config
 from redtrain.data import Dataset, load_dataset, to_unit
+from redtrain.ensemble import accuracy
 from redtrain.errors import UserError
 from redtrain.provenance import git_commit, write_text_atomic
+from redtrain.runs import load_run, save_atomic, seed_everything
 
 
 def margin_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -95,8 +96,6 @@ def _state(cfg: Config, nets: list[nn.Module], classes: int, seconds: float, his
 
 def train_boosted(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, progress: bool = True) -> dict:
     """Train method "barre" (see the module docstring); returns the summary written to summary.json."""
-    # train imports this module lazily (method barre), so these come from it here
-    from redtrain.train import _atomic_save, _subset, accuracy, load_run, seed_everything  # noqa: PLC0415
 
     b = cfg.boost
     run_dir = Path(run_dir)
@@ -123,9 +122,9 @@ def train_boosted(cfg: Config, run_dir: str | Path, dataset: Dataset | None = No
         if state.get("probabilities") is not None:
             return json.loads((run_dir / "summary.json").read_text())
     else:
-        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+        write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
 
-    train_x, train_y = _subset(data.train.images, data.train.labels, cfg.data.train_limit)
+    train_x, train_y = data.train.head(cfg.data.train_limit)
     a = cfg.adversarial.attack
     o = cfg.optim
     for k in range(len(nets), cfg.members):
@@ -161,7 +160,7 @@ def train_boosted(cfg: Config, run_dir: str | Path, dataset: Dataset | None = No
                 print(json.dumps(record), flush=True)
         nets.append(new.eval().requires_grad_(False))
         seconds += time.time() - started
-        _atomic_save(_state(cfg, nets, classes, seconds, history, commit, None), ckpt)
+        save_atomic(_state(cfg, nets, classes, seconds, history, commit, None), ckpt)
 
     check = cfg.adversarial.check
     x_check, y_check = to_unit(data.test.images[-check.examples:]), data.test.labels[-check.examples:]
@@ -170,8 +169,8 @@ def train_boosted(cfg: Config, run_dir: str | Path, dataset: Dataset | None = No
                                               b.arc_iterations, torch.Generator().manual_seed(cfg.seed))
     seconds += time.time() - started
     history.append({"probabilityRounds": rounds})
-    _atomic_save(_state(cfg, nets, classes, seconds, history, commit, probabilities), ckpt)
-    test_x, test_y = _subset(data.test.images, data.test.labels, cfg.data.test_limit)
+    save_atomic(_state(cfg, nets, classes, seconds, history, commit, probabilities), ckpt)
+    test_x, test_y = data.test.head(cfg.data.test_limit)
     evaluation = accuracy(nets, test_x, test_y, torch.device("cpu"), weights=probabilities)
     held_out = accuracy(nets, data.test.images[-check.examples:], y_check, torch.device("cpu"))
     summary = {"members": cfg.members, "seconds": round(seconds, 1), "commit": commit, "evaluation": evaluation,

@@ -7,6 +7,7 @@ that names the key, so a typo in a config never silently falls back to a default
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -274,6 +275,11 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The config as YAML that load_config reads back (a JSON round trip turns tuples into lists,
+        which safe_dump writes plainly)."""
+        return yaml.safe_dump(json.loads(json.dumps(self.to_dict())), sort_keys=False)
 
 
 def _check_type(value: object, hint: object, key: str) -> object:

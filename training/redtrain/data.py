@@ -29,6 +29,12 @@ class Split:
     images: torch.Tensor  # uint8 [N, C, H, W]
     labels: torch.Tensor  # int64 [N]
 
+    def head(self, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `limit` images and labels (all of them when limit is None)."""
+        if limit is None:
+            return self.images, self.labels
+        return self.images[:limit], self.labels[:limit]
+
 
 @dataclass(frozen=True)
 class Dataset:

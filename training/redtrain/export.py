@@ -33,7 +33,8 @@ from redtrain.models import count_parameters, input_shape
 from redtrain.onnx_export import OPSET, export_onnx
 from redtrain.provenance import git_commit, replace_folder, staging_folder
 from redtrain.psred_export import write_psred
-from redtrain.train import Ensemble, accuracy, load_run
+from redtrain.ensemble import Ensemble, accuracy
+from redtrain.runs import load_run
 
 PARITY_ATOL = 1e-4
 GOLDEN_ATOL = 1e-4

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from redtrain.errors import UserError
+from redtrain.results import ADAPTIVE
 
-ADAPTIVE = "adaptive (worst of the above, per example)"
 # Settings that change what the adaptive figure measures; two evaluations must agree on all of them.
 _SAME = ("eps", "limit", "apgd_steps", "pgd_steps", "seed")
 

@@ -31,12 +31,9 @@ from tqdm import tqdm
 from redtrain.arc import arc
 from redtrain.attacks import apgd, expected_accuracy, member_ce, pgd, pgd_worst, project
 from redtrain.package import Target
+from redtrain.results import ADAPTIVE
 
 Member = Callable[[torch.Tensor], torch.Tensor]
-ADAPTIVE = "adaptive (worst of the above, per example)"
-# The worst case before ARC, the clamped margin, APGD-T, per-member attacks and restarts were added;
-# reported beside the full worst case so one sees what the new attacks found.
-BASE_WORST = "worst of PGD, APGD-CE, APGD-DLR (first starts)"
 
 
 @dataclass(frozen=True)

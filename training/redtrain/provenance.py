@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 
 def git_commit() -> str:
@@ -22,11 +23,21 @@ def git_commit() -> str:
         return "unknown"
 
 
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Have `write` fill a sibling of `path`, then rename it over `path`: readers see the old file
+    or the new one. The sibling's name holds this process's id, so two processes writing the same
+    file (two study runs) never share one; it keeps `path`'s suffix, so writers that go by the
+    suffix (matplotlib's savefig) write the same format."""
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write beside the file, then rename over it: readers see the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def staging_folder(out: Path) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from redtrain.package import PARITY_ATOL
-from redtrain.protocols import ADAPTIVE, BASE_WORST
+from redtrain.results import ADAPTIVE, BASE_WORST
 
 
 def _pct(v: float) -> str:

@@ -23,10 +23,8 @@ partial study has every arm's first seed before any arm's second.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +36,8 @@ import yaml
 
 from redtrain.config import load_config
 from redtrain.errors import UserError
+from redtrain.provenance import write_text_atomic
+from redtrain.study_report import recorded, write_report
 
 
 @dataclass(frozen=True)
@@ -128,9 +128,7 @@ def _run_one(plan: Plan, arm: Arm, seed: int, name: str, stages: set[str]) -> st
     cfg = dataclasses.replace(cfg, seed=seed, name=f"{cfg.name}-s{seed}", threads=1)
     cfg_path = runs / f"{name}.yaml"
     if not cfg_path.exists():
-        tmp = cfg_path.with_suffix(".yaml.tmp")
-        tmp.write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
-        os.replace(tmp, cfg_path)
+        write_text_atomic(cfg_path, cfg.to_yaml())
     if "train" in stages and not (run_dir / "summary.json").exists():
         _run_logged(_redtrain("train", "--config", str(cfg_path), "--out", str(run_dir), "--quiet"), log)
     if not (run_dir / "summary.json").exists():
@@ -146,147 +144,6 @@ def _run_one(plan: Plan, arm: Arm, seed: int, name: str, stages: set[str]) -> st
         _run_logged(_redtrain("evaluate", "--package", str(pkg), "--package", f"{pkg}:0", "--limit", str(plan.eval_limit),
                               "--threads", "1", "--out", str(ev), "--reuse", "--quiet", *plan.eval_args), log)
     return f"{name}: {'evaluated' if (ev / 'robustness.json').exists() else 'exported'}"
-
-
-# --- the report --------------------------------------------------------------------------------------
-
-def _mean_offdiag(matrix: list[list[float]]) -> float:
-    n = len(matrix)
-    values = [matrix[i][j] for i in range(n) for j in range(n) if i != j]
-    return sum(values) / len(values) if values else float("nan")
-
-
-def recorded(plan: Plan) -> dict[str, dict]:
-    """Records of runs already in the report's results.json (from earlier checkouts), by run name."""
-    path = Path(plan.report).with_suffix(".json")
-    if not path.is_file():
-        return {}
-    return {r["run"]: r for r in json.loads(path.read_text()).get("runs", [])}
-
-
-def collect(plan: Plan) -> list[dict]:
-    """One record per evaluated run: the figures the report tabulates (fractions, not percent).
-    A run evaluated under `<runs>` wins; otherwise its record in results.json is kept."""
-    records = []
-    earlier = recorded(plan)
-    for arm, seed, name in plan.run_names():
-        path = Path(plan.runs) / "eval" / name / "robustness.json"
-        summary_path = Path(plan.runs) / name / "summary.json"
-        if not path.exists() or not summary_path.exists():
-            if name in earlier:
-                records.append(earlier[name])
-            continue
-        evaluation = json.loads(path.read_text())
-        results = evaluation["results"]
-        package = next(r for r in results if not r["spec"].endswith(":0"))
-        member = next(r for r in results if r["spec"].endswith(":0"))
-        attacks = package["attacks"]
-        ensemble = min(a["ensemble"] for k, a in attacks.items() if "ensemble" in a)
-        summary = json.loads(summary_path.read_text())
-        records.append({
-            "arm": arm.name, "seed": seed, "run": name,
-            "clean": package["clean"]["expected"],
-            "adaptive": attacks["adaptive (worst of the above, per example)"]["expected"],
-            "ensemble": ensemble,
-            "member": member["attacks"]["adaptive (worst of the above, per example)"]["expected"],
-            "transfer": _mean_offdiag(package["transfer"]),
-            "cosine": package["clean"].get("gradientCosine"),
-            "weak": package["weak"]["accuracy"],
-            "trainSeconds": summary["seconds"],
-            "examples": evaluation["meta"]["examples"],
-        })
-    return records
-
-
-COLUMNS = (("clean", "clean, random draw"), ("adaptive", "adaptive, random draw"),
-           ("ensemble", "averaged ensemble (worst over attacks)"), ("member", "member 0 alone, adaptive"),
-           ("transfer", "member transfer"), ("cosine", "gradient cosine"), ("weak", "weak protocol"))
-
-
-def _cell(values: list[float], pct: bool = True) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    scale = 100.0 if pct else 1.0
-    mean = statistics.mean(values) * scale
-    if len(values) == 1:
-        return f"{mean:.1f}" if pct else f"{mean:.3f}"
-    lo, hi = min(values) * scale, max(values) * scale
-    return f"{mean:.1f} ({lo:.1f}-{hi:.1f})" if pct else f"{mean:.3f} ({lo:.3f}-{hi:.3f})"
-
-
-def render(plan: Plan, records: list[dict], command: str) -> str:
-    by_arm: dict[str, list[dict]] = {}
-    for r in records:
-        by_arm.setdefault(r["arm"], []).append(r)
-    lines = [f"| arm | seeds | {' | '.join(label for _, label in COLUMNS)} | train time per run |",
-             "|---|---|" + "---|" * len(COLUMNS) + "---|"]
-    for arm in plan.arms:
-        rows = by_arm.get(arm.name, [])
-        if not rows:
-            lines.append(f"| {arm.label} | {'stopped: ' + arm.stopped if arm.stopped else 'none yet'} |"
-                         + " - |" * len(COLUMNS) + " - |")
-            continue
-        cells = [_cell([r[k] for r in rows], pct=k != "cosine") for k, _ in COLUMNS]
-        minutes = [r["trainSeconds"] / 60 for r in rows]
-        lines.append(f"| {arm.label} | {', '.join(str(r['seed']) for r in rows)} | {' | '.join(cells)} | "
-                     f"{statistics.mean(minutes):.0f} min ({min(minutes):.0f}-{max(minutes):.0f}) |")
-    examples = sorted({r["examples"] for r in records})
-    head = [f"Figures: mean over seeds (range in brackets), percent of the first {', '.join(map(str, examples))} "
-            "test images; gradient cosine as a fraction. Generated by "
-            f"`{command}`.", ""]
-    return "\n".join(head + lines) + "\n"
-
-
-def plot(plan: Plan, records: list[dict], path: Path) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, arm in enumerate(plan.arms):
-        rows = [r for r in records if r["arm"] == arm.name]
-        if arm.stopped and not rows:
-            ax.annotate("stopped\n(see report)", (i, 0.05), xycoords=("data", "axes fraction"), ha="center",
-                        fontsize=7, color="0.4")
-        for key, marker, colour, dx in (("adaptive", "o", "C0", -0.12), ("ensemble", "s", "C1", 0.0),
-                                        ("member", "^", "C2", 0.12)):
-            ys = [100 * r[key] for r in rows]
-            if ys:
-                ax.scatter([i + dx] * len(ys), ys, marker=marker, color=colour, s=22,
-                           label={"adaptive": "random draw", "ensemble": "averaged ensemble",
-                                  "member": "member 0 alone"}[key] if i == 0 else None)
-                ax.hlines(statistics.mean(ys), i + dx - 0.05, i + dx + 0.05, color=colour)
-    ax.set_xticks(range(len(plan.arms)), [a.label for a in plan.arms], rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("adaptive accuracy (%)")
-    ax.set_title(plan.title, fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="center left")
-    fig.tight_layout()
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    plt.close(fig)
-
-
-def write_report(plan: Plan, command: str) -> Path | None:
-    records = collect(plan)
-    if not records:
-        return None
-    out = Path(plan.report)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table = out.with_suffix(".table.md")
-    tmp = table.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(render(plan, records, command))
-    os.replace(tmp, table)
-    data = out.with_suffix(".json")
-    # Per-process temporary names: two study processes (different --only) may write at once.
-    tmp = data.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"plan": dataclasses.asdict(plan), "runs": records}, indent=1) + "\n")
-    os.replace(tmp, data)
-    plot(plan, records, out.with_suffix(".png"))
-    return table
 
 
 def run_study(plan_path: str, jobs: int, stages: set[str], only: set[str] | None, progress: bool = True,

@@ -8,40 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import yaml
 from torch import nn
 from tqdm import tqdm
 
 from redtrain.attacks import member_ce, pgd
-from redtrain.config import AdversarialConfig, Config, OptimConfig, config_from_dict
+from redtrain.config import AdversarialConfig, Config, OptimConfig
 from redtrain.data import Dataset, load_dataset, to_unit
 from redtrain.errors import UserError
-from redtrain.losses import ensemble_log_probs
-from redtrain.models import build_member
+from redtrain.ensemble import Member, accuracy, build_ensemble, pick_device
 from redtrain.objective import step_terms
 from redtrain.provenance import git_commit, write_text_atomic
-from redtrain.stacked import stack_members
-
-Member = Callable[[torch.Tensor], torch.Tensor]
-
-
-def pick_device(choice: str = "auto") -> torch.device:
-    """The config's `device`: "auto" is CUDA when torch sees a GPU, else the CPU."""
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("device: cuda was asked for, but torch sees no CUDA device (use auto or cpu)")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
+from redtrain.runs import kept_weights, save_atomic, seed_everything
 
 
 class WeightAverage:
@@ -87,40 +71,6 @@ def pgd_accuracy(members: Sequence[Member], images: torch.Tensor, labels: torch.
     return correct / len(images)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-class Ensemble(nn.Module):
-    """N independent members. `members()` is what the losses see: a list of callables, so a
-    hypernetwork ensemble (PS-RED) can present generated members through the same interface."""
-
-    def __init__(self, cfg: Config, classes: int) -> None:
-        super().__init__()
-        self.nets = nn.ModuleList([build_member(cfg.model, classes) for _ in range(cfg.members)])
-
-    def members(self) -> list[Member]:
-        return list(self.nets)
-
-    def member_module(self, index: int) -> nn.Module:
-        """A standalone nn.Module computing member `index` (what export writes as ONNX)."""
-        return self.nets[index]
-
-    def stacked_params(self) -> dict[str, torch.Tensor]:
-        """Every member's parameters with a leading member axis (for the vectorised trainer)."""
-        return stack_members(list(self.nets))
-
-
-def build_ensemble(cfg: Config, classes: int) -> nn.Module:
-    if cfg.method == "ps-red":
-        from redtrain.psred import HyperEnsemble  # noqa: PLC0415 (optional feature)
-
-        return HyperEnsemble(cfg, classes)
-    return Ensemble(cfg, classes)
-
-
 def load_teacher(cfg: Config, members: int) -> list[Member] | None:
     """The teacher package's members as frozen torch modules (loss.distill.teacher), or None."""
     path = cfg.loss.distill.teacher
@@ -136,35 +86,6 @@ def load_teacher(cfg: Config, members: int) -> list[Member] | None:
     return list(target.members)
 
 
-@torch.no_grad()
-def accuracy(members: Sequence[Member], images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-             batch_size: int = 1000, weights: torch.Tensor | None = None) -> dict[str, object]:
-    """Clean accuracy of each member, of the random draw (the mean over members, weighted by the
-    sampling probabilities `weights` when given) and of the averaged ensemble (argmax of the mean
-    softmax, weighted alike)."""
-    correct = torch.zeros(len(members))
-    correct_ens = 0
-    for start in range(0, len(images), batch_size):
-        x = to_unit(images[start:start + batch_size]).to(device)
-        y = labels[start:start + batch_size].to(device)
-        logits = [m(x) for m in members]
-        for i, z in enumerate(logits):
-            correct[i] += (z.argmax(1) == y).sum().item()
-        if weights is None:
-            mean = ensemble_log_probs(logits)
-        else:
-            mean = (torch.stack([F.softmax(z, 1) for z in logits]) * weights.to(z.dtype).view(-1, 1, 1)).sum(0)
-        correct_ens += (mean.argmax(1) == y).sum().item()
-    member_acc = (correct / len(images)).tolist()
-    p = [1.0 / len(members)] * len(members) if weights is None else [float(w) for w in weights]
-    return {
-        "memberAccuracy": [round(a, 6) for a in member_acc],
-        "randomDrawAccuracy": round(sum(w * a for w, a in zip(p, member_acc)), 6),
-        "ensembleAccuracy": round(correct_ens / len(images), 6),
-        "examples": len(images),
-    }
-
-
 def parameter_groups(ensemble: nn.Module, cfg: Config) -> list[dict]:
     """The optimizer's parameter groups: one, or for ps-red with `hypernet.embedding_lr_scale` != 1 a
     second group holding the chunk and member embeddings at optim.lr times that scale (the schedule
@@ -177,18 +98,6 @@ def parameter_groups(ensemble: nn.Module, cfg: Config) -> list[dict]:
     chosen = {id(p) for p in embeddings}
     return [{"params": [p for p in params if id(p) not in chosen]},
             {"params": embeddings, "lr": cfg.optim.lr * scale}]
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _subset(split_images: torch.Tensor, split_labels: torch.Tensor, limit: int | None):
-    if limit is None:
-        return split_images, split_labels
-    return split_images[:limit], split_labels[:limit]
 
 
 def _resume_identity(config: dict) -> dict:
@@ -247,8 +156,8 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     data = dataset or load_dataset(cfg.data.name, cfg.data.root)
-    train_x, train_y = _subset(data.train.images, data.train.labels, cfg.data.train_limit)
-    test_x, test_y = _subset(data.test.images, data.test.labels, cfg.data.test_limit)
+    train_x, train_y = data.train.head(cfg.data.train_limit)
+    test_x, test_y = data.test.head(cfg.data.test_limit)
     check = cfg.adversarial.check
     check_x, check_y = data.test.images[-check.examples:], data.test.labels[-check.examples:]
 
@@ -291,7 +200,7 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
         if progress:
             print(f"resuming {run_dir} after epoch {start_epoch}/{o.epochs}")
     else:
-        write_text_atomic(cfg_path, yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+        write_text_atomic(cfg_path, cfg.to_yaml())
 
     members = ensemble.members()
     for epoch in range(start_epoch, o.epochs):
@@ -346,7 +255,7 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
         if progress:
             print(f"epoch {epoch + 1}: random-draw acc {evaluation['randomDrawAccuracy']:.4f}, "
                   f"ensemble acc {evaluation['ensembleAccuracy']:.4f}, {seconds:.0f} s so far", flush=True)
-        _atomic_save({"config": cfg.to_dict(), "epoch": epoch + 1, "seconds": seconds, "history": history,
+        save_atomic({"config": cfg.to_dict(), "epoch": epoch + 1, "seconds": seconds, "history": history,
                       "model": ensemble.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                       "classes": len(data.labels), "commit": commit, "device": str(device),
@@ -354,7 +263,7 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
                      ckpt_path)
 
     ensemble.eval()
-    ensemble.load_state_dict(_kept_weights({"model": ensemble.state_dict(), "best": best,
+    ensemble.load_state_dict(kept_weights({"model": ensemble.state_dict(), "best": best,
                                             "average": average.state_dict() if average else None}))
     chosen = [r for r in history if best and r["epoch"] == best["epoch"]]
     evaluation = (chosen or history)[-1] if history else accuracy(ensemble.members(), test_x, test_y, device)
@@ -367,30 +276,3 @@ def train(cfg: Config, run_dir: str | Path, dataset: Dataset | None = None, prog
         summary["stopped"] = history[-1].get("stopped", "stopped by the overfitting check")
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return RunResult(run_dir, o.epochs, seconds, summary["evaluation"])
-
-
-def _kept_weights(state: dict) -> dict:
-    """What a checkpoint hands to export: the best checked epoch's weights (with the overfitting
-    check), else the averaged weights (with optim.ema), else the raw ones."""
-    if state.get("best"):
-        return state["best"]["model"]
-    if state.get("average"):
-        return state["average"]["state"]
-    return state["model"]
-
-
-def load_run(run_dir: str | Path, unfinished: bool = False) -> tuple[Config, nn.Module, dict]:
-    """Load a finished run's config and trained ensemble (on CPU, eval mode) from its checkpoint;
-    `unfinished=True` also takes a run stopped before its last epoch (for inspection, not export)."""
-    run_dir = Path(run_dir)
-    ckpt_path = run_dir / "checkpoint.pt"
-    if not ckpt_path.is_file():
-        raise UserError(f"{run_dir} is not a training run: {ckpt_path} not found")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    cfg = config_from_dict(state["config"])
-    if state["epoch"] < cfg.optim.epochs and not state.get("stopped") and not unfinished:
-        raise UserError(f"{run_dir} is unfinished ({state['epoch']}/{cfg.optim.epochs} epochs); resume training first")
-    ensemble = build_ensemble(cfg, state["classes"])
-    ensemble.load_state_dict(_kept_weights(state))
-    ensemble.eval()
-    return cfg, ensemble, state

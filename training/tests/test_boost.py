@@ -11,7 +11,8 @@ from redtrain.boost import fit_probabilities, margin_ce, project_simplex
 from redtrain.errors import UserError
 from redtrain.export import export_run
 from redtrain.manifest import check_package
-from redtrain.train import load_run, train
+from redtrain.runs import load_run
+from redtrain.train import train
 
 STRIDED = {"arch": "cnn-strided", "widths": [4, 6], "hidden": 8}
 AT = {"method": "independent-at", "loss": {"l_sim": 0.0, "l_lip": 0.0}}

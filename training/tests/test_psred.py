@@ -14,7 +14,9 @@ from redtrain.models import build_member, count_parameters
 from redtrain.psred import HyperEnsemble
 from redtrain.psred_export import member_weights, target_logits
 from redtrain.objective import loss_terms
-from redtrain.train import build_ensemble, load_run, parameter_groups, train
+from redtrain.ensemble import build_ensemble
+from redtrain.runs import load_run
+from redtrain.train import parameter_groups, train
 
 
 def shipped_like(members=5):

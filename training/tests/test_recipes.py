@@ -14,7 +14,9 @@ from redtrain.manifest import check_package
 from redtrain.models import StridedCNN, count_parameters
 from redtrain.objective import loss_terms, trades_point
 from redtrain.config import AttackConfig
-from redtrain.train import WeightAverage, build_ensemble, load_run, pick_device, train
+from redtrain.ensemble import build_ensemble, pick_device
+from redtrain.runs import load_run
+from redtrain.train import WeightAverage, train
 
 AT = {"method": "independent-at", "loss": {"l_sim": 0.0, "l_lip": 0.0}}
 STRIDED = {"arch": "cnn-strided", "widths": [4, 6], "hidden": 8}

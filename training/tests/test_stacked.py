@@ -14,7 +14,7 @@ from redtrain.data import to_unit
 from redtrain.stacked import stack_members, stacked_logits, stacked_similarity
 from redtrain.losses import gradient_similarity
 from redtrain.objective import loss_terms, step_terms
-from redtrain.train import build_ensemble
+from redtrain.ensemble import build_ensemble
 
 RTOL, ATOL = 1e-9, 1e-10
 

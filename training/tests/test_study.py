@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from redtrain.errors import UserError
-from redtrain.study import load_plan, render, run_study
+from redtrain.study import load_plan, run_study
+from redtrain.study_report import render
 from test_data import write_idx
 
 

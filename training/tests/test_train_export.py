@@ -12,7 +12,9 @@ from redtrain import export as export_mod
 from redtrain.errors import UserError
 from redtrain.export import export_package
 from redtrain.manifest import check_package, validate_manifest
-from redtrain.train import build_ensemble, load_run, train
+from redtrain.ensemble import build_ensemble
+from redtrain.runs import load_run
+from redtrain.train import train
 
 
 @pytest.fixture(scope="module")

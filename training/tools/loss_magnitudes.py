@@ -19,7 +19,7 @@ from redtrain.config import load_config
 from redtrain.data import load_dataset, to_unit
 from redtrain.package import load_target
 from redtrain.stacked import stacked_input_gradients, stacked_lipschitz, stacked_logits, stacked_similarity
-from redtrain.train import build_ensemble
+from redtrain.ensemble import build_ensemble
 
 
 def terms(forward, members: int, x: torch.Tensor, y: torch.Tensor) -> str:

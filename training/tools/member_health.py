@@ -20,7 +20,7 @@ from torch import nn
 
 from redtrain.data import load_dataset, to_unit
 from redtrain.errors import UserError
-from redtrain.train import load_run
+from redtrain.runs import load_run
 
 
 def health(member: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

@@ -31,7 +31,8 @@ from redtrain.data import load_dataset, to_unit
 from redtrain.errors import UserError
 from redtrain.psred import HyperEnsemble
 from redtrain.objective import loss_terms
-from redtrain.train import accuracy, build_ensemble, load_teacher
+from redtrain.ensemble import accuracy, build_ensemble
+from redtrain.train import load_teacher
 
 BASE = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "exp-fmnist-psred-no-emblr.yaml"
 

@@ -21,7 +21,8 @@ import torch
 from redtrain.config import load_config
 from redtrain.data import load_dataset, to_unit
 from redtrain.objective import step_terms
-from redtrain.train import build_ensemble, seed_everything
+from redtrain.ensemble import build_ensemble
+from redtrain.runs import seed_everything
 
 
 def main() -> None:
