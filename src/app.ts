@@ -12,7 +12,7 @@ import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Config } from './config.js';
 import { registerDetection } from './detect/http.js';
 import { loadEnsemble, type Ensemble } from './ensemble/ensemble.js';
-import { registerAccessControl } from './http/access.js';
+import { accessCheck, registerAccessControl, type AccessCheck } from './http/access.js';
 import { boundedServerFactory } from './http/connections.js';
 import { Admission } from './http/admission.js';
 import { sendError, type ErrorShape } from './http/error-handler.js';
@@ -22,6 +22,8 @@ import { RouteIndex } from './http/not-found.js';
 import { openapiInfo } from './http/openapi.js';
 import { registerRoutes } from './http/routes.js';
 import { registerV2Routes, v2Shape } from './http/v2.js';
+import { fastifyBackend } from './grpc/fastify-backend.js';
+import { GrpcServer } from './grpc/server.js';
 import { Metrics } from './metrics.js';
 import { ModelState } from './model-state.js';
 
@@ -29,6 +31,8 @@ export interface App {
   readonly server: FastifyInstance;
   /** GET /metrics on its own port (config.metricsPort); null when metrics are off. */
   readonly metricsServer: FastifyInstance | null;
+  /** The gRPC form of the v2 protocol on its own port (config.grpcPort); null when it is off. */
+  readonly grpcServer: GrpcServer | null;
   readonly metrics: Metrics;
   /** Resolves when the model is loaded, warm and serving; rejects when it cannot be loaded. */
   readonly modelReady: Promise<Ensemble>;
@@ -64,9 +68,9 @@ const hasBody = (req: FastifyRequest) =>
 
 /** The Fastify instance with every plugin and route, serving whatever `state` holds. */
 export function createServer(config: Config, state: ModelState,
-  options: { logger?: boolean | object; metrics?: Metrics } = {}): FastifyInstance {
+  options: { logger?: boolean | object; metrics?: Metrics; admission?: Admission; access?: AccessCheck | null } = {}): FastifyInstance {
   const { metrics } = options;
-  const admission = new Admission(config.maxQueue);
+  const admission = options.admission ?? new Admission(config.maxQueue);
   // An inference request while every admission slot is taken is refused from its method and URL,
   // before its body is read and before Fastify builds a request (admission.ts, connections.ts);
   // so it comes before access control: the client learns that the server is busy, nothing else.
@@ -144,7 +148,7 @@ export function createServer(config: Config, state: ModelState,
     });
   }
 
-  registerAccessControl(server, config);
+  registerAccessControl(server, config, options.access);
   // A request no route takes gets 404, or 405 with Allow, at its headers (after access control),
   // whatever its body: Fastify would otherwise parse the body for the not-found handler first.
   server.addHook('onRequest', (req, reply, done) => {
@@ -174,8 +178,14 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
     inflightRequests: () => server.inflightRequests(),
     ready: () => state.ensemble !== null,
   });
-  const server = createServer(config, state, { ...options, metrics });
+  // One admission limit and one access check for both APIs.
+  const admission = new Admission(config.maxQueue);
+  const access = accessCheck(config);
+  const server = createServer(config, state, { ...options, metrics, admission, access });
   const metricsServer = config.metricsPort === null ? null : metrics.createServer();
+  const grpcServer = config.grpcPort === null ? null : new GrpcServer(
+    fastifyBackend({ state, maxImagesPerRequest: config.maxImagesPerRequest, server, admission, access }),
+    { host: config.host, port: config.grpcPort, maxMessageBytes: config.maxBodyBytes }, server.log);
 
   const modelReady = loadEnsemble(config, server.log, metrics.observer).then((ensemble) => {
     state.setReady(ensemble);
@@ -189,6 +199,7 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
   return {
     server,
     metricsServer,
+    grpcServer,
     metrics,
     modelReady,
     async close() {
@@ -200,7 +211,7 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
       // (otherwise close waits for the client's keep-alive timeout, past the drain timeout).
       const sweep = setInterval(() => server.server.closeIdleConnections(), 50);
       try {
-        await server.close();
+        await Promise.all([server.close(), grpcServer?.close()]);
       } finally {
         clearInterval(sweep);
       }

@@ -20,6 +20,8 @@ export interface Config {
   readonly modelDir: string;
   readonly port: number;
   readonly host: string;
+  /** Port of the Open Inference Protocol's gRPC form (bound on `host`); null: no gRPC server. */
+  readonly grpcPort: number | null;
   readonly device: Device;
   readonly sampling: Sampling;
   readonly workers: number;
@@ -100,6 +102,7 @@ const OPTIONS = {
   model: { env: 'REDSERVE_MODEL', help: `model package folder (default ${DEFAULTS.modelDir})` },
   port: { env: 'PORT', help: `TCP port (default ${DEFAULTS.port})` },
   host: { env: 'HOST', help: `bind address (default ${DEFAULTS.host})` },
+  'grpc-port': { env: 'REDSERVE_GRPC_PORT', help: 'Open Inference Protocol gRPC port on --host, or off (default off)' },
   device: { env: 'REDSERVE_DEVICE', help: 'auto | cpu | cuda[:id] (default auto: CUDA if available, else CPU)' },
   sampling: { env: 'REDSERVE_SAMPLING', help: 'random | fixed:K | mean (default random)' },
   workers: { env: 'REDSERVE_WORKERS', help: 'inference worker threads (default: CPU cores, at most 4)' },
@@ -240,6 +243,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
     modelDir: path.resolve(get('model') ?? DEFAULTS.modelDir),
     port: num('port', DEFAULTS.port, 0, 65535),
     host: get('host') ?? DEFAULTS.host,
+    grpcPort: (get('grpc-port') ?? 'off') === 'off' ? null : num('grpc-port', 0, 0, 65535),
     device: parseDevice(get('device') ?? 'auto'),
     sampling: parseSampling(get('sampling') ?? 'random'),
     workers: num('workers', Math.min(cores, 4), 1, 64),

@@ -56,6 +56,10 @@ async function main(): Promise<number> {
 
   // Listen first so /healthz answers while members load; /readyz turns 200 once they are warm.
   await app.server.listen({ port: config.port, host: config.host });
+  if (app.grpcServer) {
+    const port = await app.grpcServer.listen();
+    log.info({ host: config.host, port }, 'Open Inference Protocol gRPC listening');
+  }
   if (app.metricsServer) {
     const url = await app.metricsServer.listen({ port: config.metricsPort!, host: config.metricsHost });
     log.info({ url: `${url}/metrics` }, 'Prometheus metrics listening (keep this port internal)');

@@ -8,7 +8,7 @@
  * bucket of AUTH_FAILURES_PER_SECOND (burst AUTH_FAILURE_BURST) that only failures draw from.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import type { Config } from '../config.js';
 import { HttpError } from './http-error.js';
 
@@ -65,13 +65,13 @@ export class RateLimiter {
 }
 
 /** The API key a request presents (Authorization: Bearer <key>, or X-API-Key), or null. */
-function presentedKey(req: FastifyRequest): string | null {
-  const auth = req.headers.authorization;
+function presentedKey(headers: RequestHeaders): string | null {
+  const auth = headers.authorization;
   if (typeof auth === 'string') {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
     if (m) return m[1];
   }
-  const key = req.headers['x-api-key'];
+  const key = headers['x-api-key'];
   return typeof key === 'string' && key.length > 0 ? key : null;
 }
 
@@ -79,10 +79,18 @@ function presentedKey(req: FastifyRequest): string | null {
 export const AUTH_FAILURES_PER_SECOND = 1;
 export const AUTH_FAILURE_BURST = 10;
 
-export function registerAccessControl(server: FastifyInstance, config: Config): void {
+/** The headers access control reads (an HTTP request's, or a gRPC call's metadata). */
+export type RequestHeaders = Readonly<Record<string, string | string[] | undefined>>;
+
+/** Check one request from its headers and address: throws 401 or 429. app.ts hands one check to
+ * both the HTTP and the gRPC server, so a client's failed keys and rate limit count across both. */
+export type AccessCheck = (headers: RequestHeaders, address: string) => void;
+
+/** The check the flags configure; null when neither keys nor a rate limit are. */
+export function accessCheck(config: Config): AccessCheck | null {
   const digests = config.apiKeySha256.map((hex) => Buffer.from(hex, 'hex'));
   const limiter = config.rateLimit ? new RateLimiter(config.rateLimit.perSecond, config.rateLimit.burst) : null;
-  if (digests.length === 0 && !limiter) return;
+  if (digests.length === 0 && !limiter) return null;
   const failureLimiter = limiter ?? new RateLimiter(AUTH_FAILURES_PER_SECOND, AUTH_FAILURE_BURST);
   const limitText = limiter
     ? `rate limit of ${config.rateLimit!.perSecond} requests/s (burst ${config.rateLimit!.burst}) per client`
@@ -96,11 +104,10 @@ export function registerAccessControl(server: FastifyInstance, config: Config): 
     }
   };
 
-  server.addHook('onRequest', async (req) => {
-    if (req.routeOptions.config?.public || req.routeOptions.url?.startsWith('/docs')) return;
-    let client = `ip:${req.ip}`;
+  return (headers, address) => {
+    let client = `ip:${address}`;
     if (digests.length > 0) {
-      const key = presentedKey(req);
+      const key = presentedKey(headers);
       const challenge = { 'www-authenticate': 'Bearer realm="redserve"' };
       if (key === null) {
         throttle(failureLimiter, client);
@@ -117,5 +124,13 @@ export function registerAccessControl(server: FastifyInstance, config: Config): 
       client = `key:${match}`;
     }
     if (limiter) throttle(limiter, client);
+  };
+}
+
+export function registerAccessControl(server: FastifyInstance, config: Config, check = accessCheck(config)): void {
+  if (!check) return;
+  server.addHook('onRequest', async (req) => {
+    if (req.routeOptions.config?.public || req.routeOptions.url?.startsWith('/docs')) return;
+    check(req.headers, req.ip);
   });
 }

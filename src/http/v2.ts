@@ -45,7 +45,7 @@ declare module 'fastify' {
 export const v2Shape: ErrorShape = (e) => ({ error: e.message, code: e.code });
 
 /** The served model, if `params` names it (404 otherwise); unavailable while it is not ready. */
-function modelFor(state: ModelState, params: ModelParams): Ensemble {
+export function modelFor(state: ModelState, params: ModelParams): Ensemble {
   const ensemble = state.ready();
   const { name, version } = ensemble.manifest;
   if (params.name !== name) throw new HttpError(404, 'unknown_model', `unknown model '${params.name}'; this server serves '${name}'`);
