@@ -58,6 +58,8 @@ COPY --from=build /app/dist ./dist
 COPY package.json openapi.yaml ./
 # The package format the service validates manifests against (read at start-up).
 COPY docs/model-format.schema.json ./docs/
+# The gRPC service's messages (read at start-up, whether or not --grpc-port is set).
+COPY proto ./proto
 COPY models ./models
 USER node
 EXPOSE 8080 9464
