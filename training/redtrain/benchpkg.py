@@ -27,18 +27,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from PIL import Image
 from torch import nn
 
 from redtrain.errors import UserError
 from redtrain.export import GOLDEN_ATOL, PARITY_ATOL, check_parity
+from redtrain.golden import GOLDEN_IMAGES, write_golden
 from redtrain.manifest import check_package, sha256_file
 from redtrain.models import ResNet18, ResNet20, count_parameters
 from redtrain.onnx_export import OPSET, export_onnx
 from redtrain.provenance import git_commit, replace_folder, staging_folder
 
 ARCHS: dict[str, type[nn.Module]] = {"resnet20": ResNet20, "resnet18": ResNet18}
-GOLDEN_IMAGES = 4
 # Images whose batch statistics become each member's batch-norm running statistics.
 CALIBRATION_IMAGES = 16
 # ResNet-18 halves the resolution three times: below 8 pixels its later stages run on 1x1 maps.
@@ -110,25 +109,6 @@ def build_member(spec: BenchSpec, index: int) -> nn.Module:
 def _golden_pixels(spec: BenchSpec) -> np.ndarray:
     """GOLDEN_IMAGES seeded noise images, uint8 [n, C, H, W]."""
     return np.random.default_rng(spec.seed).integers(0, 256, (GOLDEN_IMAGES, *spec.shape), dtype=np.uint8)
-
-
-def _write_golden(pkg: Path, pixels: np.ndarray, members: list[nn.Module]) -> torch.Tensor:
-    """golden/*.png and golden.json; returns the golden inputs as a tensor [n, C, H, W]."""
-    (pkg / "golden").mkdir()
-    x = torch.from_numpy(pixels).float() / 255
-    with torch.no_grad():
-        logits = [m(x) for m in members]
-    images = []
-    for k, arr in enumerate(pixels):
-        img = Image.fromarray(arr[0], mode="L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), "RGB")
-        img.save(pkg / "golden" / f"{k}.png")
-        # No true class exists: the label is the averaged ensemble's answer (sampling 'mean').
-        label = int(torch.stack([torch.softmax(lg[k], 0) for lg in logits]).mean(0).argmax())
-        images.append({"file": f"golden/{k}.png", "label": label,
-                       "input": [round(v, 8) for v in x[k].flatten().tolist()],
-                       "logits": [lg[k].tolist() for lg in logits]})
-    (pkg / "golden.json").write_text(json.dumps({"images": images}) + "\n")
-    return x
 
 
 def _manifest(spec: BenchSpec, entries: list[dict], golden_sha256: str) -> dict:
@@ -204,7 +184,9 @@ def write_bench_package(spec: BenchSpec, out: str | Path, *, force: bool = False
     tmp = staging_folder(out)
     try:
         members = [build_member(spec, i) for i in range(spec.members)]
-        x = _write_golden(tmp, _golden_pixels(spec), members)
+        pixels = _golden_pixels(spec)
+        x = torch.from_numpy(pixels).float() / 255
+        write_golden(tmp, pixels, x, members)
         probe = torch.cat([x, torch.rand(4, *spec.shape, generator=torch.Generator().manual_seed(spec.seed))])
         entries = []
         for i, module in enumerate(members):
