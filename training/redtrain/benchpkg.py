@@ -16,7 +16,6 @@ Steps:
 
 from __future__ import annotations
 
-import datetime
 import json
 import re
 import shutil
@@ -24,18 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from redtrain.errors import UserError
-from redtrain.export import GOLDEN_ATOL, PARITY_ATOL, check_parity
+from redtrain.export import GOLDEN_ATOL, PARITY_ATOL, check_parity, export_record, finish_package
 from redtrain.golden import GOLDEN_IMAGES, write_golden
 from redtrain.manifest import check_package, sha256_file
 from redtrain.models import ResNet18, ResNet20, count_parameters
-from redtrain.onnx_export import OPSET, export_onnx
-from redtrain.provenance import git_commit, replace_folder, staging_folder
+from redtrain.onnx_export import export_onnx
+from redtrain.provenance import git_commit, staging_folder
 
 ARCHS: dict[str, type[nn.Module]] = {"resnet20": ResNet20, "resnet18": ResNet18}
 # Images whose batch statistics become each member's batch-norm running statistics.
@@ -134,9 +131,7 @@ def _manifest(spec: BenchSpec, entries: list[dict], golden_sha256: str) -> dict:
                              f"statistics of {CALIBRATION_IMAGES} uniform-noise images",
                      "memberSeeds": [member_seed(spec.seed, i) for i in range(spec.members)]},
         "benchmark": {"randomWeights": True, "arch": spec.arch, "seed": spec.seed},
-        "export": {"opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__,
-                   "onnxruntime": ort.__version__,
-                   "createdAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+        "export": export_record(),
     }
 
 
@@ -195,9 +190,7 @@ def write_bench_package(spec: BenchSpec, out: str | Path, *, force: bool = False
             check_parity(module, path, probe, f"member {i}", PARITY_ATOL)
             entries.append({"file": path.name, "sha256": sha256_file(path), "parameters": count_parameters(module)})
         manifest = _manifest(spec, entries, sha256_file(tmp / "golden.json"))
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        check_package(tmp)
-        replace_folder(tmp, out)
+        finish_package(tmp, out, manifest)
         return manifest, True
     finally:
         if tmp.exists():

@@ -62,6 +62,22 @@ def _parity_inputs(data: Dataset, shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.cat([real, noise])
 
 
+def export_record(opset: int = OPSET, *, torch_exported: bool = True) -> dict:
+    """The manifest's `export` entry: the versions that wrote and checked the members, and when
+    (torch only where torch exported them)."""
+    return {"opset": opset, **({"torch": torch.__version__} if torch_exported else {}), "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__,
+            "createdAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def finish_package(tmp: Path, out: Path, manifest: dict) -> None:
+    """Write manifest.json into the staging folder, validate the whole package, then swap it into
+    place; a package that fails validation never reaches `out`."""
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    check_package(tmp)
+    replace_folder(tmp, out)
+
+
 def objective(cfg: Config) -> str:
     """The training loss in words, with the values that shape it, for humans reading a manifest."""
     adv, a = cfg.adversarial, cfg.adversarial.attack
@@ -147,13 +163,9 @@ def export_package(cfg: Config, ensemble: nn.Module, out: str | Path, data: Data
                          "commit": git_commit(), "objective": objective(cfg),
                          "config": json.loads(json.dumps(cfg.to_dict())), **(training_record or {})},
             "evaluation": evaluation,
-            "export": {"opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__,
-                       "onnxruntime": ort.__version__,
-                       "createdAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+            "export": export_record(),
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        check_package(tmp)
-        replace_folder(tmp, out)
+        finish_package(tmp, out, manifest)
         return out
     finally:
         if tmp.exists():

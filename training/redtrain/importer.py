@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import importlib
 import importlib.util
-import json
 import math
 import re
 import shutil
@@ -42,13 +40,13 @@ from torch import nn
 from redtrain.config import _build
 from redtrain.data import CIFAR10_LABELS, Dataset, load_dataset
 from redtrain.errors import UserError
-from redtrain.export import GOLDEN_ATOL, PARITY_ATOL, check_parity
+from redtrain.export import GOLDEN_ATOL, PARITY_ATOL, check_parity, export_record, finish_package
 from redtrain.golden import GOLDEN_IMAGES, write_golden
-from redtrain.manifest import check_package, sha256_file
+from redtrain.manifest import sha256_file
 from redtrain.models import count_parameters
-from redtrain.onnx_export import OPSET, export_onnx
+from redtrain.onnx_export import export_onnx
 from redtrain.package import PixelInput, input_mapping
-from redtrain.provenance import git_commit, replace_folder, staging_folder
+from redtrain.provenance import git_commit, staging_folder
 from redtrain.train import accuracy
 
 MIN_OPSET = 17  # docs/model-format.md
@@ -695,15 +693,11 @@ def import_package(spec: ImportSpec, out: str | Path, data: Dataset | None = Non
             "training": {"method": "imported", "source": _source_record(spec, sources),
                          **({"dataset": spec.dataset or data.name} if (spec.dataset or data) else {})},
             **({"evaluation": evaluation} if evaluation is not None else {}),
-            "export": {"opset": min(opsets), "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-                       **({"torch": torch.__version__, "parityMaxAbs": parity, "parityAtol": PARITY_ATOL}
-                          if modules is not None else {}),
-                       "importedBy": "redtrain import", "commit": git_commit(),
-                       "createdAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+            "export": {**export_record(min(opsets), torch_exported=modules is not None),
+                       **({"parityMaxAbs": parity, "parityAtol": PARITY_ATOL} if modules is not None else {}),
+                       "importedBy": "redtrain import", "commit": git_commit()},
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        check_package(tmp)
-        replace_folder(tmp, out)
+        finish_package(tmp, out, manifest)
         return manifest
     finally:
         if tmp.exists():
