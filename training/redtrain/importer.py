@@ -39,6 +39,7 @@ from torch import nn
 
 from redtrain.config import _build
 from redtrain.data import CIFAR10_LABELS, Dataset, load_dataset
+from redtrain.ensemble import accuracy
 from redtrain.errors import UserError
 from redtrain.export import GOLDEN_ATOL, PARITY_ATOL, check_parity, export_record, finish_package
 from redtrain.golden import GOLDEN_IMAGES, write_golden
@@ -47,7 +48,6 @@ from redtrain.models import count_parameters
 from redtrain.onnx_export import export_onnx
 from redtrain.package import PixelInput, input_mapping
 from redtrain.provenance import git_commit, staging_folder
-from redtrain.train import accuracy
 
 MIN_OPSET = 17  # docs/model-format.md
 FITS = ("fill", "contain", "cover")
