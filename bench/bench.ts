@@ -41,7 +41,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildApp } from '../src/app.js';
-import { testConfig } from '../src/config.js';
+import { embeddedConfig } from '../src/config.js';
 import { readPackage } from '../src/ensemble/manifest.js';
 import { createSession, sessionSpec } from '../src/ensemble/runtime.js';
 import { v2Binary } from './load.js';
@@ -175,7 +175,7 @@ function post(agent: http.Agent, url: string, body: Uint8Array, headers: Record<
 /** Time from start to ready (/readyz 200) of a package, in process, and close it again. */
 async function loadTimeMs(dir: string): Promise<number> {
   const started = performance.now();
-  const app = buildApp(testConfig({ modelDir: dir, workers: WORKERS, metricsPort: null }), { logger: false });
+  const app = buildApp(embeddedConfig({ modelDir: dir, workers: WORKERS, metricsPort: null }), { logger: false });
   await app.modelReady;
   const ms = performance.now() - started;
   await app.close();

@@ -24,7 +24,7 @@ import { FASHION_MNIST_DIR, readIdx, toPixels, type LabeledImage } from '../atta
 import { argmax, linfDistance, Oracle, StopAttack, type Classify } from '../attack/oracle.js';
 import { deriveSeed, Rng } from '../attack/rng.js';
 import { squareAttack, type AttackResult } from '../attack/square.js';
-import { loadConfig, testConfig } from '../src/config.js';
+import { loadConfig, embeddedConfig } from '../src/config.js';
 import { loadEnsemble, type Ensemble } from '../src/ensemble/ensemble.js';
 import type { InputSpec } from '../src/ensemble/manifest.js';
 import { imageToTensor } from '../src/preprocess/image.js';
@@ -182,7 +182,7 @@ async function attacks(args: Record<string, string | undefined>, modelDir: strin
   // which is what lets it resample (with a cool-down it would be refused until the cool-down ends).
   const rejecting: DetectSettings = { ...settings, mode: 'reject', cooldownS: 0 };
   const log = { info() {}, debug() {}, warn() {}, error() {} };
-  const ensemble = await loadEnsemble(testConfig({ modelDir, workers: 1, sampling: { mode: 'random' } }), log as never);
+  const ensemble = await loadEnsemble(embeddedConfig({ modelDir, workers: 1, sampling: { mode: 'random' } }), log as never);
   const input = ensemble.manifest.input;
   const norm = normalisationOf(input);
   const [c, h, w] = input.shape;

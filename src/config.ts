@@ -297,7 +297,7 @@ function detectSettings(get: (name: OptionName) => string | undefined,
 
 /** Defaults plus overrides, frozen, for a program that embeds the service in-process (bench programs,
  * tests): loopback, an ephemeral port, two workers, no logs. */
-export function testConfig(overrides: Partial<Config> & { modelDir: string }): Config {
+export function embeddedConfig(overrides: Partial<Config> & { modelDir: string }): Config {
   return Object.freeze({
     ...loadConfig([], {}),
     host: '127.0.0.1',

@@ -124,10 +124,6 @@ export class Detector {
     return this.clientStates.size;
   }
 
-  get globalStored(): number {
-    return this.global?.size ?? 0;
-  }
-
   /** Screen one query (one image's tensor) from `client`, and remember it. */
   screen(client: string, tensor: Float32Array): Verdict {
     return this.screenFingerprint(client, this.fingerprinter.compute(tensor));

@@ -171,22 +171,3 @@ function digestOf(tensor: Float32Array, key: number): number {
   }
   return (h1 >>> 0) * 2 ** 21 + (h2 >>> 11);
 }
-
-/** Hashes two ascending fingerprints share (a merge, O(a + b)). */
-export function sharedHashes(a: Uint32Array, b: Uint32Array): number {
-  let i = 0;
-  let j = 0;
-  let shared = 0;
-  while (i < a.length && j < b.length) {
-    if (a[i] === b[j]) {
-      shared++;
-      i++;
-      j++;
-    } else if (a[i] < b[j]) {
-      i++;
-    } else {
-      j++;
-    }
-  }
-  return shared;
-}

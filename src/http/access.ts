@@ -19,8 +19,6 @@ declare module 'fastify' {
   }
 }
 
-export const sha256Hex = (text: string): string => createHash('sha256').update(text, 'utf8').digest('hex');
-
 /**
  * Token buckets per client: `perSecond` tokens a second, at most `burst` saved. Memory is bounded:
  * past `maxClients` the least recently seen client is forgotten (it starts again with a full bucket).
