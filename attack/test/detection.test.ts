@@ -10,8 +10,7 @@ import { StopAttack } from '../oracle.js';
 import { detectionTable, renderMarkdown } from '../report.js';
 import { Rng } from '../rng.js';
 import { buildApp, type App } from '../../src/app.js';
-import { embeddedConfig, type Config } from '../../src/config.js';
-import type { DetectSettings } from '../../src/detect/detector.js';
+import { embeddedConfig, type Config, type DetectSettings } from '../../src/config.js';
 import { TINY_SINGLE } from '../../test/helpers.js';
 
 const DETECT: DetectSettings = {

@@ -21,6 +21,7 @@ import type { InputSpec } from '../ensemble/manifest.js';
 import { HttpError } from '../http/http-error.js';
 import type { Metrics } from '../metrics.js';
 import { Detector, type Verdict } from './detector.js';
+import { normalisationOf } from './fingerprint.js';
 
 export const DETECTION_HEADER = 'x-redserve-detection';
 export const DETECTION_ERROR = 'query_attack_suspected';
@@ -47,12 +48,6 @@ export function clientIdentity(req: FastifyRequest, keysConfigured: boolean): st
 /** The header value for a flagged answer in log mode. */
 export function headerValue(v: Verdict & { flagged: true }): string {
   return `flagged; reason=${v.reason}; scope=${v.scope ?? 'none'}; detected-at=${v.detectedAtQuery}; query=${v.query}`;
-}
-
-/** Input normalisation the fingerprint undoes, from the manifest's contract. */
-function normalisationOf(input: InputSpec) {
-  const [channels, h, w] = input.shape;
-  return { channels, plane: h * w, scale: input.scale, mean: input.mean, std: input.std };
 }
 
 export function registerDetection(server: FastifyInstance, config: Config, metrics?: Metrics): void {

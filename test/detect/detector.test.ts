@@ -1,5 +1,6 @@
 import t from 'tap';
-import { Detector, type DetectSettings } from '../../src/detect/detector.js';
+import type { DetectSettings } from '../../src/config.js';
+import { Detector } from '../../src/detect/detector.js';
 import type { Normalisation } from '../../src/detect/fingerprint.js';
 
 const NORM: Normalisation = { channels: 1, plane: 28 * 28, scale: 1 / 255, mean: [0], std: [1] };
