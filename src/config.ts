@@ -170,11 +170,15 @@ const OPTIONS = {
 
 type OptionName = keyof typeof OPTIONS;
 
+/** Every flag with its environment variable and help line (the README's flag table is checked against it). */
+export const FLAGS: readonly { readonly flag: string; readonly env: string; readonly help: string }[] =
+  Object.entries(OPTIONS).map(([flag, o]) => ({ flag: `--${flag}`, env: o.env, help: o.help }));
+
 /** Every environment variable the service reads (deployment files are checked against it). */
-export const ENV_VARS: readonly string[] = Object.values(OPTIONS).map((o) => o.env);
+export const ENV_VARS: readonly string[] = FLAGS.map((f) => f.env);
 
 export function usage(): string {
-  const lines = Object.entries(OPTIONS).map(([flag, o]) => `  --${flag.padEnd(20)} ${o.env.padEnd(28)} ${o.help}`);
+  const lines = FLAGS.map((f) => `  ${f.flag.padEnd(22)} ${f.env.padEnd(28)} ${f.help}`);
   return `usage: npm start -- [flags]\n  flag                   environment variable\n${lines.join('\n')}`;
 }
 
