@@ -8,7 +8,7 @@
  * bucket of AUTH_FAILURES_PER_SECOND (burst AUTH_FAILURE_BURST) that only failures draw from.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import type { Config } from '../config.js';
 import { clientOf, presentedKey } from './client.js';
 import { HttpError } from './http-error.js';

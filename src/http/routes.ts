@@ -2,8 +2,9 @@
  * The HTTP routes: /classify, /healthz, /readyz, /models. Registered explicitly from app.ts.
  *
  * Fastify's content-type parsers are the one dispatch on a request's Content-Type: an image type
- * arrives as a Buffer, JSON as the validated object, multipart as a stream of parts; the handler
- * reads whichever it was given.
+ * arrives as a Buffer, JSON as the validated object, multipart as a stream of parts;
+ * classify-codec.ts reads whichever it was given, and /classify answers through the one inference
+ * step (src/inference.ts).
  */
 import type { FastifyInstance } from 'fastify';
 import type { Config } from '../config.js';

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
-import { embeddedConfig, type Config, type DetectSettings } from '../../src/config.js';
+import type { Config, DetectSettings } from '../../src/config.js';
 import { DETECTION_HEADER } from '../../src/detect/http.js';
 import { CHI2_CRIT_0_001, chiSquare, goldenOf, sha256Hex, softmax, startApp, TINY } from '../helpers.js';
 
