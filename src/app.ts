@@ -10,10 +10,10 @@ import swaggerUi from '@fastify/swagger-ui';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Config } from './config.js';
-import { registerDetection } from './detect/http.js';
+import { createDetection } from './detect/http.js';
 import { loadEnsemble, type Ensemble } from './ensemble/ensemble.js';
 import { registerAccessControl } from './http/access.js';
-import { boundedServerFactory } from './http/connections.js';
+import { bodyTimeout, boundedServerFactory, closeWhileDraining } from './http/connections.js';
 import { Admission } from './http/admission.js';
 import { sendError, type ErrorShape } from './http/error-handler.js';
 import { HttpError } from './http/http-error.js';
@@ -45,8 +45,6 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** The machine code of the error this request was answered with (for metrics), or null. */
     errorCode: string | null;
-    /** Stop the body timeout: the handler has read the whole body (multipart bodies are read there). */
-    bodyReceived(): void;
     /** Images this inference request is answered for (set by the inference routes; 0 otherwise). */
     answeredImages: number;
   }
@@ -58,15 +56,14 @@ const isV2Url = (url: string) => /^\/v2(\/|\?|$)/.test(url);
 /** The error shape of the scope a request belongs to. */
 const shapeOf = (req: FastifyRequest): ErrorShape => (isV2Url(req.url) ? v2Shape : rootShape);
 
-/** Does the request carry a body (one the body timeout must watch)? */
-const hasBody = (req: FastifyRequest) =>
-  req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
-
 /** The Fastify instance with every plugin and route, serving whatever `state` holds. */
 export function createServer(config: Config, state: ModelState,
   options: { logger?: boolean | object; metrics?: Metrics } = {}): FastifyInstance {
   const { metrics } = options;
   const admission = new Admission(config.maxQueue);
+  // The detector undoes the model's input normalisation: it is built when the model is ready.
+  const detection = createDetection(config, metrics);
+  state.onReady((ensemble) => detection.modelReady(ensemble.manifest.input));
   // An inference request while every admission slot is taken is refused from its method and URL,
   // before its body is read and before Fastify builds a request (admission.ts, connections.ts);
   // so it comes before access control: the client learns that the server is busy, nothing else.
@@ -102,38 +99,11 @@ export function createServer(config: Config, state: ModelState,
   const routes = new RouteIndex(server);
 
   server.decorateRequest('errorCode', null);
-  server.decorateRequest('bodyReceived', () => undefined);
   server.decorateRequest('answeredImages', 0);
   server.setErrorHandler((err: Error, req, reply) => sendError(err, req, reply, rootShape));
   server.setNotFoundHandler((req, reply) => sendError(routes.miss(req), req, reply, rootShape));
-  // While draining, every answer closes its connection, so that keep-alive clients cannot hold the
-  // server open after their in-flight request (Fastify's close waits for every connection).
-  // Hooks on every request take Fastify's callback form: an async hook costs a promise and a
-  // microtask turn per request.
-  server.addHook('onSend', (_req, reply, payload, done) => {
-    if (state.draining) reply.header('connection', 'close');
-    done(null, payload);
-  });
-  // A body not received within bodyTimeoutMs fails its reader (Fastify's body parser, or the
-  // multipart stream in the handler) with 408, and the connection closes after the answer. Without
-  // it, a client trickling a byte every few seconds keeps its connection and buffer for as long as
-  // Node's request timeout allows.
-  server.addHook('onRequest', (req, reply, done) => {
-    if (!hasBody(req)) return done();
-    const timer = setTimeout(() => {
-      const err = new HttpError(408, 'body_timeout',
-        `the request body was not received within ${config.bodyTimeoutMs} ms (--body-timeout-ms)`, { connection: 'close' });
-      if (req.raw.listenerCount('error') > 0) req.raw.emit('error', err);
-      else req.raw.destroy();
-    }, config.bodyTimeoutMs);
-    req.bodyReceived = () => clearTimeout(timer);
-    reply.raw.once('close', () => clearTimeout(timer));
-    done();
-  });
-  server.addHook('preValidation', (req, _reply, done) => {
-    if (!req.isMultipart()) req.bodyReceived();
-    done();
-  });
+  closeWhileDraining(server, () => state.draining);
+  bodyTimeout(server, config.bodyTimeoutMs);
   server.decorate('inflightRequests', () => admission.count);
   if (metrics) {
     // The route pattern, never the raw URL, keeps label values bounded.
@@ -151,7 +121,6 @@ export function createServer(config: Config, state: ModelState,
     if (req.is404) return sendError(routes.miss(req), req, reply, shapeOf(req));
     done();
   });
-  registerDetection(server, config, metrics);
 
   server.register(swagger, { openapi: openapiInfo(config) });
   server.register(swaggerUi, { routePrefix: '/docs' });
@@ -159,8 +128,8 @@ export function createServer(config: Config, state: ModelState,
     // One file more than allowed reaches routes.ts, which names the limit in its error.
     limits: { fileSize: config.maxBodyBytes, files: config.maxImagesPerRequest + 1, fields: MAX_FORM_FIELDS, parts: config.maxImagesPerRequest + MAX_FORM_FIELDS },
   });
-  server.register(async (scope) => registerRoutes(scope, config, state, admission));
-  server.register(async (scope) => registerV2Routes(scope, config, state, { admission, routes, metrics: metrics ?? null }), { prefix: '/v2' });
+  server.register(async (scope) => registerRoutes(scope, config, state, { admission, detection }));
+  server.register(async (scope) => registerV2Routes(scope, config, state, { admission, detection, routes, metrics: metrics ?? null }), { prefix: '/v2' });
   return server;
 }
 
@@ -168,9 +137,9 @@ export function createServer(config: Config, state: ModelState,
 export function buildApp(config: Config, options: { logger?: boolean | object } = {}): App {
   const state = new ModelState();
   const metrics = new Metrics({
-    workers: () => state.ensemble?.pool.workers ?? 0,
-    busyWorkers: () => state.ensemble?.pool.busy ?? 0,
-    queuedJobs: () => state.ensemble?.pool.queued ?? 0,
+    workers: () => state.ensemble?.statistics().workers ?? 0,
+    busyWorkers: () => state.ensemble?.statistics().busyWorkers ?? 0,
+    queuedJobs: () => state.ensemble?.statistics().queuedJobs ?? 0,
     inflightRequests: () => server.inflightRequests(),
     ready: () => state.ensemble !== null,
   });

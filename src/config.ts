@@ -7,7 +7,6 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { DETECT_MODES, type DetectMode, type DetectSettings } from './detect/detector.js';
 import { ConfigError } from './errors.js';
 
 export type Device = { readonly kind: 'auto' | 'cpu' } | { readonly kind: 'cuda'; readonly id: number };
@@ -15,6 +14,38 @@ export type Sampling =
   | { readonly mode: 'random' }
   | { readonly mode: 'fixed'; readonly member: number }
   | { readonly mode: 'mean' };
+
+export const DETECT_MODES = ['off', 'log', 'reject'] as const;
+export type DetectMode = (typeof DETECT_MODES)[number];
+
+/** Query-attack detection (src/detect/), from the --detect-* flags. */
+export interface DetectSettings {
+  /** Fingerprint: bucket width in 8-bit pixel levels (0-255 scale), 1..255. */
+  readonly quantStep: number;
+  /** Fingerprint: window length in tensor elements. */
+  readonly window: number;
+  /** Fingerprint: hashes kept (the top-k). */
+  readonly hashes: number;
+  readonly mode: DetectMode;
+  /** Shared kept hashes that make two queries near duplicates. */
+  readonly threshold: number;
+  /** Fingerprints kept per client. */
+  readonly history: number;
+  /** Clients tracked; past it the least recently seen client is forgotten. */
+  readonly clients: number;
+  /** Fingerprints kept across all clients (0: no global store). */
+  readonly globalSize: number;
+  /** Distinct other clients whose stored queries a client must have matched before a match across clients flags it. */
+  readonly globalOwners: number;
+  /** Slots of the global store one client may hold. */
+  readonly globalQuota: number;
+  /** Exact re-uploads of one tensor a client may send before it is flagged. */
+  readonly repeats: number;
+  /** Seconds a flagged client stays flagged (and, in reject mode, refused). */
+  readonly cooldownS: number;
+  /** In log mode, tell the client in a response header that it is flagged. */
+  readonly header: boolean;
+}
 
 export interface Config {
   readonly modelDir: string;
@@ -139,11 +170,15 @@ const OPTIONS = {
 
 type OptionName = keyof typeof OPTIONS;
 
+/** Every flag with its environment variable and help line (the README's flag table is checked against it). */
+export const FLAGS: readonly { readonly flag: string; readonly env: string; readonly help: string }[] =
+  Object.entries(OPTIONS).map(([flag, o]) => ({ flag: `--${flag}`, env: o.env, help: o.help }));
+
 /** Every environment variable the service reads (deployment files are checked against it). */
-export const ENV_VARS: readonly string[] = Object.values(OPTIONS).map((o) => o.env);
+export const ENV_VARS: readonly string[] = FLAGS.map((f) => f.env);
 
 export function usage(): string {
-  const lines = Object.entries(OPTIONS).map(([flag, o]) => `  --${flag.padEnd(20)} ${o.env.padEnd(28)} ${o.help}`);
+  const lines = FLAGS.map((f) => `  ${f.flag.padEnd(22)} ${f.env.padEnd(28)} ${f.help}`);
   return `usage: npm start -- [flags]\n  flag                   environment variable\n${lines.join('\n')}`;
 }
 
@@ -297,7 +332,7 @@ function detectSettings(get: (name: OptionName) => string | undefined,
 
 /** Defaults plus overrides, frozen, for a program that embeds the service in-process (bench programs,
  * tests): loopback, an ephemeral port, two workers, no logs. */
-export function testConfig(overrides: Partial<Config> & { modelDir: string }): Config {
+export function embeddedConfig(overrides: Partial<Config> & { modelDir: string }): Config {
   return Object.freeze({
     ...loadConfig([], {}),
     host: '127.0.0.1',

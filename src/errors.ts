@@ -54,6 +54,13 @@ export class ForbiddenError extends Error {
 
 export const overloaded = (message: string, retryAfterSeconds = 1) => new UnavailableError('overloaded', message, retryAfterSeconds);
 
+/** The one too_many_images error (every body kind): `count` when the body's images were counted, else "more than". */
+export function tooManyImages(maxImages: number, count?: number): InputError {
+  return new InputError('too_many_images', count === undefined
+    ? `more than ${maxImages} images in one request`
+    : `${count} images in one request; the limit is ${maxImages}`);
+}
+
 /** A model package that cannot be served; start-up stops with this message. */
 export class PackageError extends Error {
   readonly problems: string[];

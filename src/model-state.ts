@@ -11,6 +11,7 @@ export class ModelState {
   private loaded: Ensemble | null = null;
   private failureMessage: string | null = null;
   private drainingSince: number | null = null;
+  private readonly readyListeners: ((ensemble: Ensemble) => void)[] = [];
 
   /** The ensemble once loaded and warm, else null. */
   get ensemble(): Ensemble | null {
@@ -27,7 +28,13 @@ export class ModelState {
     return this.drainingSince !== null;
   }
 
+  /** Call `listener` when the model becomes ready, before any request can reach it. */
+  onReady(listener: (ensemble: Ensemble) => void): void {
+    this.readyListeners.push(listener);
+  }
+
   setReady(ensemble: Ensemble): void {
+    for (const listener of this.readyListeners) listener(ensemble);
     this.loaded = ensemble;
   }
 

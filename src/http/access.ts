@@ -8,8 +8,9 @@
  * bucket of AUTH_FAILURES_PER_SECOND (burst AUTH_FAILURE_BURST) that only failures draw from.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import type { Config } from '../config.js';
+import { clientOf, presentedKey } from './client.js';
 import { HttpError } from './http-error.js';
 
 declare module 'fastify' {
@@ -18,8 +19,6 @@ declare module 'fastify' {
     public?: boolean;
   }
 }
-
-export const sha256Hex = (text: string): string => createHash('sha256').update(text, 'utf8').digest('hex');
 
 /**
  * Token buckets per client: `perSecond` tokens a second, at most `burst` saved. Memory is bounded:
@@ -64,22 +63,12 @@ export class RateLimiter {
   }
 }
 
-/** The API key a request presents (Authorization: Bearer <key>, or X-API-Key), or null. */
-function presentedKey(req: FastifyRequest): string | null {
-  const auth = req.headers.authorization;
-  if (typeof auth === 'string') {
-    const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
-    if (m) return m[1];
-  }
-  const key = req.headers['x-api-key'];
-  return typeof key === 'string' && key.length > 0 ? key : null;
-}
-
 /** Failed key attempts per second and address, when no --rate-limit is set. */
 export const AUTH_FAILURES_PER_SECOND = 1;
 export const AUTH_FAILURE_BURST = 10;
 
 export function registerAccessControl(server: FastifyInstance, config: Config): void {
+  server.decorateRequest('clientKey', null);
   const digests = config.apiKeySha256.map((hex) => Buffer.from(hex, 'hex'));
   const limiter = config.rateLimit ? new RateLimiter(config.rateLimit.perSecond, config.rateLimit.burst) : null;
   if (digests.length === 0 && !limiter) return;
@@ -98,12 +87,12 @@ export function registerAccessControl(server: FastifyInstance, config: Config): 
 
   server.addHook('onRequest', async (req) => {
     if (req.routeOptions.config?.public || req.routeOptions.url?.startsWith('/docs')) return;
-    let client = `ip:${req.ip}`;
     if (digests.length > 0) {
+      const address = clientOf(req);
       const key = presentedKey(req);
       const challenge = { 'www-authenticate': 'Bearer realm="redserve"' };
       if (key === null) {
-        throttle(failureLimiter, client);
+        throttle(failureLimiter, address);
         throw new HttpError(401, 'unauthorized', 'an API key is required: send Authorization: Bearer <key> or X-API-Key: <key>', challenge);
       }
       const digest = createHash('sha256').update(key, 'utf8').digest();
@@ -111,11 +100,11 @@ export function registerAccessControl(server: FastifyInstance, config: Config): 
       let match = -1;
       digests.forEach((d, i) => { if (timingSafeEqual(d, digest) && match < 0) match = i; });
       if (match < 0) {
-        throttle(failureLimiter, client);
+        throttle(failureLimiter, address);
         throw new HttpError(401, 'unauthorized', 'the API key is not valid', challenge);
       }
-      client = `key:${match}`;
+      req.clientKey = `key:${match}`;
     }
-    if (limiter) throttle(limiter, client);
+    if (limiter) throttle(limiter, clientOf(req));
   });
 }

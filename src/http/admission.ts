@@ -10,7 +10,6 @@
  * headers arrive (routes mark themselves with `config.inference`) and answers 503 before its body
  * is read or parsed; Node discards the unread body, and the connection stays open.
  */
-import type { FastifyReply } from 'fastify';
 import { overloaded } from '../errors.js';
 
 declare module 'fastify' {
@@ -18,6 +17,11 @@ declare module 'fastify' {
     /** An inference route: it takes an admission slot, and is refused at its headers when none is free. */
     inference?: boolean;
   }
+}
+
+/** The connection an admitted request is answered on (a reply's `raw` response). */
+export interface Answer {
+  once(event: 'close', listener: () => void): unknown;
 }
 
 export class Admission {
@@ -43,12 +47,12 @@ export class Admission {
     return `${this.inflight} inference requests in flight (the limit is ${this.maxInflight}); retry shortly`;
   }
 
-  /** Take a slot until `reply` is sent or its connection closes; throws overloaded past the limit. */
-  enter(reply: FastifyReply): void {
+  /** Take a slot until `answer` is sent or its connection closes; throws overloaded past the limit. */
+  enter(answer: Answer): void {
     if (this.inflight >= this.maxInflight) {
       throw overloaded(this.refusal());
     }
     this.inflight++;
-    reply.raw.once('close', () => { this.inflight--; });
+    answer.once('close', () => { this.inflight--; });
   }
 }

@@ -9,7 +9,7 @@
  */
 import type { InputSpec } from '../ensemble/manifest.js';
 import { InputError } from '../errors.js';
-import { checkInputRange, inputRanges, outOfRange } from '../preprocess/image.js';
+import { checkInputRange, inputRanges, outOfRange } from '../preprocess/tensor.js';
 import { topClasses } from './probabilities.js';
 
 const badRequest = (code: string, message: string) => new InputError(code, message);

@@ -14,11 +14,13 @@ import { InputError } from '../errors.js';
 import type { Metrics } from '../metrics.js';
 import type { ModelState } from '../model-state.js';
 import { SERVICE_NAME, SERVICE_VERSION } from '../version.js';
+import { DETECTION_HEADER, type Detection } from '../detect/http.js';
+import { infer } from '../inference.js';
 import type { Admission } from './admission.js';
+import { clientOf } from './client.js';
 import { sendError, type ErrorShape } from './error-handler.js';
 import { HttpError } from './http-error.js';
 import type { RouteIndex } from './not-found.js';
-import { checkProbabilities } from './probabilities.js';
 import { checkJsonDepth } from './json-depth.js';
 import { inferenceStatistics } from './v2-statistics.js';
 import { decodeInferRequest, encodeInferResponse, OUTPUT_NAME } from './v2-codec.js';
@@ -57,6 +59,7 @@ function modelFor(state: ModelState, params: ModelParams): Ensemble {
 
 export interface V2Context {
   readonly admission: Admission;
+  readonly detection: Detection;
   readonly routes: RouteIndex;
   /** Source of the statistics extension; null: every count reads 0. */
   readonly metrics: Metrics | null;
@@ -172,7 +175,7 @@ export function registerV2Routes(app: FastifyInstance, config: Config, state: Mo
     return [{ name: manifest.name, version: manifest.version, state: 'READY', reason: '' }];
   });
 
-  const infer = async (req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply) => {
+  const inferRoute = async (req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply) => {
     const ensemble = modelFor(state, req.params);
     const { manifest } = ensemble;
     const request = decodeInferRequest(req.body, req.inferBinary, {
@@ -180,16 +183,18 @@ export function registerV2Routes(app: FastifyInstance, config: Config, state: Mo
       input: manifest.input, classes: manifest.output.classes, maxImages: config.maxImagesPerRequest,
     });
     // The body is complete and valid: from here the request holds one of --max-queue slots.
-    ctx.admission.enter(reply);
-    req.server.screenQueries(req, manifest.input, request.data, request.n);
-    const probs = checkProbabilities(await ensemble.classify(request.data, request.n));
-    const response = encodeInferResponse(request, probs, { name: manifest.name, version: manifest.version }, manifest.labels);
-    req.answeredImages = request.n;
+    const { answer: response, n, detection } = await infer({ ensemble, admission: ctx.admission, detection: ctx.detection }, {
+      client: clientOf(req), answer: reply.raw, log: req.log,
+      batch: () => request,
+      encode: (probabilities) => encodeInferResponse(request, probabilities, { name: manifest.name, version: manifest.version }, manifest.labels),
+    });
+    if (detection !== null) reply.header(DETECTION_HEADER, detection);
+    req.answeredImages = n;
     if (!response.binary) return response.header;
     const header = Buffer.from(JSON.stringify(response.header), 'utf8');
     return reply.header(HEADER_LENGTH, header.length).type('application/octet-stream')
       .send(Buffer.concat([header, response.binary]));
   };
-  app.post('/models/:name/infer', { schema: v2InferSchema, config: { inference: true } }, infer);
-  app.post('/models/:name/versions/:version/infer', { schema: v2InferVersionSchema, config: { inference: true } }, infer);
+  app.post('/models/:name/infer', { schema: v2InferSchema, config: { inference: true } }, inferRoute);
+  app.post('/models/:name/versions/:version/infer', { schema: v2InferVersionSchema, config: { inference: true } }, inferRoute);
 }
