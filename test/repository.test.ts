@@ -5,10 +5,10 @@ import t from 'tap';
 import { loadEnsemble } from '../src/ensemble/ensemble.js';
 import { ForbiddenError, NotFoundError, UnavailableError } from '../src/errors.js';
 import { compareVersions, ModelRepository, type ModelControl } from '../src/repository.js';
-import { editManifest, testConfig, TINY, TINY_SINGLE } from './helpers.js';
+import { editManifest, embeddedConfig, TINY, TINY_SINGLE } from './helpers.js';
 
 const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined };
-const load = (dir: string) => loadEnsemble(testConfig({ modelDir: dir, workers: 1 }), quiet);
+const load = (dir: string) => loadEnsemble(embeddedConfig({ modelDir: dir, workers: 1 }), quiet);
 const image = new Float32Array(28 * 28).fill(0.5);
 
 /** A repository folder: tiny-ensemble in versions 1.0.0 and 2.0.0, tiny-single unversioned. */
