@@ -14,7 +14,7 @@ import { createDetection } from './detect/http.js';
 import { loadEnsemble, type Ensemble } from './ensemble/ensemble.js';
 import { registerAccessControl } from './http/access.js';
 import { bodyTimeout, boundedServerFactory, closeWhileDraining } from './http/connections.js';
-import { Admission } from './http/admission.js';
+import { Admissions, modelOfUrl } from './http/admission.js';
 import { sendError, type ErrorShape } from './http/error-handler.js';
 import { HttpError } from './http/http-error.js';
 import { MAX_FORM_FIELDS } from './http/multipart.js';
@@ -23,14 +23,17 @@ import { openapiInfo } from './http/openapi.js';
 import { registerRoutes } from './http/routes.js';
 import { registerV2Routes, v2Shape } from './http/v2.js';
 import { Metrics } from './metrics.js';
-import { ModelState } from './model-state.js';
+import { ModelRepository, repositoryOptions } from './repository.js';
 
 export interface App {
   readonly server: FastifyInstance;
   /** GET /metrics on its own port (config.metricsPort); null when metrics are off. */
   readonly metricsServer: FastifyInstance | null;
   readonly metrics: Metrics;
-  /** Resolves when the model is loaded, warm and serving; rejects when it cannot be loaded. */
+  /** The served models (src/repository.ts). */
+  readonly repository: ModelRepository;
+  /** Resolves with the default model once every model found at start-up has loaded or failed;
+   * rejects when the default model cannot be served. */
   readonly modelReady: Promise<Ensemble>;
   close(): Promise<void>;
   /** Fail queued and running inference with 503 and stop the worker threads (a hard stop). */
@@ -47,6 +50,8 @@ declare module 'fastify' {
     errorCode: string | null;
     /** Images this inference request is answered for (set by the inference routes; 0 otherwise). */
     answeredImages: number;
+    /** The served model an inference request named (set by the inference routes; null otherwise). */
+    servedModel: string | null;
   }
 }
 
@@ -56,30 +61,31 @@ const isV2Url = (url: string) => /^\/v2(\/|\?|$)/.test(url);
 /** The error shape of the scope a request belongs to. */
 const shapeOf = (req: FastifyRequest): ErrorShape => (isV2Url(req.url) ? v2Shape : rootShape);
 
-/** The Fastify instance with every plugin and route, serving whatever `state` holds. */
-export function createServer(config: Config, state: ModelState,
+export function createServer(config: Config, repository: ModelRepository,
   options: { logger?: boolean | object; metrics?: Metrics } = {}): FastifyInstance {
   const { metrics } = options;
-  const admission = new Admission(config.maxQueue);
-  // The detector undoes the model's input normalisation: it is built when the model is ready.
+  const admissions = new Admissions(config.maxQueue, repository);
+  // The detector undoes the model's input normalisation: it is built when each model is ready.
   const detection = createDetection(config, metrics);
-  state.onReady((ensemble) => detection.modelReady(ensemble.manifest.input));
+  repository.onReady((name, ensemble) => detection.modelReady(name, ensemble.manifest.input));
   // An inference request while every admission slot is taken is refused from its method and URL,
   // before its body is read and before Fastify builds a request (admission.ts, connections.ts);
   // so it comes before access control: the client learns that the server is busy, nothing else.
   const refuseOverloaded = (req: IncomingMessage, res: ServerResponse): boolean => {
-    if (req.method !== 'POST' || !admission.full) return false;
+    if (req.method !== 'POST') return false;
     const route = routes.inferenceRoute(req.url ?? '');
     if (route === null) return false;
+    const admission = admissions.ofUrl(req.url ?? '');
+    if (admission === null || !admission.full) return false;
     const started = performance.now();
     const e = new HttpError(503, 'overloaded', admission.refusal(), { 'retry-after': '1' });
     const body = JSON.stringify((isV2Url(req.url ?? '') ? v2Shape : rootShape)(e));
     res.writeHead(503, {
       'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'retry-after': '1',
-      ...(state.draining ? { connection: 'close' } : {}),
+      ...(repository.draining ? { connection: 'close' } : {}),
     });
     res.end(body);
-    metrics?.observeRequest('POST', route, 503, (performance.now() - started) / 1000, e.code);
+    metrics?.observeRequest('POST', route, 503, (performance.now() - started) / 1000, e.code, modelOfUrl(req.url ?? '') ?? repository.defaultModel);
     return true;
   };
   const server = Fastify({
@@ -100,16 +106,17 @@ export function createServer(config: Config, state: ModelState,
 
   server.decorateRequest('errorCode', null);
   server.decorateRequest('answeredImages', 0);
+  server.decorateRequest('servedModel', null);
   server.setErrorHandler((err: Error, req, reply) => sendError(err, req, reply, rootShape));
   server.setNotFoundHandler((req, reply) => sendError(routes.miss(req), req, reply, rootShape));
-  closeWhileDraining(server, () => state.draining);
+  closeWhileDraining(server, () => repository.draining);
   bodyTimeout(server, config.bodyTimeoutMs);
-  server.decorate('inflightRequests', () => admission.count);
+  server.decorate('inflightRequests', () => admissions.count);
   if (metrics) {
     // The route pattern, never the raw URL, keeps label values bounded.
     server.addHook('onResponse', (req, reply, done) => {
       metrics.observeRequest(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000, req.errorCode,
-        req.answeredImages);
+        req.servedModel, req.answeredImages);
       done();
     });
   }
@@ -128,42 +135,37 @@ export function createServer(config: Config, state: ModelState,
     // One file more than allowed reaches routes.ts, which names the limit in its error.
     limits: { fileSize: config.maxBodyBytes, files: config.maxImagesPerRequest + 1, fields: MAX_FORM_FIELDS, parts: config.maxImagesPerRequest + MAX_FORM_FIELDS },
   });
-  server.register(async (scope) => registerRoutes(scope, config, state, { admission, detection }));
-  server.register(async (scope) => registerV2Routes(scope, config, state, { admission, detection, routes, metrics: metrics ?? null }), { prefix: '/v2' });
+  server.register(async (scope) => registerRoutes(scope, config, repository, { admissions, detection }));
+  server.register(async (scope) => registerV2Routes(scope, config, repository, { admissions, detection, routes, metrics: metrics ?? null }), { prefix: '/v2' });
   return server;
 }
 
-/** The service: the server plus the model, loading in the background (/readyz tells when it is warm). */
+/** The service: the server plus the models, loading in the background (/readyz tells when they are warm). */
 export function buildApp(config: Config, options: { logger?: boolean | object } = {}): App {
-  const state = new ModelState();
-  const metrics = new Metrics({
-    workers: () => state.ensemble?.statistics().workers ?? 0,
-    busyWorkers: () => state.ensemble?.statistics().busyWorkers ?? 0,
-    queuedJobs: () => state.ensemble?.statistics().queuedJobs ?? 0,
+  const metrics: Metrics = new Metrics({
+    models: () => repository.loaded().map(({ name, ensemble }) => ({ model: name, ...ensemble.statistics() })),
     inflightRequests: () => server.inflightRequests(),
-    ready: () => state.ensemble !== null,
+    ready: () => repository.allReady,
   });
-  const server = createServer(config, state, { ...options, metrics });
+  let server!: FastifyInstance;
+  const repository: ModelRepository = new ModelRepository(repositoryOptions(config), (dir, name) => loadEnsemble({ ...config, modelDir: dir }, server.log, metrics.observerFor(name)),
+  { info: (o, m) => server.log.info(o, m), warn: (o, m) => server.log.warn(o, m), error: (o, m) => server.log.error(o, m) });
+  server = createServer(config, repository, { ...options, metrics });
   const metricsServer = config.metricsPort === null ? null : metrics.createServer();
 
-  const modelReady = loadEnsemble(config, server.log, metrics.observer).then((ensemble) => {
-    state.setReady(ensemble);
-    return ensemble;
-  }, (err: Error) => {
-    state.setFailed(err.message);
-    throw err;
-  });
+  const modelReady = repository.start().then(() => repository.ready());
   modelReady.catch(() => undefined); // the caller decides; never an unhandled rejection
 
   return {
     server,
     metricsServer,
     metrics,
+    repository,
     modelReady,
     async close() {
       // Readiness turns 503 first; Fastify then stops accepting, answers requests that arrive on
       // open connections with 503, and resolves once every in-flight request has been answered.
-      state.startDraining();
+      repository.startDraining();
       // A response sent just before draining began left its keep-alive connection open and idle;
       // Node closes idle connections once, when close starts, so sweep until the server is closed
       // (otherwise close waits for the client's keep-alive timeout, past the drain timeout).
@@ -174,10 +176,10 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
         clearInterval(sweep);
       }
       await metricsServer?.close();
-      await state.ensemble?.close();
+      await repository.close();
     },
     async stopWorkers() {
-      await state.ensemble?.close();
+      await repository.close({ now: true });
     },
   };
 }

@@ -47,8 +47,20 @@ export interface DetectSettings {
   readonly header: boolean;
 }
 
+export const MODEL_CONTROLS = ['none', 'explicit', 'poll'] as const;
+export type ModelControl = (typeof MODEL_CONTROLS)[number];
+
 export interface Config {
+  /** The one package served (--model), unless `modelRepository` is set. */
   readonly modelDir: string;
+  /** Serve every package folder under this folder (src/repository.ts); null: serve `modelDir`. */
+  readonly modelRepository: string | null;
+  /** What may change the served models after start-up: nothing, the repository API, or polling the folder. */
+  readonly modelControl: ModelControl;
+  /** Seconds between scans of the repository folder under --model-control poll. */
+  readonly repositoryPollS: number;
+  /** Models loaded at once (each has its own --workers workers). */
+  readonly maxModels: number;
   readonly port: number;
   readonly host: string;
   readonly device: Device;
@@ -96,6 +108,8 @@ export interface Config {
 
 export const DEFAULTS = {
   modelDir: 'models/fmnist-baseline',
+  repositoryPollS: 15,
+  maxModels: 8,
   port: 8080,
   host: '0.0.0.0',
   maxBodyBytes: 8 * 1024 * 1024,
@@ -129,6 +143,10 @@ export const DEFAULTS = {
 /** Each option: its flag, its environment variable, and its help line. */
 const OPTIONS = {
   model: { env: 'REDSERVE_MODEL', help: `model package folder (default ${DEFAULTS.modelDir})` },
+  'model-repository': { env: 'REDSERVE_MODEL_REPOSITORY', help: 'serve every package folder under this folder, <name>/ or <name>/<version>/ (default off: serve --model)' },
+  'model-control': { env: 'REDSERVE_MODEL_CONTROL', help: 'none | explicit (repository load/unload API) | poll (watch the folder) (default none)' },
+  'repository-poll-s': { env: 'REDSERVE_REPOSITORY_POLL_S', help: `seconds between scans under --model-control poll (default ${DEFAULTS.repositoryPollS})` },
+  'max-models': { env: 'REDSERVE_MAX_MODELS', help: `models loaded at once, each with its own --workers workers (default ${DEFAULTS.maxModels})` },
   port: { env: 'PORT', help: `TCP port (default ${DEFAULTS.port})` },
   host: { env: 'HOST', help: `bind address (default ${DEFAULTS.host})` },
   device: { env: 'REDSERVE_DEVICE', help: 'auto | cpu | cuda[:id] (default auto: CUDA if available, else CPU)' },
@@ -236,6 +254,11 @@ export function parseTrustProxy(raw: string): boolean | number | string[] {
   return list;
 }
 
+export function parseModelControl(raw: string): ModelControl {
+  if ((MODEL_CONTROLS as readonly string[]).includes(raw)) return raw as ModelControl;
+  throw new ConfigError(`--model-control: '${raw}' is not one of ${MODEL_CONTROLS.join(', ')}`);
+}
+
 export function parseDetectMode(raw: string): DetectMode {
   if ((DETECT_MODES as readonly string[]).includes(raw)) return raw as DetectMode;
   throw new ConfigError(`--detect: '${raw}' is not one of ${DETECT_MODES.join(', ')}`);
@@ -271,8 +294,24 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
   const perSecond = num('rate-limit', 0, 0, 1_000_000);
   if (perSecond === 0 && get('rate-burst') !== undefined) throw new ConfigError('--rate-burst: needs --rate-limit above 0');
   const rateLimit = perSecond > 0 ? { perSecond, burst: num('rate-burst', Math.max(1, perSecond), 1, 10_000_000) } : null;
+  const repository = get('model-repository');
+  if (repository !== undefined && get('model') !== undefined) {
+    throw new ConfigError('--model and --model-repository: give one (a repository serves every package folder under it)');
+  }
+  if (repository !== undefined && repository.trim() === '') throw new ConfigError('--model-repository: empty; give a folder');
+  const modelControl = parseModelControl(get('model-control') ?? 'none');
+  if (repository === undefined && modelControl !== 'none') {
+    throw new ConfigError(`--model-control ${modelControl}: needs --model-repository (one --model has nothing to load or poll)`);
+  }
+  if (modelControl !== 'poll' && get('repository-poll-s') !== undefined) {
+    throw new ConfigError('--repository-poll-s: only with --model-control poll');
+  }
   const config: Config = {
     modelDir: path.resolve(get('model') ?? DEFAULTS.modelDir),
+    modelRepository: repository === undefined ? null : path.resolve(repository),
+    modelControl,
+    repositoryPollS: num('repository-poll-s', DEFAULTS.repositoryPollS, 1, 86_400),
+    maxModels: num('max-models', DEFAULTS.maxModels, 1, 1024),
     port: num('port', DEFAULTS.port, 0, 65535),
     host: get('host') ?? DEFAULTS.host,
     device: parseDevice(get('device') ?? 'auto'),

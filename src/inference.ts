@@ -20,6 +20,8 @@ export interface Batch {
 
 /** What the service brings to every inference call. */
 export interface InferenceSteps {
+  /** The model's name in the repository (detection keeps one history per model). */
+  readonly model: string;
   readonly ensemble: Ensemble;
   readonly admission: Admission;
   readonly detection: Detection;
@@ -48,7 +50,7 @@ export interface InferenceResult<T> {
 export async function infer<T>(steps: InferenceSteps, call: InferenceCall<T>): Promise<InferenceResult<T>> {
   steps.admission.enter(call.answer);
   const batch = await call.batch();
-  const detection = steps.detection.screen(call.client, batch, call.log);
+  const detection = steps.detection.screen(steps.model, call.client, batch, call.log);
   const probabilities = await steps.ensemble.classify(batch.data, batch.n);
   return { answer: call.encode(probabilities, batch), n: batch.n, detection };
 }

@@ -22,6 +22,7 @@
  */
 import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
+import type { Config, ModelControl } from './config.js';
 import type { Ensemble } from './ensemble/ensemble.js';
 import { ConfigError, ForbiddenError, NotFoundError, UnavailableError } from './errors.js';
 
@@ -36,8 +37,6 @@ export interface IndexEntry {
   /** Why it is not ready ('' when it is). */
   readonly reason: string;
 }
-
-export type ModelControl = 'none' | 'explicit' | 'poll';
 
 /** A package folder found in the repository. */
 export interface Found {
@@ -86,6 +85,10 @@ class Model {
   state: ModelStateName = 'LOADING';
   version = '';
   reason = '';
+  /** Serving, or being loaded: what --max-models counts. */
+  claimed = false;
+  /** Found when the server started (readiness waits for it). */
+  atStartup = false;
   /** Unloaded, or its folder left the repository: requests get 404, not a retry-later. */
   gone = false;
   /** The stamp of the last version that failed to load: polling does not retry it until it changes. */
@@ -173,15 +176,33 @@ export interface RepositoryOptions {
   readonly pollMs: number;
 }
 
+/** The repository a config asks for: --model-repository DIR, or the one --model. */
+export function repositoryOptions(config: Config): RepositoryOptions {
+  return {
+    root: config.modelRepository, single: config.modelDir, control: config.modelControl,
+    maxModels: config.maxModels, pollMs: config.repositoryPollS * 1000,
+  };
+}
+
+/** A repository that is never started: every model route answers 503 not_ready (the OpenAPI
+ * document is generated from such a server, and tests of the loading state use one). */
+export function unstartedRepository(config: Config): ModelRepository {
+  const quiet = () => undefined;
+  return new ModelRepository(repositoryOptions(config), () => Promise.reject(new Error('never started')),
+    { info: quiet, warn: quiet, error: quiet });
+}
+
 export class ModelRepository {
   private readonly models = new Map<string, Model>();
   private defaultName: string | null = null;
   private drainingSince: number | null = null;
+  private started = false;
+  private readonly readyListeners: ((name: string, ensemble: Ensemble) => void)[] = [];
   private pollTimer: NodeJS.Timeout | null = null;
   private polling: Promise<void> | null = null;
 
   constructor(private readonly options: RepositoryOptions,
-    private readonly loadDir: (dir: string) => Promise<Ensemble>,
+    private readonly loadDir: (dir: string, name: string) => Promise<Ensemble>,
     private readonly log: RepositoryLog) {}
 
   /** Find and load every model; resolves when each has loaded or failed. With `--model DIR`,
@@ -191,14 +212,18 @@ export class ModelRepository {
       const dir = this.options.single!;
       const { name, version } = await manifestNameVersion(dir).catch((err: Error) => {
         const model = this.modelFor(path.basename(path.resolve(dir)));
+        model.atStartup = true;
+        this.started = true;
         model.state = 'UNAVAILABLE';
         model.reason = `${dir}/manifest.json: ${err.message}`;
         this.defaultName = model.name;
         throw err;
       });
       const model = this.modelFor(typeof name === 'string' ? name : path.basename(path.resolve(dir)));
+      model.atStartup = true;
       this.defaultName = model.name;
       await this.replace(model, { name: model.name, version: String(version), dir, stamp: dir });
+      this.started = true;
       if (model.state !== 'READY') throw new Error(model.reason);
       return;
     }
@@ -206,16 +231,33 @@ export class ModelRepository {
     const found = await scanRepository(this.options.root);
     if (found.size === 0) this.log.warn({ repository: this.options.root }, 'no model packages found in the repository');
     this.defaultName = [...found.keys()][0] ?? null;
+    for (const name of found.keys()) this.modelFor(name).atStartup = true;
     await Promise.all([...found].map(([name, f]) => this.loadFound(name, f)));
+    this.started = true;
     if (this.options.control === 'poll') this.startPolling();
   }
 
   /** The model a request names, or the default (the only one with --model, else the first by name). */
   private named(name?: string): Model {
+    if (!this.started && this.models.size === 0) throw new UnavailableError('not_ready', 'the model is still loading');
     const key = name ?? this.defaultName;
     const model = key === null ? undefined : this.models.get(key);
-    if (!model) throw new NotFoundError('unknown_model', `no model named '${name}' is served here (GET /models lists them)`);
+    if (!model) {
+      const names = [...this.models.keys()].sort().map((n) => `'${n}'`).join(', ');
+      throw new NotFoundError('unknown_model', `unknown model '${name}'; this server serves ${names || 'no model'}`);
+    }
     return model;
+  }
+
+  /** Call `listener` when a model (or a new version of it) is ready, before any request can reach it. */
+  onReady(listener: (name: string, ensemble: Ensemble) => void): void {
+    this.readyListeners.push(listener);
+  }
+
+  /** Ready for traffic: started, not draining, and every model found at start-up serving. Models
+   * added later, or unloaded, do not count: a bad new folder must not take a serving replica out. */
+  get allReady(): boolean {
+    return this.started && !this.draining && [...this.models.values()].every((m) => !m.atStartup || m.gone || m.serving !== null);
   }
 
   /** The name requests without a model name go to. */
@@ -240,13 +282,22 @@ export class ModelRepository {
     if (loaded && (version === undefined || loaded.version === version)) return loaded.ensemble;
     if (model.gone) throw new NotFoundError('unknown_model', `model '${model.name}' is not served here: ${model.reason}`);
     if (version !== undefined && !(model.state === 'LOADING' && model.version === version)) {
-      throw new NotFoundError('unknown_version', `model '${model.name}' has no version '${version}' loaded (serving: ${loaded?.version ?? 'none'})`);
+      throw new NotFoundError('unknown_version', `model '${model.name}' has no version '${version}'; it serves ${loaded ? `version '${loaded.version}'` : 'none'}`);
     }
-    throw new UnavailableError('not_ready', model.state === 'LOADING' ? `model '${model.name}' is still loading`
-      : `model '${model.name}' failed to load: ${model.reason}`);
+    // Why a load failed is for the operator (the repository index, the log), not for every client.
+    throw new UnavailableError('not_ready', model.state === 'LOADING' ? 'the model is still loading' : 'the model failed to load');
   }
 
-  /** `ready` while the server is not draining (readiness). */
+  /** Readiness (/readyz, /v2/health/ready): throws shutting_down while draining, not_ready until
+   * every model found at start-up serves. */
+  checkReady(): void {
+    if (this.draining) throw new UnavailableError('shutting_down', 'the server is draining before it stops');
+    if (this.allReady) return;
+    this.ready(); // the default model's own reason, when it has one
+    throw new UnavailableError('not_ready', 'a model found at start-up is not serving (POST /v2/repository/index says why)');
+  }
+
+  /** `ready` while the server is not draining. */
   serving(name?: string, version?: string): Ensemble {
     const ensemble = this.ready(name, version);
     if (this.draining) throw new UnavailableError('shutting_down', 'the server is draining before it stops');
@@ -255,7 +306,7 @@ export class ModelRepository {
 
   /** Run `fn` on the serving version, holding it until `fn` settles (unload and swap wait for it). */
   async use<T>(name: string | undefined, version: string | undefined, fn: (ensemble: Ensemble) => Promise<T>): Promise<T> {
-    this.serving(name, version);
+    this.ready(name, version);
     const loaded = this.named(name).serving!;
     loaded.hold();
     try {
@@ -295,9 +346,14 @@ export class ModelRepository {
     return this.index().find((e) => e.name === name)!;
   }
 
-  /** Stop polling, and close every model's workers (after their requests, unless `now`). */
-  async close(): Promise<void> {
+  /** Stop polling, and close every model's workers: after the requests that hold them, or with
+   * `now` at once (their queued and running jobs fail with 503: a hard stop). */
+  async close(options: { now?: boolean } = {}): Promise<void> {
     this.stopPolling();
+    if (options.now) {
+      await Promise.all([...this.models.values()].map((m) => m.serving?.ensemble.close()));
+      return;
+    }
     await this.polling;
     await Promise.all([...this.models.values()].map((m) => this.retire(m, 'the server stopped')));
   }
@@ -307,6 +363,7 @@ export class ModelRepository {
     return this.serialise(model, async () => {
       const old = model.serving;
       model.serving = null;
+      model.claimed = false;
       model.gone = true;
       model.state = 'UNLOADING';
       model.reason = why;
@@ -333,14 +390,14 @@ export class ModelRepository {
   }
 
   private async loadFound(name: string, found: Found | string): Promise<void> {
-    const isNew = !this.models.has(name);
-    if (isNew && this.models.size >= this.options.maxModels) {
-      const model = this.modelFor(name);
+    const model = this.modelFor(name);
+    const claimed = [...this.models.values()].filter((m) => m.claimed && m !== model).length;
+    if (!model.claimed && typeof found !== 'string' && claimed >= this.options.maxModels) {
       model.state = 'UNAVAILABLE';
       model.reason = `--max-models ${this.options.maxModels} models are loaded already; unload one first`;
+      model.atStartup = false; // refused by configuration: readiness does not wait for it
       return;
     }
-    const model = this.modelFor(name);
     if (typeof found === 'string') {
       await this.serialise(model, async () => {
         model.failedStamp = found;
@@ -353,6 +410,7 @@ export class ModelRepository {
 
   /** Load `found` beside the serving version, then swap it in; on failure the old one keeps serving. */
   private async replace(model: Model, found: Found): Promise<void> {
+    model.claimed = true;
     await this.serialise(model, async () => {
       const before = model.serving;
       if (!before) model.state = 'LOADING';
@@ -360,12 +418,14 @@ export class ModelRepository {
       model.reason = before ? `loading version ${found.version}` : '';
       let ensemble: Ensemble;
       try {
-        ensemble = await this.loadDir(found.dir);
+        ensemble = await this.loadDir(found.dir, model.name);
       } catch (err) {
         model.failedStamp = found.stamp;
+        model.claimed = model.serving !== null;
         this.failed(model, found.version, (err as Error).message);
         return;
       }
+      for (const listener of this.readyListeners) listener(model.name, ensemble);
       model.serving = new Loaded(found, ensemble);
       model.state = 'READY';
       model.gone = false;

@@ -4,7 +4,8 @@ import path from 'node:path';
 import t from 'tap';
 import { loadEnsemble } from '../src/ensemble/ensemble.js';
 import { ForbiddenError, NotFoundError, UnavailableError } from '../src/errors.js';
-import { compareVersions, ModelRepository, type ModelControl } from '../src/repository.js';
+import type { ModelControl } from '../src/config.js';
+import { compareVersions, ModelRepository } from '../src/repository.js';
 import { editManifest, embeddedConfig, TINY, TINY_SINGLE } from './helpers.js';
 
 const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined };

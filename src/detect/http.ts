@@ -1,6 +1,7 @@
 /**
- * The detector at the HTTP edge. app.ts creates one `Detection` and builds its detector when the
- * model becomes ready (the fingerprint undoes the model's input normalisation); the inference step
+ * The detector at the HTTP edge. app.ts creates one `Detection` and it builds a detector for each
+ * model when that model becomes ready (the fingerprint undoes the model's input normalisation, so
+ * each model has its own; a new version with the same input contract keeps the history); the inference step
  * (src/inference.ts) screens every batch after pre-processing and before the ensemble runs, so
  * every input is fingerprinted exactly as the model will see it, whatever format it came in.
  *
@@ -29,14 +30,14 @@ export interface DetectionLog {
 }
 
 export interface Detection {
-  /** Build the detector for the served model's input contract; called when the model is ready. */
-  modelReady(input: InputSpec): void;
+  /** Build the detector for a model's input contract; called when that model (or a new version) is ready. */
+  modelReady(model: string, input: InputSpec): void;
   /**
    * Screen a client's pre-processed images (n of them, NCHW) before inference. Throws 429 in reject
    * mode; returns the X-Redserve-Detection value for a flagged client in log mode with the header
    * on, else null.
    */
-  screen(client: string, batch: { readonly data: Float32Array; readonly n: number }, log: DetectionLog): string | null;
+  screen(model: string, client: string, batch: { readonly data: Float32Array; readonly n: number }, log: DetectionLog): string | null;
 }
 
 /** The header value for a flagged answer in log mode. */
@@ -55,19 +56,25 @@ export function createDetection(config: Config, metrics?: Metrics): Detection {
     help: 'clients flagged as running a query attack (a flag starts a cool-down), by reason and by whose earlier query matched',
     labelNames: ['reason', 'scope'], registers,
   });
-  let detector: Detector | null = null;
+  const detectors = new Map<string, { detector: Detector; key: string }>();
   new Gauge({
-    name: 'redserve_detect_clients', help: 'clients whose recent queries the detector holds (bounded by --detect-clients)',
-    registers, collect() { this.set(detector?.trackedClients ?? 0); },
+    name: 'redserve_detect_clients', help: 'clients whose recent queries the detector holds (bounded by --detect-clients), by model',
+    labelNames: ['model'], registers,
+    collect() {
+      this.reset();
+      for (const [model, { detector }] of detectors) this.set({ model }, detector.trackedClients);
+    },
   });
 
   return {
-    modelReady(input) {
-      detector = new Detector(settings, normalisationOf(input));
+    modelReady(model, input) {
+      const normalisation = normalisationOf(input);
+      const key = JSON.stringify([input.shape, normalisation]);
+      if (detectors.get(model)?.key !== key) detectors.set(model, { detector: new Detector(settings, normalisation), key });
     },
-    screen(client, { data, n }, log) {
-      if (detector === null) throw new Error('screen: no detector; the model is not ready');
-      const d = detector;
+    screen(model, client, { data, n }, log) {
+      const d = detectors.get(model)?.detector;
+      if (d === undefined) throw new Error(`screen: no detector for model '${model}'; it is not ready`);
       let worst: Verdict | null = null;
       if (settings.mode === 'reject') worst = d.coolingDown(client);
       if (worst === null) {
@@ -77,7 +84,7 @@ export function createDetection(config: Config, metrics?: Metrics): Detection {
           if (v.flagged && (worst === null || !worst.flagged || v.detection)) worst = v;
           if (v.flagged && v.detection) {
             detections.inc({ reason: v.reason, scope: v.scope ?? 'none' });
-            log.warn({ client, reason: v.reason, scope: v.scope, sharedHashes: v.shared, query: v.query, mode: settings.mode },
+            log.warn({ model, client, reason: v.reason, scope: v.scope, sharedHashes: v.shared, query: v.query, mode: settings.mode },
               'query attack suspected: client flagged');
           }
         }

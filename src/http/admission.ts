@@ -11,6 +11,7 @@
  * is read or parsed; Node discards the unread body, and the connection stays open.
  */
 import { overloaded } from '../errors.js';
+import type { ModelRepository } from '../repository.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -56,3 +57,42 @@ export class Admission {
     answer.once('close', () => { this.inflight--; });
   }
 }
+
+/** The model an inference URL names (`/v2/models/NAME/...`, `/classify?model=NAME`), or undefined for the default. */
+export function modelOfUrl(url: string): string | undefined {
+  const v2 = /^\/v2\/models\/([^/?]+)/.exec(url);
+  if (v2) return decodeURIComponent(v2[1]);
+  const query = url.indexOf('?');
+  return query < 0 ? undefined : new URLSearchParams(url.slice(query + 1)).get('model') ?? undefined;
+}
+
+/** One admission bound per model: a flood on one model never refuses another's requests. */
+export class Admissions {
+  private readonly byModel = new Map<string, Admission>();
+
+  constructor(private readonly maxInflight: number, private readonly repository: ModelRepository) {}
+
+  of(model: string): Admission {
+    let admission = this.byModel.get(model);
+    if (!admission) {
+      admission = new Admission(this.maxInflight);
+      this.byModel.set(model, admission);
+    }
+    return admission;
+  }
+
+  /** The admission of the model an inference URL names, or null when it names none served here. */
+  ofUrl(url: string): Admission | null {
+    const model = modelOfUrl(url) ?? this.repository.defaultModel;
+    return model === null ? null : this.byModel.get(model) ?? null;
+  }
+
+  /** Inference requests admitted and not yet answered, over every model. */
+  get count(): number {
+    let n = 0;
+    for (const a of this.byModel.values()) n += a.count;
+    return n;
+  }
+}
+
+/** The Fastify instance with every plugin and route, serving whatever `state` holds. */

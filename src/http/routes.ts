@@ -9,16 +9,19 @@
 import type { FastifyInstance } from 'fastify';
 import type { Config } from '../config.js';
 import { DETECTION_HEADER } from '../detect/http.js';
-import { infer, type InferenceSteps } from '../inference.js';
-import type { ModelState } from '../model-state.js';
+import type { Detection } from '../detect/http.js';
+import type { Ensemble } from '../ensemble/ensemble.js';
+import { infer } from '../inference.js';
+import type { ModelRepository } from '../repository.js';
+import type { Admissions } from './admission.js';
 import { IMAGE_TYPES } from '../preprocess/image.js';
 import { classifyBatch, encodeClassifyResponse, parseTopK, readClassifyBody, type ClassifyBody } from './classify-codec.js';
 import { clientOf } from './client.js';
 import { checkJsonDepth } from './json-depth.js';
 import { classifySchema, healthSchema, modelsSchema, readySchema } from './schemas.js';
 
-export function registerRoutes(app: FastifyInstance, config: Config, state: ModelState,
-  steps: Omit<InferenceSteps, 'ensemble'>): void {
+export function registerRoutes(app: FastifyInstance, config: Config, repository: ModelRepository,
+  steps: { readonly admissions: Admissions; readonly detection: Detection }): void {
   // Only what classifySchema documents: Fastify answers 415 for any other type (text/plain too).
   app.removeContentTypeParser('text/plain');
   // Fastify's own (prototype-poisoning safe) JSON parser, after a bound on nesting (json-depth.ts).
@@ -41,12 +44,11 @@ export function registerRoutes(app: FastifyInstance, config: Config, state: Mode
   app.get('/healthz', { schema: healthSchema, config: { public: true } }, async () => ({ status: 'ok' }));
 
   app.get('/readyz', { schema: readySchema, config: { public: true } }, async () => {
-    state.serving();
+    repository.checkReady();
     return { status: 'ready' };
   });
 
-  app.get('/models', { schema: modelsSchema }, async () => {
-    const ensemble = state.ready();
+  const describe = (ensemble: Ensemble) => {
     const m = ensemble.manifest;
     const s = ensemble.sampling;
     const memberParameters = m.members.reduce((sum, mem) => sum + mem.parameters, 0);
@@ -61,21 +63,32 @@ export function registerRoutes(app: FastifyInstance, config: Config, state: Mode
       evaluation: m.evaluation,
       benchmark: m.benchmark,
     };
+  };
+  app.get('/models', { schema: modelsSchema }, async () => {
+    const first = repository.ready();
+    const others = repository.loaded().filter((l) => l.ensemble !== first).map((l) => describe(l.ensemble));
+    return { ...describe(first), models: [describe(first), ...others] };
   });
 
-  app.post<{ Querystring: { topK?: string }; Body: ClassifyBody }>('/classify', { schema: classifySchema, config: { inference: true } },
+  app.post<{ Querystring: { topK?: string; model?: string; version?: string }; Body: ClassifyBody }>('/classify',
+    { schema: classifySchema, config: { inference: true } },
     async (req, reply) => {
-      const ensemble = state.ready();
-      const { manifest } = ensemble;
-      const k = parseTopK(req.query.topK, manifest.output.classes);
-      const input = await readClassifyBody(req, config, manifest);
-      const result = await infer({ ...steps, ensemble }, {
-        client: clientOf(req), answer: reply.raw, log: req.log,
-        batch: () => classifyBatch(input, manifest, config),
-        encode: (probabilities) => encodeClassifyResponse(probabilities, manifest, k, input.kind === 'images' && input.single),
+      const { model, version } = req.query;
+      const name = repository.ready(model, version).manifest.name;
+      req.servedModel = name;
+      // The model is held from here to the answer: a new version swapped in meanwhile waits for it.
+      return repository.use(model, version, async (ensemble) => {
+        const { manifest } = ensemble;
+        const k = parseTopK(req.query.topK, manifest.output.classes);
+        const input = await readClassifyBody(req, config, manifest);
+        const result = await infer({ model: name, ensemble, admission: steps.admissions.of(name), detection: steps.detection }, {
+          client: clientOf(req), answer: reply.raw, log: req.log,
+          batch: () => classifyBatch(input, manifest, config),
+          encode: (probabilities) => encodeClassifyResponse(probabilities, manifest, k, input.kind === 'images' && input.single),
+        });
+        if (result.detection !== null) reply.header(DETECTION_HEADER, result.detection);
+        req.answeredImages = result.n;
+        return result.answer;
       });
-      if (result.detection !== null) reply.header(DETECTION_HEADER, result.detection);
-      req.answeredImages = result.n;
-      return result.answer;
     });
 }
