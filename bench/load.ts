@@ -6,6 +6,7 @@
  */
 import http from 'node:http';
 import { cpuDelta, sampleTree, type CpuDelta } from './cpu.js';
+import { percentile } from './stats.js';
 
 /** A request body and the headers that describe it. */
 export interface RequestBody { readonly data: Buffer; readonly headers: Readonly<Record<string, string>> }
@@ -58,10 +59,6 @@ export function v2Binary(name: string, shape: readonly number[], data: ArrayLike
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-export function percentile(sorted: readonly number[], q: number): number {
-  return sorted.length === 0 ? Number.NaN : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
-}
 
 export function cpuFigures(delta: CpuDelta, images: number): CpuFigures {
   const perImage = (ns: number) => (images > 0 ? ns / 1000 / images : Number.NaN);

@@ -12,8 +12,9 @@ import { Worker } from 'node:worker_threads';
 import { readPackage } from '../src/ensemble/manifest.js';
 import { createSession, sessionSpec, type MemberSession } from '../src/ensemble/runtime.js';
 import { cpuDelta, sampleTree } from './cpu.js';
-import { cpuFigures, percentile, type Measurement } from './load.js';
+import { cpuFigures, type Measurement } from './load.js';
 import type { RawWorkerData, RawWorkerResult, RawWorkerStart } from './raw-worker.js';
+import { percentile } from './stats.js';
 
 export interface RawMembers {
   readonly sessions: readonly MemberSession[];

@@ -6,6 +6,7 @@
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import type { CpuFigures, Measurement } from './load.js';
+import { fmt } from './stats.js';
 
 export interface Point extends Measurement {
   workload: string;
@@ -152,7 +153,6 @@ export function machine(): string[] {
   ];
 }
 
-const fmt = (x: number | null | undefined, digits = 1) => (x === null || x === undefined || Number.isNaN(x) ? '-' : x.toFixed(digits));
 
 export interface ReportOptions {
   readonly command: string;

@@ -15,6 +15,7 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
+import { percentile } from './stats.js';
 
 const { values } = parseArgs({
   options: {
@@ -43,11 +44,7 @@ const cpuS = () => {
   return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (100 Hz)
 };
 
-const quantile = (xs: number[], q: number) => {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
-};
+const quantile = (xs: number[], q: number) => percentile([...xs].sort((a, b) => a - b), q);
 
 function request(agent: http.Agent, method: string, path: string, body?: Buffer): Promise<{ status: number; retryAfterS: number }> {
   return new Promise((resolve) => {

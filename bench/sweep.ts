@@ -35,6 +35,7 @@ import { readPackage } from '../src/ensemble/manifest.js';
 import { closedLoop, openLoop, v2Binary, v2Json, type Measurement, type RequestBody } from './load.js';
 import { rawBatched, rawParallel } from './raw.js';
 import { machine, markdown, T, targetLines, type Point, type ReportOptions, type WorkloadInfo } from './report.js';
+import { fmt } from './stats.js';
 import { ensureMlserver, ensurePeer, mlserverModel, startBare, startMlserver, startPeer, startRedserve, type Started } from './servers.js';
 import { PYTHON, ROOT, type Workload } from './workloads.js';
 
@@ -59,8 +60,6 @@ export interface SweepOptions {
 
 /** Images per request in the open-loop overload test. */
 const OPEN_LOOP_IMAGES = 16;
-
-const fmt = (x: number | undefined, digits: number) => (x === undefined || Number.isNaN(x) ? '-' : x.toFixed(digits));
 
 /** A server row: how to start it, which body to send and to which path. */
 interface ServerRow { readonly target: string; start(): Promise<Started>; readonly body: RequestBody; readonly path: string }

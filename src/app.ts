@@ -10,11 +10,11 @@ import swaggerUi from '@fastify/swagger-ui';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Config } from './config.js';
-import { registerDetection } from './detect/http.js';
+import { createDetection, type Detection } from './detect/http.js';
 import { loadEnsemble, type Ensemble } from './ensemble/ensemble.js';
 import { accessCheck, registerAccessControl, type AccessCheck } from './http/access.js';
-import { boundedServerFactory } from './http/connections.js';
-import { Admission } from './http/admission.js';
+import { bodyTimeout, boundedServerFactory, closeWhileDraining } from './http/connections.js';
+import { Admissions, modelOfUrl } from './http/admission.js';
 import { sendError, type ErrorShape } from './http/error-handler.js';
 import { HttpError } from './http/http-error.js';
 import { MAX_FORM_FIELDS } from './http/multipart.js';
@@ -22,10 +22,10 @@ import { RouteIndex } from './http/not-found.js';
 import { openapiInfo } from './http/openapi.js';
 import { registerRoutes } from './http/routes.js';
 import { registerV2Routes, v2Shape } from './http/v2.js';
-import { fastifyBackend } from './grpc/fastify-backend.js';
+import { repositoryBackend } from './grpc/repository-backend.js';
 import { GrpcServer } from './grpc/server.js';
 import { Metrics } from './metrics.js';
-import { ModelState } from './model-state.js';
+import { ModelRepository, repositoryOptions } from './repository.js';
 
 export interface App {
   readonly server: FastifyInstance;
@@ -34,7 +34,10 @@ export interface App {
   /** The gRPC form of the v2 protocol on its own port (config.grpcPort); null when it is off. */
   readonly grpcServer: GrpcServer | null;
   readonly metrics: Metrics;
-  /** Resolves when the model is loaded, warm and serving; rejects when it cannot be loaded. */
+  /** The served models (src/repository.ts). */
+  readonly repository: ModelRepository;
+  /** Resolves with the default model once every model found at start-up has loaded or failed;
+   * rejects when the default model cannot be served. */
   readonly modelReady: Promise<Ensemble>;
   close(): Promise<void>;
   /** Fail queued and running inference with 503 and stop the worker threads (a hard stop). */
@@ -49,10 +52,10 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** The machine code of the error this request was answered with (for metrics), or null. */
     errorCode: string | null;
-    /** Stop the body timeout: the handler has read the whole body (multipart bodies are read there). */
-    bodyReceived(): void;
     /** Images this inference request is answered for (set by the inference routes; 0 otherwise). */
     answeredImages: number;
+    /** The served model an inference request named (set by the inference routes; null otherwise). */
+    servedModel: string | null;
   }
 }
 
@@ -62,31 +65,43 @@ const isV2Url = (url: string) => /^\/v2(\/|\?|$)/.test(url);
 /** The error shape of the scope a request belongs to. */
 const shapeOf = (req: FastifyRequest): ErrorShape => (isV2Url(req.url) ? v2Shape : rootShape);
 
-/** Does the request carry a body (one the body timeout must watch)? */
-const hasBody = (req: FastifyRequest) =>
-  req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
+/** What every protocol's inference shares, so that limits, key failures, rate buckets and detection
+ * histories count REST and gRPC together. */
+export interface ServingParts {
+  readonly admissions: Admissions;
+  readonly detection: Detection;
+  readonly access: AccessCheck | null;
+}
 
-/** The Fastify instance with every plugin and route, serving whatever `state` holds. */
-export function createServer(config: Config, state: ModelState,
-  options: { logger?: boolean | object; metrics?: Metrics; admission?: Admission; access?: AccessCheck | null } = {}): FastifyInstance {
+export function servingParts(config: Config, repository: ModelRepository, metrics?: Metrics): ServingParts {
+  // The detector undoes the model's input normalisation: it is built when each model is ready.
+  const detection = createDetection(config, metrics);
+  repository.onReady((name, ensemble) => detection.modelReady(name, ensemble.manifest.input));
+  return { admissions: new Admissions(config.maxQueue, repository), detection, access: accessCheck(config) };
+}
+
+export function createServer(config: Config, repository: ModelRepository,
+  options: { logger?: boolean | object; metrics?: Metrics; parts?: ServingParts } = {}): FastifyInstance {
   const { metrics } = options;
-  const admission = options.admission ?? new Admission(config.maxQueue);
+  const { admissions, detection, access } = options.parts ?? servingParts(config, repository, metrics);
   // An inference request while every admission slot is taken is refused from its method and URL,
   // before its body is read and before Fastify builds a request (admission.ts, connections.ts);
   // so it comes before access control: the client learns that the server is busy, nothing else.
   const refuseOverloaded = (req: IncomingMessage, res: ServerResponse): boolean => {
-    if (req.method !== 'POST' || !admission.full) return false;
+    if (req.method !== 'POST') return false;
     const route = routes.inferenceRoute(req.url ?? '');
     if (route === null) return false;
+    const admission = admissions.ofUrl(req.url ?? '');
+    if (admission === null || !admission.full) return false;
     const started = performance.now();
     const e = new HttpError(503, 'overloaded', admission.refusal(), { 'retry-after': '1' });
     const body = JSON.stringify((isV2Url(req.url ?? '') ? v2Shape : rootShape)(e));
     res.writeHead(503, {
       'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'retry-after': '1',
-      ...(state.draining ? { connection: 'close' } : {}),
+      ...(repository.draining ? { connection: 'close' } : {}),
     });
     res.end(body);
-    metrics?.observeRequest('POST', route, 503, (performance.now() - started) / 1000, e.code);
+    metrics?.observeRequest('POST', route, 503, (performance.now() - started) / 1000, e.code, modelOfUrl(req.url ?? '') ?? repository.defaultModel);
     return true;
   };
   const server = Fastify({
@@ -106,56 +121,29 @@ export function createServer(config: Config, state: ModelState,
   const routes = new RouteIndex(server);
 
   server.decorateRequest('errorCode', null);
-  server.decorateRequest('bodyReceived', () => undefined);
   server.decorateRequest('answeredImages', 0);
+  server.decorateRequest('servedModel', null);
   server.setErrorHandler((err: Error, req, reply) => sendError(err, req, reply, rootShape));
   server.setNotFoundHandler((req, reply) => sendError(routes.miss(req), req, reply, rootShape));
-  // While draining, every answer closes its connection, so that keep-alive clients cannot hold the
-  // server open after their in-flight request (Fastify's close waits for every connection).
-  // Hooks on every request take Fastify's callback form: an async hook costs a promise and a
-  // microtask turn per request.
-  server.addHook('onSend', (_req, reply, payload, done) => {
-    if (state.draining) reply.header('connection', 'close');
-    done(null, payload);
-  });
-  // A body not received within bodyTimeoutMs fails its reader (Fastify's body parser, or the
-  // multipart stream in the handler) with 408, and the connection closes after the answer. Without
-  // it, a client trickling a byte every few seconds keeps its connection and buffer for as long as
-  // Node's request timeout allows.
-  server.addHook('onRequest', (req, reply, done) => {
-    if (!hasBody(req)) return done();
-    const timer = setTimeout(() => {
-      const err = new HttpError(408, 'body_timeout',
-        `the request body was not received within ${config.bodyTimeoutMs} ms (--body-timeout-ms)`, { connection: 'close' });
-      if (req.raw.listenerCount('error') > 0) req.raw.emit('error', err);
-      else req.raw.destroy();
-    }, config.bodyTimeoutMs);
-    req.bodyReceived = () => clearTimeout(timer);
-    reply.raw.once('close', () => clearTimeout(timer));
-    done();
-  });
-  server.addHook('preValidation', (req, _reply, done) => {
-    if (!req.isMultipart()) req.bodyReceived();
-    done();
-  });
-  server.decorate('inflightRequests', () => admission.count);
+  closeWhileDraining(server, () => repository.draining);
+  bodyTimeout(server, config.bodyTimeoutMs);
+  server.decorate('inflightRequests', () => admissions.count);
   if (metrics) {
     // The route pattern, never the raw URL, keeps label values bounded.
     server.addHook('onResponse', (req, reply, done) => {
       metrics.observeRequest(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000, req.errorCode,
-        req.answeredImages);
+        req.servedModel, req.answeredImages);
       done();
     });
   }
 
-  registerAccessControl(server, config, options.access);
+  registerAccessControl(server, access);
   // A request no route takes gets 404, or 405 with Allow, at its headers (after access control),
   // whatever its body: Fastify would otherwise parse the body for the not-found handler first.
   server.addHook('onRequest', (req, reply, done) => {
     if (req.is404) return sendError(routes.miss(req), req, reply, shapeOf(req));
     done();
   });
-  registerDetection(server, config, metrics);
 
   server.register(swagger, { openapi: openapiInfo(config) });
   server.register(swaggerUi, { routePrefix: '/docs' });
@@ -163,37 +151,29 @@ export function createServer(config: Config, state: ModelState,
     // One file more than allowed reaches routes.ts, which names the limit in its error.
     limits: { fileSize: config.maxBodyBytes, files: config.maxImagesPerRequest + 1, fields: MAX_FORM_FIELDS, parts: config.maxImagesPerRequest + MAX_FORM_FIELDS },
   });
-  server.register(async (scope) => registerRoutes(scope, config, state, admission));
-  server.register(async (scope) => registerV2Routes(scope, config, state, { admission, routes, metrics: metrics ?? null }), { prefix: '/v2' });
+  server.register(async (scope) => registerRoutes(scope, config, repository, { admissions, detection }));
+  server.register(async (scope) => registerV2Routes(scope, config, repository, { admissions, detection, routes, metrics: metrics ?? null }), { prefix: '/v2' });
   return server;
 }
 
-/** The service: the server plus the model, loading in the background (/readyz tells when it is warm). */
+/** The service: the server plus the models, loading in the background (/readyz tells when they are warm). */
 export function buildApp(config: Config, options: { logger?: boolean | object } = {}): App {
-  const state = new ModelState();
-  const metrics = new Metrics({
-    workers: () => state.ensemble?.pool.workers ?? 0,
-    busyWorkers: () => state.ensemble?.pool.busy ?? 0,
-    queuedJobs: () => state.ensemble?.pool.queued ?? 0,
+  const metrics: Metrics = new Metrics({
+    models: () => repository.loaded().map(({ name, ensemble }) => ({ model: name, ...ensemble.statistics() })),
     inflightRequests: () => server.inflightRequests(),
-    ready: () => state.ensemble !== null,
+    ready: () => repository.allReady,
   });
-  // One admission limit and one access check for both APIs.
-  const admission = new Admission(config.maxQueue);
-  const access = accessCheck(config);
-  const server = createServer(config, state, { ...options, metrics, admission, access });
+  let server!: FastifyInstance;
+  const repository: ModelRepository = new ModelRepository(repositoryOptions(config), (dir, name) => loadEnsemble({ ...config, modelDir: dir }, server.log, metrics.observerFor(name)),
+  { info: (o, m) => server.log.info(o, m), warn: (o, m) => server.log.warn(o, m), error: (o, m) => server.log.error(o, m) });
+  const parts = servingParts(config, repository, metrics);
+  server = createServer(config, repository, { ...options, metrics, parts });
   const metricsServer = config.metricsPort === null ? null : metrics.createServer();
   const grpcServer = config.grpcPort === null ? null : new GrpcServer(
-    fastifyBackend({ state, maxImagesPerRequest: config.maxImagesPerRequest, server, admission, access }),
-    { host: config.host, port: config.grpcPort, maxMessageBytes: config.maxBodyBytes }, server.log);
+    repositoryBackend({ repository, ...parts, maxImagesPerRequest: config.maxImagesPerRequest, log: server.log }),
+    { host: config.host, port: config.grpcPort, maxMessageBytes: config.maxBodyBytes }, { log: server.log, metrics });
 
-  const modelReady = loadEnsemble(config, server.log, metrics.observer).then((ensemble) => {
-    state.setReady(ensemble);
-    return ensemble;
-  }, (err: Error) => {
-    state.setFailed(err.message);
-    throw err;
-  });
+  const modelReady = repository.start().then(() => repository.ready());
   modelReady.catch(() => undefined); // the caller decides; never an unhandled rejection
 
   return {
@@ -201,11 +181,12 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
     metricsServer,
     grpcServer,
     metrics,
+    repository,
     modelReady,
     async close() {
       // Readiness turns 503 first; Fastify then stops accepting, answers requests that arrive on
       // open connections with 503, and resolves once every in-flight request has been answered.
-      state.startDraining();
+      repository.startDraining();
       // A response sent just before draining began left its keep-alive connection open and idle;
       // Node closes idle connections once, when close starts, so sweep until the server is closed
       // (otherwise close waits for the client's keep-alive timeout, past the drain timeout).
@@ -216,10 +197,10 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
         clearInterval(sweep);
       }
       await metricsServer?.close();
-      await state.ensemble?.close();
+      await repository.close();
     },
     async stopWorkers() {
-      await state.ensemble?.close();
+      await repository.close({ now: true });
     },
   };
 }

@@ -7,7 +7,6 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { DETECT_MODES, type DetectMode, type DetectSettings } from './detect/detector.js';
 import { ConfigError } from './errors.js';
 
 export type Device = { readonly kind: 'auto' | 'cpu' } | { readonly kind: 'cuda'; readonly id: number };
@@ -16,8 +15,52 @@ export type Sampling =
   | { readonly mode: 'fixed'; readonly member: number }
   | { readonly mode: 'mean' };
 
+export const DETECT_MODES = ['off', 'log', 'reject'] as const;
+export type DetectMode = (typeof DETECT_MODES)[number];
+
+/** Query-attack detection (src/detect/), from the --detect-* flags. */
+export interface DetectSettings {
+  /** Fingerprint: bucket width in 8-bit pixel levels (0-255 scale), 1..255. */
+  readonly quantStep: number;
+  /** Fingerprint: window length in tensor elements. */
+  readonly window: number;
+  /** Fingerprint: hashes kept (the top-k). */
+  readonly hashes: number;
+  readonly mode: DetectMode;
+  /** Shared kept hashes that make two queries near duplicates. */
+  readonly threshold: number;
+  /** Fingerprints kept per client. */
+  readonly history: number;
+  /** Clients tracked; past it the least recently seen client is forgotten. */
+  readonly clients: number;
+  /** Fingerprints kept across all clients (0: no global store). */
+  readonly globalSize: number;
+  /** Distinct other clients whose stored queries a client must have matched before a match across clients flags it. */
+  readonly globalOwners: number;
+  /** Slots of the global store one client may hold. */
+  readonly globalQuota: number;
+  /** Exact re-uploads of one tensor a client may send before it is flagged. */
+  readonly repeats: number;
+  /** Seconds a flagged client stays flagged (and, in reject mode, refused). */
+  readonly cooldownS: number;
+  /** In log mode, tell the client in a response header that it is flagged. */
+  readonly header: boolean;
+}
+
+export const MODEL_CONTROLS = ['none', 'explicit', 'poll'] as const;
+export type ModelControl = (typeof MODEL_CONTROLS)[number];
+
 export interface Config {
+  /** The one package served (--model), unless `modelRepository` is set. */
   readonly modelDir: string;
+  /** Serve every package folder under this folder (src/repository.ts); null: serve `modelDir`. */
+  readonly modelRepository: string | null;
+  /** What may change the served models after start-up: nothing, the repository API, or polling the folder. */
+  readonly modelControl: ModelControl;
+  /** Seconds between scans of the repository folder under --model-control poll. */
+  readonly repositoryPollS: number;
+  /** Models loaded at once (each has its own --workers workers). */
+  readonly maxModels: number;
   readonly port: number;
   readonly host: string;
   /** Port of the Open Inference Protocol's gRPC form (bound on `host`); null: no gRPC server. */
@@ -67,6 +110,8 @@ export interface Config {
 
 export const DEFAULTS = {
   modelDir: 'models/fmnist-baseline',
+  repositoryPollS: 15,
+  maxModels: 8,
   port: 8080,
   host: '0.0.0.0',
   maxBodyBytes: 8 * 1024 * 1024,
@@ -100,6 +145,10 @@ export const DEFAULTS = {
 /** Each option: its flag, its environment variable, and its help line. */
 const OPTIONS = {
   model: { env: 'REDSERVE_MODEL', help: `model package folder (default ${DEFAULTS.modelDir})` },
+  'model-repository': { env: 'REDSERVE_MODEL_REPOSITORY', help: 'serve every package folder under this folder, <name>/ or <name>/<version>/ (default off: serve --model)' },
+  'model-control': { env: 'REDSERVE_MODEL_CONTROL', help: 'none | explicit (repository load/unload API) | poll (watch the folder) (default none)' },
+  'repository-poll-s': { env: 'REDSERVE_REPOSITORY_POLL_S', help: `seconds between scans under --model-control poll (default ${DEFAULTS.repositoryPollS})` },
+  'max-models': { env: 'REDSERVE_MAX_MODELS', help: `models loaded at once, each with its own --workers workers (default ${DEFAULTS.maxModels})` },
   port: { env: 'PORT', help: `TCP port (default ${DEFAULTS.port})` },
   host: { env: 'HOST', help: `bind address (default ${DEFAULTS.host})` },
   'grpc-port': { env: 'REDSERVE_GRPC_PORT', help: 'Open Inference Protocol gRPC port on --host, or off (default off)' },
@@ -142,11 +191,15 @@ const OPTIONS = {
 
 type OptionName = keyof typeof OPTIONS;
 
+/** Every flag with its environment variable and help line (the README's flag table is checked against it). */
+export const FLAGS: readonly { readonly flag: string; readonly env: string; readonly help: string }[] =
+  Object.entries(OPTIONS).map(([flag, o]) => ({ flag: `--${flag}`, env: o.env, help: o.help }));
+
 /** Every environment variable the service reads (deployment files are checked against it). */
-export const ENV_VARS: readonly string[] = Object.values(OPTIONS).map((o) => o.env);
+export const ENV_VARS: readonly string[] = FLAGS.map((f) => f.env);
 
 export function usage(): string {
-  const lines = Object.entries(OPTIONS).map(([flag, o]) => `  --${flag.padEnd(20)} ${o.env.padEnd(28)} ${o.help}`);
+  const lines = FLAGS.map((f) => `  ${f.flag.padEnd(22)} ${f.env.padEnd(28)} ${f.help}`);
   return `usage: npm start -- [flags]\n  flag                   environment variable\n${lines.join('\n')}`;
 }
 
@@ -204,6 +257,11 @@ export function parseTrustProxy(raw: string): boolean | number | string[] {
   return list;
 }
 
+export function parseModelControl(raw: string): ModelControl {
+  if ((MODEL_CONTROLS as readonly string[]).includes(raw)) return raw as ModelControl;
+  throw new ConfigError(`--model-control: '${raw}' is not one of ${MODEL_CONTROLS.join(', ')}`);
+}
+
 export function parseDetectMode(raw: string): DetectMode {
   if ((DETECT_MODES as readonly string[]).includes(raw)) return raw as DetectMode;
   throw new ConfigError(`--detect: '${raw}' is not one of ${DETECT_MODES.join(', ')}`);
@@ -239,8 +297,24 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
   const perSecond = num('rate-limit', 0, 0, 1_000_000);
   if (perSecond === 0 && get('rate-burst') !== undefined) throw new ConfigError('--rate-burst: needs --rate-limit above 0');
   const rateLimit = perSecond > 0 ? { perSecond, burst: num('rate-burst', Math.max(1, perSecond), 1, 10_000_000) } : null;
+  const repository = get('model-repository');
+  if (repository !== undefined && get('model') !== undefined) {
+    throw new ConfigError('--model and --model-repository: give one (a repository serves every package folder under it)');
+  }
+  if (repository !== undefined && repository.trim() === '') throw new ConfigError('--model-repository: empty; give a folder');
+  const modelControl = parseModelControl(get('model-control') ?? 'none');
+  if (repository === undefined && modelControl !== 'none') {
+    throw new ConfigError(`--model-control ${modelControl}: needs --model-repository (one --model has nothing to load or poll)`);
+  }
+  if (modelControl !== 'poll' && get('repository-poll-s') !== undefined) {
+    throw new ConfigError('--repository-poll-s: only with --model-control poll');
+  }
   const config: Config = {
     modelDir: path.resolve(get('model') ?? DEFAULTS.modelDir),
+    modelRepository: repository === undefined ? null : path.resolve(repository),
+    modelControl,
+    repositoryPollS: num('repository-poll-s', DEFAULTS.repositoryPollS, 1, 86_400),
+    maxModels: num('max-models', DEFAULTS.maxModels, 1, 1024),
     port: num('port', DEFAULTS.port, 0, 65535),
     host: get('host') ?? DEFAULTS.host,
     grpcPort: (get('grpc-port') ?? 'off') === 'off' ? null : num('grpc-port', 0, 0, 65535),
@@ -301,7 +375,7 @@ function detectSettings(get: (name: OptionName) => string | undefined,
 
 /** Defaults plus overrides, frozen, for a program that embeds the service in-process (bench programs,
  * tests): loopback, an ephemeral port, two workers, no logs. */
-export function testConfig(overrides: Partial<Config> & { modelDir: string }): Config {
+export function embeddedConfig(overrides: Partial<Config> & { modelDir: string }): Config {
   return Object.freeze({
     ...loadConfig([], {}),
     host: '127.0.0.1',

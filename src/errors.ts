@@ -30,7 +30,36 @@ export class UnavailableError extends Error {
   }
 }
 
+/** The request names something this server does not serve (a model, a version). */
+export class NotFoundError extends Error {
+  readonly code: string;
+
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = 'NotFoundError';
+    this.code = code;
+  }
+}
+
+/** An action the server's configuration does not allow (loading models without --model-control explicit). */
+export class ForbiddenError extends Error {
+  readonly code: string;
+
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = 'ForbiddenError';
+    this.code = code;
+  }
+}
+
 export const overloaded = (message: string, retryAfterSeconds = 1) => new UnavailableError('overloaded', message, retryAfterSeconds);
+
+/** The one too_many_images error (every body kind): `count` when the body's images were counted, else "more than". */
+export function tooManyImages(maxImages: number, count?: number): InputError {
+  return new InputError('too_many_images', count === undefined
+    ? `more than ${maxImages} images in one request`
+    : `${count} images in one request; the limit is ${maxImages}`);
+}
 
 /** A model package that cannot be served; start-up stops with this message. */
 export class PackageError extends Error {

@@ -16,25 +16,38 @@ const COUNT_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
 /** Label combinations whose prom-client children are cached (observeRequest). */
 const MAX_CACHED_LABELS = 1024;
 
+/** One loaded model's figures at scrape time. */
+export interface ModelGauges {
+  readonly model: string;
+  readonly workers: number;
+  readonly busyWorkers: number;
+  readonly queuedJobs: number;
+}
+
 /** What the metrics read from the running service at scrape time. */
 export interface ServiceGauges {
-  workers(): number;
-  busyWorkers(): number;
-  queuedJobs(): number;
+  /** Every loaded model. */
+  models(): readonly ModelGauges[];
   /** Inference requests received and not yet answered. */
   inflightRequests(): number;
   ready(): boolean;
 }
+
+/** The route label of a gRPC method's calls in the request metrics (REST's are route patterns). */
+export const grpcRoute = (method: string): string => `grpc:${method}`;
 
 export class Metrics {
   readonly registry = new Registry();
   private readonly requests: Counter<'method' | 'route' | 'status'>;
   private readonly errors: Counter<'route' | 'status' | 'code'>;
   private readonly duration: Histogram<'method' | 'route'>;
-  private readonly answeredImages: Counter;
+  private readonly answeredImages: Counter<'model'>;
+  private readonly modelRequests: Counter<'model' | 'status'>;
+  private readonly modelSeconds: Counter<'model'>;
+  private readonly observers = new Map<string, InferenceObserver>();
+  private readonly makeObserver: (model: string) => InferenceObserver;
   /** Label children by "method route status": prom-client hashes a label object on every call. */
   private readonly children = new Map<string, { requests: Counter.Internal; duration: Histogram.Internal<'method' | 'route'> }>();
-  readonly observer: InferenceObserver;
 
   constructor(gauges: ServiceGauges, options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -53,54 +66,92 @@ export class Metrics {
     });
     this.answeredImages = new Counter({
       name: 'redserve_inference_images_total',
-      help: 'images answered (status 200) by inference requests, one per image whatever the sampling', registers,
+      help: 'images answered (status 200) by inference requests, one per image whatever the sampling, by model',
+      labelNames: ['model'], registers,
+    });
+    this.modelRequests = new Counter({
+      name: 'redserve_model_requests_total', help: 'inference requests answered, by model and status',
+      labelNames: ['model', 'status'], registers,
+    });
+    this.modelSeconds = new Counter({
+      name: 'redserve_model_request_seconds_total', help: 'seconds from request received to response sent, summed over inference requests, by model',
+      labelNames: ['model'], registers,
     });
     const queueWait = new Histogram({
       name: 'redserve_inference_queue_seconds', help: 'time an inference job waited before a worker started it',
-      buckets: TIME_BUCKETS, registers,
+      labelNames: ['model'], buckets: TIME_BUCKETS, registers,
     });
     const compute = new Histogram({
       name: 'redserve_inference_compute_seconds', help: 'onnxruntime time of one member run (one batch) in a worker',
-      buckets: TIME_BUCKETS, registers,
+      labelNames: ['model'], buckets: TIME_BUCKETS, registers,
     });
     const batchImages = new Histogram({
-      name: 'redserve_inference_batch_images', help: 'images in one member run', buckets: COUNT_BUCKETS, registers,
+      name: 'redserve_inference_batch_images', help: 'images in one member run', labelNames: ['model'], buckets: COUNT_BUCKETS, registers,
     });
     const batchJobs = new Histogram({
       name: 'redserve_inference_batch_requests', help: 'inference jobs (requests, or one member of a mean request) batched into one member run',
-      buckets: COUNT_BUCKETS, registers,
+      labelNames: ['model'], buckets: COUNT_BUCKETS, registers,
     });
     const draws = new Counter({
-      name: 'redserve_member_draws_total', help: 'images answered by each member under random or fixed sampling',
-      labelNames: ['member'], registers,
+      name: 'redserve_member_draws_total', help: 'images answered by each member under random or fixed sampling, by model',
+      labelNames: ['model', 'member'], registers,
     });
     const busy = new Counter({
       name: 'redserve_worker_busy_seconds_total',
-      help: 'seconds workers spent on jobs, summed over workers; utilisation = rate(this) / redserve_workers', registers,
+      help: 'seconds workers spent on jobs, summed over workers; utilisation = rate(this) / redserve_workers', labelNames: ['model'], registers,
     });
-    const restarts = new Counter({ name: 'redserve_worker_restarts_total', help: 'workers that died and were replaced', registers });
-    new Gauge({ name: 'redserve_workers', help: 'inference workers alive and ready', registers, collect() { this.set(gauges.workers()); } });
-    new Gauge({ name: 'redserve_workers_busy', help: 'workers running a job now', registers, collect() { this.set(gauges.busyWorkers()); } });
-    new Gauge({ name: 'redserve_inference_queue_jobs', help: 'inference jobs waiting for a worker', registers, collect() { this.set(gauges.queuedJobs()); } });
-    new Gauge({ name: 'redserve_http_inflight_requests', help: 'inference requests received and not yet answered (bounded by --max-queue)', registers, collect() { this.set(gauges.inflightRequests()); } });
-    new Gauge({ name: 'redserve_ready', help: '1 when the model is loaded, checked and serving', registers, collect() { this.set(gauges.ready() ? 1 : 0); } });
-
-    this.observer = {
-      drawn: (member, images) => draws.inc({ member: String(member) }, images),
-      queueWait: (seconds) => queueWait.observe(seconds),
-      batchRun: (run) => {
-        compute.observe(run.computeSeconds);
-        batchImages.observe(run.images);
-        batchJobs.observe(run.jobs);
-        busy.inc(run.busySeconds);
+    const restarts = new Counter({ name: 'redserve_worker_restarts_total', help: 'workers that died and were replaced', labelNames: ['model'], registers });
+    const perModel = (name: string, help: string, value: (m: ModelGauges) => number) => new Gauge({
+      name, help, labelNames: ['model'], registers,
+      collect() {
+        this.reset();
+        for (const m of gauges.models()) this.set({ model: m.model }, value(m));
       },
-      workerReplaced: () => restarts.inc(),
+    });
+    perModel('redserve_workers', 'inference workers alive and ready, by model', (m) => m.workers);
+    perModel('redserve_workers_busy', 'workers running a job now, by model', (m) => m.busyWorkers);
+    perModel('redserve_inference_queue_jobs', 'inference jobs waiting for a worker, by model', (m) => m.queuedJobs);
+    new Gauge({ name: 'redserve_http_inflight_requests', help: 'inference requests received and not yet answered (bounded by --max-queue)', registers, collect() { this.set(gauges.inflightRequests()); } });
+    new Gauge({ name: 'redserve_ready', help: '1 when every model found at start-up is loaded, checked and serving', registers, collect() { this.set(gauges.ready() ? 1 : 0); } });
+
+    this.makeObserver = (model) => {
+      const queueWaitOf = queueWait.labels(model);
+      const computeOf = compute.labels(model);
+      const imagesOf = batchImages.labels(model);
+      const jobsOf = batchJobs.labels(model);
+      const busyOf = busy.labels(model);
+      const restartsOf = restarts.labels(model);
+      restartsOf.inc(0); // a series from the start, at 0
+      return {
+        drawn: (member, images) => draws.inc({ model, member: String(member) }, images),
+        queueWait: (seconds) => queueWaitOf.observe(seconds),
+        batchRun: (run) => {
+          computeOf.observe(run.computeSeconds);
+          imagesOf.observe(run.images);
+          jobsOf.observe(run.jobs);
+          busyOf.inc(run.busySeconds);
+        },
+        workerReplaced: () => restartsOf.inc(),
+      };
     };
   }
 
-  /** One HTTP answer. `route` is the route's pattern (bounded cardinality), never the raw URL;
-   * `images`: the images an inference request answered (0 for any other request). */
-  observeRequest(method: string, route: string, status: number, seconds: number, errorCode: string | null, images = 0): void {
+  /** What one model's ensemble and worker pool report to (one per model name, for every version). */
+  observerFor(model: string): InferenceObserver {
+    let observer = this.observers.get(model);
+    if (!observer) {
+      observer = this.makeObserver(model);
+      this.observers.set(model, observer);
+    }
+    return observer;
+  }
+
+  /** One HTTP answer, or one gRPC call (route `grpcRoute(method)`, the status its error maps to
+   * over HTTP). `route` is the route's pattern (bounded cardinality), never the raw URL;
+   * `model`: the model an inference request named (null for any other request, and for one that
+   * named no served model); `images`: the images it answered. */
+  observeRequest(method: string, route: string, status: number, seconds: number, errorCode: string | null,
+    model: string | null = null, images = 0): void {
     const key = `${method} ${route} ${status}`;
     let child = this.children.get(key);
     if (!child) {
@@ -111,7 +162,10 @@ export class Metrics {
     child.requests.inc();
     child.duration.observe(seconds);
     if (errorCode) this.errors.inc({ route, status: String(status), code: errorCode });
-    if (images > 0 && status === 200) this.answeredImages.inc(images);
+    if (model === null) return;
+    this.modelRequests.inc({ model, status: String(status) });
+    this.modelSeconds.inc({ model }, seconds);
+    if (images > 0 && status === 200) this.answeredImages.inc({ model }, images);
   }
 
   /** The metrics server: GET /metrics in Prometheus text format, nothing else. */

@@ -12,7 +12,7 @@ import { ROOT } from './helpers.js';
 const dashboard = JSON.parse(await readFile(path.join(ROOT, 'deploy', 'grafana', 'redserve.json'), 'utf8'));
 
 /** Every series name the service's registry exposes, with each metric's label names. */
-const metrics = new Metrics({ workers: () => 0, busyWorkers: () => 0, queuedJobs: () => 0, inflightRequests: () => 0, ready: () => false });
+const metrics = new Metrics({ models: () => [], inflightRequests: () => 0, ready: () => false });
 const exported = new Map<string, readonly string[]>();
 const families = new Map<string, string>();
 for (const m of await metrics.registry.getMetricsAsJSON()) {

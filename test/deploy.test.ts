@@ -17,9 +17,9 @@ import YAML from 'yaml';
 import { DEFAULTS, ENV_VARS } from '../src/config.js';
 import { RUNTIME_ENV } from '../src/runtime-env.js';
 import { createServer } from '../src/app.js';
-import { testConfig } from '../src/config.js';
+import { embeddedConfig } from '../src/config.js';
 import { openapiDocument } from '../src/http/openapi-document.js';
-import { ModelState } from '../src/model-state.js';
+import { unstartedRepository } from '../src/repository.js';
 import { goldenOf, ROOT, startApp, TINY } from './helpers.js';
 
 const read = (f: string) => readFile(path.join(ROOT, f), 'utf8');
@@ -198,7 +198,7 @@ t.test('Kubernetes manifests validate against the Kubernetes API schemas (kubern
 t.test('every documented response content type is the one the server sends', async (t) => {
   const doc = YAML.parse(await read('openapi.yaml'));
   const app = await startApp({ sampling: { mode: 'fixed', member: 0 }, workers: 1 });
-  const loading = createServer(testConfig({ modelDir: TINY }), new ModelState(), { logger: false });
+  const loading = createServer(embeddedConfig({ modelDir: TINY }), unstartedRepository(embeddedConfig({ modelDir: TINY })), { logger: false });
   t.teardown(async () => { await app.close(); await loading.close(); });
   const golden = await goldenOf(TINY);
   const png = await readFile(path.join(TINY, golden[0].file));

@@ -1,10 +1,11 @@
 /** Shared test helpers: fixture packages, a test app, PNG builders. */
+import { createHash } from 'node:crypto';
 import { cp, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { buildApp, type App } from '../src/app.js';
-import { testConfig, type Config } from '../src/config.js';
+import { embeddedConfig, type Config } from '../src/config.js';
 import type { GoldenImage, Manifest } from '../src/ensemble/manifest.js';
 
 export const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
@@ -13,6 +14,9 @@ export const TINY = path.join(FIXTURES, 'tiny-ensemble');
 export const TINY_SINGLE = path.join(FIXTURES, 'tiny-single');
 export const SHIPPED = path.join(ROOT, 'models', 'fmnist-red');
 
+/** The SHA-256 (hex) of an API key, as config.apiKeySha256 holds it. */
+export const sha256Hex = (text: string): string => createHash('sha256').update(text, 'utf8').digest('hex');
+
 export async function readJson<T>(file: string): Promise<T> {
   return JSON.parse(await readFile(file, 'utf8')) as T;
 }
@@ -20,12 +24,12 @@ export async function readJson<T>(file: string): Promise<T> {
 export const manifestOf = (dir: string) => readJson<Manifest>(path.join(dir, 'manifest.json'));
 export const goldenOf = async (dir: string) => (await readJson<{ images: GoldenImage[] }>(path.join(dir, 'golden.json'))).images;
 
-/** The service's defaults with test settings laid over them (one definition, in src/config.ts). */
-export { testConfig };
+/** The service's defaults for an in-process server (one definition, in src/config.ts). */
+export { embeddedConfig };
 
 /** Build the app on a package and wait until it is ready. */
 export async function startApp(overrides: Partial<Config> & { modelDir?: string } = {}): Promise<App> {
-  const app = buildApp(testConfig({ modelDir: TINY, ...overrides }), { logger: false });
+  const app = buildApp(embeddedConfig({ modelDir: TINY, ...overrides }), { logger: false });
   await app.modelReady;
   await app.server.ready();
   return app;

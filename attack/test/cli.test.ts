@@ -10,7 +10,7 @@ import sharp from 'sharp';
 import { buildApp } from '../../src/app.js';
 import { fashionMnistImages, readIdx, readImageDir, toPixels, writeFashionMnist } from '../images.js';
 import { runCli } from '../main.js';
-import { manifestOf, ROOT, testConfig, TINY_SINGLE } from '../../test/helpers.js';
+import { manifestOf, ROOT, embeddedConfig, TINY_SINGLE } from '../../test/helpers.js';
 import type { InputSpec } from '../client.js';
 
 const CLI = path.join(ROOT, 'dist', 'attack', 'cli.js');
@@ -144,7 +144,7 @@ t.test('runtime failures: one line, exit status 1', async (t) => {
 });
 
 t.test('the CLI end to end: write-fmnist, then attack an in-process service, JSON and markdown reports', async (t) => {
-  const app = buildApp(testConfig({ modelDir: TINY_SINGLE }), { logger: false });
+  const app = buildApp(embeddedConfig({ modelDir: TINY_SINGLE }), { logger: false });
   t.teardown(() => app.close());
   await app.modelReady;
   const url = await app.server.listen({ port: 0, host: '127.0.0.1' });

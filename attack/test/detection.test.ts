@@ -10,8 +10,7 @@ import { StopAttack } from '../oracle.js';
 import { detectionTable, renderMarkdown } from '../report.js';
 import { Rng } from '../rng.js';
 import { buildApp, type App } from '../../src/app.js';
-import { testConfig, type Config } from '../../src/config.js';
-import type { DetectSettings } from '../../src/detect/detector.js';
+import { embeddedConfig, type Config, type DetectSettings } from '../../src/config.js';
 import { TINY_SINGLE } from '../../test/helpers.js';
 
 const DETECT: DetectSettings = {
@@ -20,7 +19,7 @@ const DETECT: DetectSettings = {
 };
 
 async function serve(detect: Partial<DetectSettings>): Promise<{ app: App; url: string; posts: () => number }> {
-  const config: Config = testConfig({ modelDir: TINY_SINGLE, trustProxy: true, detect: { ...DETECT, ...detect } });
+  const config: Config = embeddedConfig({ modelDir: TINY_SINGLE, trustProxy: true, detect: { ...DETECT, ...detect } });
   const app = buildApp(config, { logger: false });
   let posts = 0;
   app.server.addHook('onRequest', async (req) => { if (req.method === 'POST') posts++; });

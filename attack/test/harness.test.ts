@@ -7,11 +7,11 @@ import { TargetClient } from '../client.js';
 import { runAttacks } from '../harness.js';
 import { renderMarkdown } from '../report.js';
 import type { Sampling } from '../../src/config.js';
-import { FIXTURES, testConfig, TINY_SINGLE } from '../../test/helpers.js';
+import { FIXTURES, embeddedConfig, TINY_SINGLE } from '../../test/helpers.js';
 
 /** A service on a real port with a server-side count of every request, by route. */
 async function serve(modelDir: string, sampling: Sampling): Promise<{ app: App; url: string; counts: Map<string, number> }> {
-  const app = buildApp(testConfig({ modelDir, sampling }), { logger: false });
+  const app = buildApp(embeddedConfig({ modelDir, sampling }), { logger: false });
   const counts = new Map<string, number>();
   app.server.addHook('onRequest', async (req) => {
     const key = `${req.method} ${req.url.split('?')[0]}`;

@@ -21,33 +21,9 @@
  * refused until it ends, in log mode its answers say so when the header is on.
  */
 import { randomBytes } from 'node:crypto';
-import { Fingerprinter, type Fingerprint, type FingerprintKey, type FingerprintParams, type Normalisation } from './fingerprint.js';
+import type { DetectSettings } from '../config.js';
+import { Fingerprinter, type Fingerprint, type FingerprintKey, type Normalisation } from './fingerprint.js';
 import { ClientHistory, GlobalIndex, LruMap } from './store.js';
-
-export const DETECT_MODES = ['off', 'log', 'reject'] as const;
-export type DetectMode = (typeof DETECT_MODES)[number];
-
-export interface DetectSettings extends FingerprintParams {
-  readonly mode: DetectMode;
-  /** Shared kept hashes that make two queries near duplicates. */
-  readonly threshold: number;
-  /** Fingerprints kept per client. */
-  readonly history: number;
-  /** Clients tracked; past it the least recently seen client is forgotten. */
-  readonly clients: number;
-  /** Fingerprints kept across all clients (0: no global store). */
-  readonly globalSize: number;
-  /** Distinct other clients whose stored queries a client must have matched before a match across clients flags it. */
-  readonly globalOwners: number;
-  /** Slots of the global store one client may hold. */
-  readonly globalQuota: number;
-  /** Exact re-uploads of one tensor a client may send before it is flagged. */
-  readonly repeats: number;
-  /** Seconds a flagged client stays flagged (and, in reject mode, refused). */
-  readonly cooldownS: number;
-  /** In log mode, tell the client in a response header that it is flagged. */
-  readonly header: boolean;
-}
 
 export type FlagReason = 'near_duplicate' | 'repeated_input';
 
@@ -61,6 +37,21 @@ export interface Observation {
   readonly globalShared: number;
   /** Distinct other clients whose stored queries this client's queries have matched so far, this one included. */
   readonly globalOwners: number;
+}
+
+/** The settings the flag rule reads. */
+export type FlagRule = Pick<DetectSettings, 'threshold' | 'repeats' | 'globalOwners'>;
+
+/**
+ * The flag rule: why a query with this observation is flagged under `rule`, or null. The detector
+ * decides with it, and the offline evaluation (bench/detect/) replays it at other thresholds.
+ */
+export function flagOf(seen: Observation, rule: FlagRule): { reason: FlagReason; scope: 'client' | 'global' } | null {
+  // A re-upload is judged by its count alone, never as a near duplicate of its own first copy.
+  if (seen.repeats > 0) return seen.repeats > rule.repeats ? { reason: 'repeated_input', scope: 'client' } : null;
+  if (seen.ownShared >= rule.threshold) return { reason: 'near_duplicate', scope: 'client' };
+  if (seen.globalShared >= rule.threshold && seen.globalOwners >= rule.globalOwners) return { reason: 'near_duplicate', scope: 'global' };
+  return null;
 }
 
 /** What the detector says about one query. */
@@ -124,10 +115,6 @@ export class Detector {
     return this.clientStates.size;
   }
 
-  get globalStored(): number {
-    return this.global?.size ?? 0;
-  }
-
   /** Screen one query (one image's tensor) from `client`, and remember it. */
   screen(client: string, tensor: Float32Array): Verdict {
     return this.screenFingerprint(client, this.fingerprinter.compute(tensor));
@@ -145,21 +132,9 @@ export class Detector {
     }));
     state.queries++;
     const seen = this.observe(state, fp);
-    let reason: FlagReason | null = null;
-    let scope: 'client' | 'global' | null = null;
-    if (seen.repeats > 0) {
-      // A re-upload is judged by its count alone, never as a near duplicate of its own first copy.
-      if (seen.repeats > s.repeats) {
-        reason = 'repeated_input';
-        scope = 'client';
-      }
-    } else if (seen.ownShared >= s.threshold) {
-      reason = 'near_duplicate';
-      scope = 'client';
-    } else if (seen.globalShared >= s.threshold && seen.globalOwners >= s.globalOwners) {
-      reason = 'near_duplicate';
-      scope = 'global';
-    }
+    const flag = flagOf(seen, s);
+    const reason = flag?.reason ?? null;
+    const scope = flag?.scope ?? null;
     const shared = Math.max(seen.ownShared, seen.globalShared);
     const now = this.nowMs();
     const coolingDown = now < state.flaggedUntilMs;

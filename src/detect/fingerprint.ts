@@ -19,16 +19,11 @@
  * exactly those. It is not a cryptographic MAC: a per-window SHA-256 as in Blacklight would cost
  * more than the member run it guards (about 700 windows per 28x28 image).
  */
+import type { DetectSettings } from '../config.js';
+import type { InputSpec } from '../ensemble/manifest.js';
 
 /** The fingerprint's parameters (flags --detect-quant-step, --detect-window, --detect-hashes). */
-export interface FingerprintParams {
-  /** Bucket width in 8-bit pixel levels (0-255 scale), 1..255. */
-  readonly quantStep: number;
-  /** Window length in tensor elements. */
-  readonly window: number;
-  /** Hashes kept per fingerprint (the top-k). */
-  readonly hashes: number;
-}
+export type FingerprintParams = Pick<DetectSettings, 'quantStep' | 'window' | 'hashes'>;
 
 /** Secret hash key: 32-bit words; `base` is forced odd so the rolling hash is invertible mod 2^32. */
 export interface FingerprintKey {
@@ -45,6 +40,12 @@ export interface Normalisation {
   readonly scale: number;
   readonly mean: readonly number[];
   readonly std: readonly number[];
+}
+
+/** The normalisation the fingerprint undoes, from the model's input contract (its manifest). */
+export function normalisationOf(input: InputSpec): Normalisation {
+  const [channels, h, w] = input.shape;
+  return { channels, plane: h * w, scale: input.scale, mean: input.mean, std: input.std };
 }
 
 export interface Fingerprint {
@@ -170,23 +171,4 @@ function digestOf(tensor: Float32Array, key: number): number {
     h2 = mix32((h2 + words[i]) ^ 0x27d4eb2d);
   }
   return (h1 >>> 0) * 2 ** 21 + (h2 >>> 11);
-}
-
-/** Hashes two ascending fingerprints share (a merge, O(a + b)). */
-export function sharedHashes(a: Uint32Array, b: Uint32Array): number {
-  let i = 0;
-  let j = 0;
-  let shared = 0;
-  while (i < a.length && j < b.length) {
-    if (a[i] === b[j]) {
-      shared++;
-      i++;
-      j++;
-    } else if (a[i] < b[j]) {
-      i++;
-    } else {
-      j++;
-    }
-  }
-  return shared;
 }

@@ -1,11 +1,11 @@
 /**
- * The detector at the HTTP edge. app.ts calls `registerDetection` once; the inference routes call
- * `req.server.screenQueries(req, manifest.input, tensors, n)` after pre-processing and before the ensemble runs, so
+ * The detector at the HTTP edge. app.ts creates one `Detection` and it builds a detector for each
+ * model when that model becomes ready (the fingerprint undoes the model's input normalisation, so
+ * each model has its own; a new version with the same input contract keeps the history); the inference step
+ * (src/inference.ts) screens every batch after pre-processing and before the ensemble runs, so
  * every input is fingerprinted exactly as the model will see it, whatever format it came in.
  *
- * - Client identity: the API key when keys are configured (access control has checked it by then;
- *   without keys a key header proves nothing and would hand out fresh identities), else the
- *   address as --trust-proxy resolves it.
+ * - The client is the one identity of src/http/client.ts: its accepted API key, else its address.
  * - A detection (a query that starts a cool-down) increments `redserve_query_detections_total`
  *   and logs the client, at warn.
  * - reject: a flagged query, and every query in the cool-down, gets 429 `query_attack_suspected`
@@ -13,35 +13,31 @@
  * - log: the query is answered as usual; with --detect-header on, answers to a flagged client carry
  *   `X-Redserve-Detection` (for red-team runs: `npm run attack` reads it).
  */
-import { createHash } from 'node:crypto';
-import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Counter, Gauge } from 'prom-client';
 import type { Config } from '../config.js';
 import type { InputSpec } from '../ensemble/manifest.js';
 import { HttpError } from '../http/http-error.js';
 import type { Metrics } from '../metrics.js';
 import { Detector, type Verdict } from './detector.js';
+import { normalisationOf } from './fingerprint.js';
 
 export const DETECTION_HEADER = 'x-redserve-detection';
 export const DETECTION_ERROR = 'query_attack_suspected';
 
-declare module 'fastify' {
-  interface FastifyInstance {
-    /** Screen a request's pre-processed images (n of them, NCHW) before inference; throws 429 in reject mode. */
-    screenQueries(req: FastifyRequest, input: InputSpec, tensors: Float32Array, n: number): void;
-  }
+/** Where a detection is logged (a request's logger). */
+export interface DetectionLog {
+  warn(obj: object, msg: string): void;
 }
 
-/** How the detector identifies the client of a request. */
-export function clientIdentity(req: FastifyRequest, keysConfigured: boolean): string {
-  if (keysConfigured) {
-    const auth = req.headers.authorization;
-    const bearer = typeof auth === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(auth)?.[1] : undefined;
-    const key = bearer ?? req.headers['x-api-key'];
-    // Only a digest is kept (and logged), never the key.
-    if (typeof key === 'string' && key.length > 0) return `key:${createHash('sha256').update(key, 'utf8').digest('hex').slice(0, 16)}`;
-  }
-  return `ip:${req.ip}`;
+export interface Detection {
+  /** Build the detector for a model's input contract; called when that model (or a new version) is ready. */
+  modelReady(model: string, input: InputSpec): void;
+  /**
+   * Screen a client's pre-processed images (n of them, NCHW) before inference. Throws 429 in reject
+   * mode; returns the X-Redserve-Detection value for a flagged client in log mode with the header
+   * on, else null.
+   */
+  screen(model: string, client: string, batch: { readonly data: Float32Array; readonly n: number }, log: DetectionLog): string | null;
 }
 
 /** The header value for a flagged answer in log mode. */
@@ -49,75 +45,58 @@ export function headerValue(v: Verdict & { flagged: true }): string {
   return `flagged; reason=${v.reason}; scope=${v.scope ?? 'none'}; detected-at=${v.detectedAtQuery}; query=${v.query}`;
 }
 
-/** Input normalisation the fingerprint undoes, from the manifest's contract. */
-function normalisationOf(input: InputSpec) {
-  const [channels, h, w] = input.shape;
-  return { channels, plane: h * w, scale: input.scale, mean: input.mean, std: input.std };
-}
+const OFF: Detection = { modelReady: () => undefined, screen: () => null };
 
-export function registerDetection(server: FastifyInstance, config: Config, metrics?: Metrics): void {
+export function createDetection(config: Config, metrics?: Metrics): Detection {
   const settings = config.detect;
-  if (settings.mode === 'off') {
-    server.decorate('screenQueries', () => undefined);
-    return;
-  }
+  if (settings.mode === 'off') return OFF;
   const registers = metrics ? [metrics.registry] : [];
   const detections = new Counter({
     name: 'redserve_query_detections_total',
     help: 'clients flagged as running a query attack (a flag starts a cool-down), by reason and by whose earlier query matched',
     labelNames: ['reason', 'scope'], registers,
   });
-  const keysConfigured = config.apiKeySha256.length > 0;
-  // The detector needs the model's input contract, known once the package is loaded: it is built
-  // at the first query.
-  let detector: Detector | null = null;
-  let builtFor: InputSpec | null = null;
+  const detectors = new Map<string, { detector: Detector; key: string }>();
   new Gauge({
-    name: 'redserve_detect_clients', help: 'clients whose recent queries the detector holds (bounded by --detect-clients)',
-    registers, collect() { this.set(detector?.trackedClients ?? 0); },
+    name: 'redserve_detect_clients', help: 'clients whose recent queries the detector holds (bounded by --detect-clients), by model',
+    labelNames: ['model'], registers,
+    collect() {
+      this.reset();
+      for (const [model, { detector }] of detectors) this.set({ model }, detector.trackedClients);
+    },
   });
 
-  server.decorate('screenQueries', function screenQueries(req: FastifyRequest, input: InputSpec, tensors: Float32Array, n: number) {
-    if (builtFor !== input) {
-      detector = new Detector(settings, normalisationOf(input));
-      builtFor = input;
-    }
-    const d = detector!;
-    const client = clientIdentity(req, keysConfigured);
-    let worst: Verdict | null = null;
-    if (settings.mode === 'reject') worst = d.coolingDown(client);
-    if (worst === null) {
-      const size = tensors.length / n;
-      for (let i = 0; i < n; i++) {
-        const v = d.screen(client, tensors.subarray(i * size, (i + 1) * size));
-        if (v.flagged && (worst === null || !worst.flagged || v.detection)) worst = v;
-        if (v.flagged && v.detection) {
-          detections.inc({ reason: v.reason, scope: v.scope ?? 'none' });
-          req.log.warn({ client, reason: v.reason, scope: v.scope, sharedHashes: v.shared, query: v.query, mode: settings.mode },
-            'query attack suspected: client flagged');
+  return {
+    modelReady(model, input) {
+      const normalisation = normalisationOf(input);
+      const key = JSON.stringify([input.shape, normalisation]);
+      if (detectors.get(model)?.key !== key) detectors.set(model, { detector: new Detector(settings, normalisation), key });
+    },
+    screen(model, client, { data, n }, log) {
+      const d = detectors.get(model)?.detector;
+      if (d === undefined) throw new Error(`screen: no detector for model '${model}'; it is not ready`);
+      let worst: Verdict | null = null;
+      if (settings.mode === 'reject') worst = d.coolingDown(client);
+      if (worst === null) {
+        const size = data.length / n;
+        for (let i = 0; i < n; i++) {
+          const v = d.screen(client, data.subarray(i * size, (i + 1) * size));
+          if (v.flagged && (worst === null || !worst.flagged || v.detection)) worst = v;
+          if (v.flagged && v.detection) {
+            detections.inc({ reason: v.reason, scope: v.scope ?? 'none' });
+            log.warn({ model, client, reason: v.reason, scope: v.scope, sharedHashes: v.shared, query: v.query, mode: settings.mode },
+              'query attack suspected: client flagged');
+          }
         }
       }
-    }
-    if (worst === null || !worst.flagged) return;
-    if (settings.mode === 'reject') {
-      throw new HttpError(429, DETECTION_ERROR,
-        `this client sent queries too similar to its earlier ones (${worst.reason === 'repeated_input' ? 'the same input too many times' : 'a near duplicate'}), `
-        + `as query attacks do; its queries are refused for ${settings.cooldownS} s after a detection`,
-        { 'retry-after': String(worst.retryAfterS) });
-    }
-    if (settings.header) req.detectionHeader = headerValue(worst);
-  });
-
-  server.decorateRequest('detectionHeader', null);
-  server.addHook('onSend', async (req, reply, payload) => {
-    if (req.detectionHeader !== null) reply.header(DETECTION_HEADER, req.detectionHeader);
-    return payload;
-  });
-}
-
-declare module 'fastify' {
-  interface FastifyRequest {
-    /** Set by screenQueries in log mode with --detect-header on: the value of X-Redserve-Detection. */
-    detectionHeader: string | null;
-  }
+      if (worst === null || !worst.flagged) return null;
+      if (settings.mode === 'reject') {
+        throw new HttpError(429, DETECTION_ERROR,
+          `this client sent queries too similar to its earlier ones (${worst.reason === 'repeated_input' ? 'the same input too many times' : 'a near duplicate'}), `
+          + `as query attacks do; its queries are refused for ${settings.cooldownS} s after a detection`,
+          { 'retry-after': String(worst.retryAfterS) });
+      }
+      return settings.header ? headerValue(worst) : null;
+    },
+  };
 }

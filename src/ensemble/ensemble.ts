@@ -29,10 +29,36 @@ export interface Ensemble {
   readonly sampling: Sampling;
   /** Number of floats in one pre-processed image (C*H*W). */
   readonly imageSize: number;
-  /** Probabilities [n][classes] for n images laid out as NCHW float32 in `data`. */
+  /**
+   * Probabilities [n][classes] for n images laid out as NCHW float32 in `data`, every one finite:
+   * should a member return NaN or Infinity, the call fails instead.
+   */
   classify(data: Float32Array, n: number): Promise<Float32Array[]>;
-  readonly pool: WorkerPool;
+  /** The worker pool as it is now (what the metrics read at scrape time). */
+  statistics(): EnsembleStatistics;
   close(): Promise<void>;
+}
+
+export interface EnsembleStatistics {
+  readonly workers: number;
+  readonly busyWorkers: number;
+  /** Member jobs waiting for a worker. */
+  readonly queuedJobs: number;
+}
+
+/**
+ * The last check before probabilities leave the ensemble. Inputs are range-checked, so members see
+ * only values pre-processing could produce; should a member still return NaN or Infinity, the
+ * request fails (a 500, logged) rather than answering `null`, "NaN" or a serialiser's error.
+ */
+function checkFinite(probs: Float32Array[]): Float32Array[] {
+  for (let i = 0; i < probs.length; i++) {
+    const p = probs[i];
+    for (let k = 0; k < p.length; k++) {
+      if (!Number.isFinite(p[k])) throw new Error(`image ${i}: class ${k} has probability ${p[k]}; a member returned non-finite logits`);
+    }
+  }
+  return probs;
 }
 
 export function softmaxInto(logits: Float32Array, offset: number, classes: number, out: Float32Array): void {
@@ -142,7 +168,9 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger, observer
   }
 
   return {
-    manifest, provider: info.provider, sampling, imageSize, classify, pool,
+    manifest, provider: info.provider, sampling, imageSize,
+    classify: async (data, n) => checkFinite(await classify(data, n)),
+    statistics: () => ({ workers: pool.workers, busyWorkers: pool.busy, queuedJobs: pool.queued }),
     close: () => pool.close(),
   };
 }

@@ -73,8 +73,9 @@ export interface Manifest {
   readonly hypernet?: PsRedEntries['hypernet'];
   readonly target?: PsRedEntries['target'];
   readonly golden: { readonly file: string; readonly sha256: string; readonly atol: number };
+  /** The run that trained it, or for `method: 'imported'` what it was imported from (`source`). */
   readonly training: Record<string, unknown>;
-  /** Absent exactly when the weights are random (`benchmark.randomWeights`): nothing was trained to evaluate. */
+  /** Absent when the weights are random (`benchmark.randomWeights`), or in an imported package given no test set. */
   readonly evaluation?: Record<string, unknown>;
   readonly export: Record<string, unknown>;
   readonly benchmark?: Benchmark;
@@ -216,6 +217,11 @@ function relations(m: Record<string, unknown>): string[] {
         problems.push(`sampling.probabilities: sum ${describeValue(sum)}, expected 1 (within 1e-6)`);
       }
     }
+  }
+  const source = isObject(m.training) && m.training.method === 'imported' ? m.training.source : undefined;
+  const files = isObject(source) ? source.files : undefined;
+  if (Array.isArray(files) && files.length > 0 && Array.isArray(members) && members.length > 0 && files.length !== members.length) {
+    problems.push(`training.source.files: ${files.length} files for ${members.length} members`);
   }
   const accuracies = isObject(m.evaluation) ? m.evaluation.memberAccuracy : undefined;
   if (Array.isArray(accuracies) && Array.isArray(members) && members.length > 0 && accuracies.length !== members.length) {

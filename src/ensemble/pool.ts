@@ -150,11 +150,6 @@ export class WorkerPool {
     return this.slots.length;
   }
 
-  /** Run `member` on n images (NCHW float32); resolves with its logits [n, classes]. */
-  run(member: number, data: Float32Array, n: number): Promise<Float32Array> {
-    return this.runAll([{ member, data, n }]).then(([logits]) => logits);
-  }
-
   /**
    * Run several member jobs of one request; resolves with each job's logits, in order. Admission is
    * all or nothing: a request is never left half-queued (work for an answer nobody gets). An empty

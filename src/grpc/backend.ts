@@ -1,43 +1,43 @@
 /**
  * What the gRPC server needs from the service, and nothing more: the one seam between the gRPC
- * edge (proto, codec, status, server) and the inference path. fastify-backend.ts implements it
- * with the modules REST uses; when REST and gRPC share one explicit inference step, that file is
- * the one to rewrite.
+ * edge (proto, codec, status, server) and the inference path. repository-backend.ts implements it
+ * with what REST v2 calls: the model repository, the shared access check and the one inference step.
  */
-import type { InferRequest, TensorSpec } from '../http/v2-codec.js';
-import type { ModelMetadataResponse } from './proto.js';
+import type { Sender } from '../http/client.js';
+import type { ModelInferRequest, ModelInferResponse, ModelMetadataResponse } from './proto.js';
 
-/** The party behind a call, as access control and query detection identify it. */
-export interface Caller {
-  /** The call's text metadata as HTTP headers would carry it: lower-case names, the first value each. */
-  readonly headers: Readonly<Record<string, string>>;
-  /** The peer's address, without its port. */
-  readonly address: string;
+/** The party behind a call, as access control and query detection identify it: the call's text
+ * metadata as HTTP headers would carry it (lower-case names, the first value each) and the peer's
+ * address, without its port. */
+export interface Caller extends Sender {
   /** Aborted when the call ends: answered, cancelled by the client, or past its deadline. */
   readonly ended: AbortSignal;
 }
 
 export interface ServedModel {
-  readonly spec: TensorSpec;
-  readonly labels: readonly string[];
+  /** Its name in the repository (admission, detection and metrics count by it). */
+  readonly name: string;
   readonly metadata: ModelMetadataResponse;
 }
 
 export interface Inference {
-  /** [n][classes]: each image answered by its own drawn member. */
-  readonly probabilities: Float32Array[];
+  readonly response: ModelInferResponse;
+  /** Images answered. */
+  readonly images: number;
   /** Log-mode detection notice for a flagged client (X-Redserve-Detection in REST), or null. */
   readonly detection: string | null;
 }
 
 export interface InferenceBackend {
-  /** The model is loaded, warm, and the process is not draining. */
+  /** REST's readiness (/v2/health/ready): every model found at start-up serves, and the process is not draining. */
   ready(): boolean;
-  /** Throws when the caller's API key or rate limit refuses it. */
-  admit(caller: Caller): void;
-  /** The served model when `name` (and `version`, unless empty) name it; throws not found, or
-   * unavailable while it loads. */
+  /** The access check REST runs: throws when the caller's API key or rate limit refuses it;
+   * returns the client identity (src/http/client.ts). */
+  admit(caller: Caller): string;
+  /** The model `name` (and `version`, unless empty) names in the repository; throws not found, or
+   * unavailable while it loads and while the process drains. */
   model(name: string, version: string): ServedModel;
-  /** Admission slot, query screening, the member draws and the finite check, as REST runs them. */
-  infer(batch: InferRequest, caller: Caller): Promise<Inference>;
+  /** REST v2 infer's path: the model held for the call, its admission slot, query screening and the
+   * member draws (src/inference.ts). */
+  infer(request: ModelInferRequest, caller: Caller, client: string): Promise<Inference>;
 }

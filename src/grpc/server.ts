@@ -2,7 +2,7 @@
  * The Open Inference Protocol over gRPC (KServe's grpc_predict_v2, the service Triton's and KServe's
  * gRPC clients call) on its own port, --grpc-port. Everything a call can reach goes through one
  * InferenceBackend (backend.ts); this file owns only the transport: limits, the caller's identity,
- * status mapping and shutdown.
+ * status mapping, the calls' metrics and shutdown.
  *
  * - Messages over --max-body-bytes, REST's body limit, are refused by grpc-js while they arrive
  *   (RESOURCE_EXHAUSTED, gRPC's status for it), compressed ones by their decompressed size.
@@ -13,7 +13,10 @@
  *   RPCs check `authorization: Bearer <key>` or `x-api-key` metadata like REST's headers.
  * - Which member answered is in no metadata, trailer or status: a response carries the model's
  *   name and version, the request id and the outputs; an error is decided before the draws,
- *   except the finite check of the probabilities, which is REST's too (INTERNAL, as its 500).
+ *   except the ensemble's finite check of the probabilities, which is REST's too (INTERNAL, as its 500).
+ * - Every call is counted in the request metrics as REST's requests are, under the route
+ *   `grpc:<method>` with the HTTP status its error maps from (200 when answered), and an
+ *   inference call under its model too, so the statistics extension and Prometheus see both APIs.
  */
 import {
   Metadata, Server, ServerCredentials, type sendUnaryData, type ServerUnaryCall, type ServiceError,
@@ -22,9 +25,10 @@ import {
 import type { FastifyBaseLogger } from 'fastify';
 import { DETECTION_HEADER } from '../detect/http.js';
 import { MAX_PIPELINED_REQUESTS } from '../http/connections.js';
+import { toHttpError } from '../http/error-handler.js';
+import { grpcRoute, type Metrics } from '../metrics.js';
 import { SERVICE_NAME, SERVICE_VERSION } from '../version.js';
 import type { Caller, InferenceBackend } from './backend.js';
-import { decodeModelInfer, encodeModelInfer } from './codec.js';
 import { inferenceService, type ModelInferRequest, type ModelRef } from './proto.js';
 import { toGrpcError } from './status.js';
 
@@ -50,7 +54,7 @@ function callerOf(call: ServerUnaryCall<unknown, unknown>, ended: AbortSignal): 
   for (const [name, value] of Object.entries(call.metadata.getMap())) {
     if (typeof value === 'string') headers[name] = value;
   }
-  return { headers, address: peerAddress(call.getPeer()), ended };
+  return { headers, ip: peerAddress(call.getPeer()), ended };
 }
 
 interface Answer<Res> {
@@ -58,11 +62,25 @@ interface Answer<Res> {
   readonly metadata?: Metadata;
 }
 
+/** What a call's metrics name besides its method and status, as REST's inference routes record them. */
+interface Served {
+  /** The model an inference call named, once resolved (null otherwise). */
+  model: string | null;
+  /** Images it answered. */
+  images: number;
+}
+
+export interface GrpcContext {
+  readonly log: FastifyBaseLogger;
+  /** Every call is counted as REST requests are (route `grpc:<method>`); null: not counted. */
+  readonly metrics: Metrics | null;
+}
+
 export class GrpcServer {
   private readonly server: Server;
   private readonly settings: GrpcSettings;
 
-  constructor(backend: InferenceBackend, settings: GrpcSettings, log: FastifyBaseLogger) {
+  constructor(backend: InferenceBackend, settings: GrpcSettings, { log, metrics }: GrpcContext) {
     this.settings = settings;
     this.server = new Server({
       'grpc.max_receive_message_length': settings.maxMessageBytes,
@@ -70,41 +88,51 @@ export class GrpcServer {
       'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS,
     });
 
-    const unary = <Req, Res>(handle: (request: Req, caller: Caller) => Answer<Res> | Promise<Answer<Res>>) =>
+    const unary = <Req, Res>(method: string, handle: (request: Req, caller: Caller, served: Served) => Answer<Res> | Promise<Answer<Res>>) =>
       (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
+        const started = performance.now();
         const ended = new AbortController();
         call.once('cancelled', () => ended.abort());
         const caller = callerOf(call, ended.signal);
-        Promise.resolve().then(() => handle(call.request, caller)).then(({ response, metadata }) => {
+        const served: Served = { model: null, images: 0 };
+        // gRPC travels as HTTP/2 POSTs; the status counted is the HTTP one REST would answer.
+        const observe = (status: number, errorCode: string | null) => metrics?.observeRequest('POST', grpcRoute(method), status,
+          (performance.now() - started) / 1000, errorCode, served.model, served.images);
+        Promise.resolve().then(() => handle(call.request, caller, served)).then(({ response, metadata }) => {
           if (metadata) call.sendMetadata(metadata);
           callback(null, response);
-        }, (err: Error) => callback(toGrpcError(err, log) as ServiceError)).finally(() => ended.abort());
+          observe(200, null);
+        }, (err: Error) => {
+          const e = toHttpError(err, log);
+          callback(toGrpcError(e) as ServiceError);
+          observe(e.statusCode, e.code);
+        }).finally(() => ended.abort());
       };
     const answer = <Res>(response: Res): Answer<Res> => ({ response });
 
     const implementation: UntypedServiceImplementation = {
-      ServerLive: unary(() => answer({ live: true })),
-      ServerReady: unary(() => answer({ ready: backend.ready() })),
-      ModelReady: unary((req: ModelRef, caller) => {
+      ServerLive: unary('ServerLive', () => answer({ live: true })),
+      ServerReady: unary('ServerReady', () => answer({ ready: backend.ready() })),
+      ModelReady: unary('ModelReady', (req: ModelRef, caller) => {
         backend.admit(caller);
-        // Unknown names are NOT_FOUND; a known model that is loading or draining is not ready.
+        // As REST's /v2/models/{name}/ready: an unknown name or version is NOT_FOUND, a model that
+        // is loading (or a draining server) UNAVAILABLE.
         backend.model(req.name, req.version);
-        return answer({ ready: backend.ready() });
+        return answer({ ready: true });
       }),
-      ServerMetadata: unary((_req, caller) => {
+      ServerMetadata: unary('ServerMetadata', (_req, caller) => {
         backend.admit(caller);
         return answer({ name: SERVICE_NAME, version: SERVICE_VERSION, extensions: [...GRPC_EXTENSIONS] });
       }),
-      ModelMetadata: unary((req: ModelRef, caller) => {
+      ModelMetadata: unary('ModelMetadata', (req: ModelRef, caller) => {
         backend.admit(caller);
         return answer(backend.model(req.name, req.version).metadata);
       }),
-      ModelInfer: unary(async (req: ModelInferRequest, caller) => {
-        backend.admit(caller);
-        const { spec, labels } = backend.model(req.model_name, req.model_version);
-        const batch = decodeModelInfer(req, spec);
-        const { probabilities, detection } = await backend.infer(batch, caller);
-        const response = encodeModelInfer(batch, probabilities, spec.model, labels);
+      ModelInfer: unary('ModelInfer', async (req: ModelInferRequest, caller, served) => {
+        const client = backend.admit(caller);
+        served.model = backend.model(req.model_name, req.model_version).name;
+        const { response, images, detection } = await backend.infer(req, caller, client);
+        served.images = images;
         if (detection === null) return { response };
         const metadata = new Metadata();
         metadata.set(DETECTION_HEADER, detection);

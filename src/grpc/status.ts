@@ -12,8 +12,7 @@
  * the reason tells which.
  */
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
-import type { FastifyBaseLogger } from 'fastify';
-import { toHttpError } from '../http/error-handler.js';
+import type { HttpError } from '../http/http-error.js';
 import { encodeRpcMessage } from './proto.js';
 
 export const ERROR_DOMAIN = 'redserve';
@@ -37,8 +36,8 @@ const FROM_HTTP: Record<number, status> = {
 const any = (name: 'RetryInfo' | 'ErrorInfo', value: object) =>
   ({ type_url: `type.googleapis.com/google.rpc.${name}`, value: encodeRpcMessage(name, value) });
 
-export function toGrpcError(err: Error, log: FastifyBaseLogger): Partial<ServiceError> {
-  const e = toHttpError(err, log);
+/** `e`: what toHttpError made of the error (the server counts its HTTP status in the metrics too). */
+export function toGrpcError(e: HttpError): Partial<ServiceError> {
   const code = e.statusCode === 503 && e.code === 'overloaded' ? status.RESOURCE_EXHAUSTED
     : FROM_HTTP[e.statusCode] ?? (e.statusCode < 500 ? status.INVALID_ARGUMENT : status.INTERNAL);
   const metadata = new Metadata();

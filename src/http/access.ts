@@ -10,6 +10,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { Config } from '../config.js';
+import { clientOf, presentedKey, type Sender } from './client.js';
 import { HttpError } from './http-error.js';
 
 declare module 'fastify' {
@@ -18,8 +19,6 @@ declare module 'fastify' {
     public?: boolean;
   }
 }
-
-export const sha256Hex = (text: string): string => createHash('sha256').update(text, 'utf8').digest('hex');
 
 /**
  * Token buckets per client: `perSecond` tokens a second, at most `burst` saved. Memory is bounded:
@@ -64,27 +63,14 @@ export class RateLimiter {
   }
 }
 
-/** The API key a request presents (Authorization: Bearer <key>, or X-API-Key), or null. */
-function presentedKey(headers: RequestHeaders): string | null {
-  const auth = headers.authorization;
-  if (typeof auth === 'string') {
-    const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
-    if (m) return m[1];
-  }
-  const key = headers['x-api-key'];
-  return typeof key === 'string' && key.length > 0 ? key : null;
-}
-
 /** Failed key attempts per second and address, when no --rate-limit is set. */
 export const AUTH_FAILURES_PER_SECOND = 1;
 export const AUTH_FAILURE_BURST = 10;
 
-/** The headers access control reads (an HTTP request's, or a gRPC call's metadata). */
-export type RequestHeaders = Readonly<Record<string, string | string[] | undefined>>;
-
-/** Check one request from its headers and address: throws 401 or 429. app.ts hands one check to
- * both the HTTP and the gRPC server, so a client's failed keys and rate limit count across both. */
-export type AccessCheck = (headers: RequestHeaders, address: string) => void;
+/** Check one sender (an HTTP request, a gRPC call): throws 401 or 429; returns its accepted API
+ * key ('key:<index in the key file>'), or null without keys. app.ts hands one check to both the HTTP
+ * and the gRPC server, so a client's failed keys and its rate limit count across both. */
+export type AccessCheck = (sender: Sender) => string | null;
 
 /** The check the flags configure; null when neither keys nor a rate limit are. */
 export function accessCheck(config: Config): AccessCheck | null {
@@ -104,13 +90,14 @@ export function accessCheck(config: Config): AccessCheck | null {
     }
   };
 
-  return (headers, address) => {
-    let client = `ip:${address}`;
+  return (sender) => {
+    let clientKey: string | null = null;
     if (digests.length > 0) {
-      const key = presentedKey(headers);
+      const address = clientOf({ clientKey: null, ip: sender.ip });
+      const key = presentedKey(sender);
       const challenge = { 'www-authenticate': 'Bearer realm="redserve"' };
       if (key === null) {
-        throttle(failureLimiter, client);
+        throttle(failureLimiter, address);
         throw new HttpError(401, 'unauthorized', 'an API key is required: send Authorization: Bearer <key> or X-API-Key: <key>', challenge);
       }
       const digest = createHash('sha256').update(key, 'utf8').digest();
@@ -118,19 +105,22 @@ export function accessCheck(config: Config): AccessCheck | null {
       let match = -1;
       digests.forEach((d, i) => { if (timingSafeEqual(d, digest) && match < 0) match = i; });
       if (match < 0) {
-        throttle(failureLimiter, client);
+        throttle(failureLimiter, address);
         throw new HttpError(401, 'unauthorized', 'the API key is not valid', challenge);
       }
-      client = `key:${match}`;
+      clientKey = `key:${match}`;
     }
-    if (limiter) throttle(limiter, client);
+    if (limiter) throttle(limiter, clientOf({ clientKey, ip: sender.ip }));
+    return clientKey;
   };
 }
 
-export function registerAccessControl(server: FastifyInstance, config: Config, check = accessCheck(config)): void {
+/** Run `check` on every request but the public routes and the docs; the accepted key is the request's `clientKey`. */
+export function registerAccessControl(server: FastifyInstance, check: AccessCheck | null): void {
+  server.decorateRequest('clientKey', null);
   if (!check) return;
   server.addHook('onRequest', async (req) => {
     if (req.routeOptions.config?.public || req.routeOptions.url?.startsWith('/docs')) return;
-    check(req.headers, req.ip);
+    req.clientKey = check(req);
   });
 }

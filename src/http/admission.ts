@@ -10,14 +10,19 @@
  * headers arrive (routes mark themselves with `config.inference`) and answers 503 before its body
  * is read or parsed; Node discards the unread body, and the connection stays open.
  */
-import type { FastifyReply } from 'fastify';
 import { overloaded } from '../errors.js';
+import type { ModelRepository } from '../repository.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
     /** An inference route: it takes an admission slot, and is refused at its headers when none is free. */
     inference?: boolean;
   }
+}
+
+/** The connection an admitted request is answered on (a reply's `raw` response). */
+export interface Answer {
+  once(event: 'close', listener: () => void): unknown;
 }
 
 export class Admission {
@@ -43,12 +48,51 @@ export class Admission {
     return `${this.inflight} inference requests in flight (the limit is ${this.maxInflight}); retry shortly`;
   }
 
-  /** Take a slot until `reply` is sent or its connection closes; throws overloaded past the limit. */
-  enter(reply: FastifyReply): void {
+  /** Take a slot until `answer` is sent or its connection closes; throws overloaded past the limit. */
+  enter(answer: Answer): void {
     if (this.inflight >= this.maxInflight) {
       throw overloaded(this.refusal());
     }
     this.inflight++;
-    reply.raw.once('close', () => { this.inflight--; });
+    answer.once('close', () => { this.inflight--; });
   }
 }
+
+/** The model an inference URL names (`/v2/models/NAME/...`, `/classify?model=NAME`), or undefined for the default. */
+export function modelOfUrl(url: string): string | undefined {
+  const v2 = /^\/v2\/models\/([^/?]+)/.exec(url);
+  if (v2) return decodeURIComponent(v2[1]);
+  const query = url.indexOf('?');
+  return query < 0 ? undefined : new URLSearchParams(url.slice(query + 1)).get('model') ?? undefined;
+}
+
+/** One admission bound per model: a flood on one model never refuses another's requests. */
+export class Admissions {
+  private readonly byModel = new Map<string, Admission>();
+
+  constructor(private readonly maxInflight: number, private readonly repository: ModelRepository) {}
+
+  of(model: string): Admission {
+    let admission = this.byModel.get(model);
+    if (!admission) {
+      admission = new Admission(this.maxInflight);
+      this.byModel.set(model, admission);
+    }
+    return admission;
+  }
+
+  /** The admission of the model an inference URL names, or null when it names none served here. */
+  ofUrl(url: string): Admission | null {
+    const model = modelOfUrl(url) ?? this.repository.defaultModel;
+    return model === null ? null : this.byModel.get(model) ?? null;
+  }
+
+  /** Inference requests admitted and not yet answered, over every model. */
+  get count(): number {
+    let n = 0;
+    for (const a of this.byModel.values()) n += a.count;
+    return n;
+  }
+}
+
+/** The Fastify instance with every plugin and route, serving whatever `state` holds. */

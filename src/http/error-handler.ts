@@ -6,7 +6,7 @@
  * internals, and a 4xx message never carries a library's own words (they are logged instead).
  */
 import type { FastifyBaseLogger, FastifyError, FastifyReply, FastifyRequest } from 'fastify';
-import { InputError, UnavailableError } from '../errors.js';
+import { ForbiddenError, InputError, NotFoundError, UnavailableError } from '../errors.js';
 import { HttpError } from './http-error.js';
 
 /** Input errors that are not 400 Bad Request. */
@@ -47,6 +47,8 @@ export function toHttpError(err: FastifyError | Error, log: FastifyBaseLogger): 
     if (err.cause) log.info({ code: err.code, cause: String((err.cause as Error).message ?? err.cause) }, 'bad input');
     return new HttpError(INPUT_STATUS[err.code] ?? 400, err.code, err.message);
   }
+  if (err instanceof NotFoundError) return new HttpError(404, err.code, err.message);
+  if (err instanceof ForbiddenError) return new HttpError(403, err.code, err.message);
   if (err instanceof UnavailableError) {
     log.warn({ code: err.code }, err.message);
     return new HttpError(503, err.code, err.message, { 'retry-after': String(err.retryAfterSeconds) });

@@ -3,7 +3,7 @@
  * no status ("Multipart: Boundary not found", "Unexpected end of form"); the client gets a 400
  * `bad_multipart` with a sentence of ours, and the library's words go to the log as the cause.
  */
-import { InputError } from '../errors.js';
+import { InputError, tooManyImages } from '../errors.js';
 import { HttpError } from './http-error.js';
 
 const SENTENCES: [RegExp, string][] = [
@@ -19,7 +19,7 @@ export const MAX_FORM_FIELDS = 16;
 export function multipartError(err: Error, maxImages: number): Error {
   const code = (err as { code?: string }).code;
   if (code === 'FST_FIELDS_LIMIT') return new InputError('too_many_fields', `the multipart body has more than ${MAX_FORM_FIELDS} non-file fields`);
-  if (code === 'FST_FILES_LIMIT' || code === 'FST_PARTS_LIMIT') return new InputError('too_many_images', `more than ${maxImages} images in one request`);
+  if (code === 'FST_FILES_LIMIT' || code === 'FST_PARTS_LIMIT') return tooManyImages(maxImages);
   if (err instanceof InputError || err instanceof HttpError || code?.startsWith('FST_')) return err;
   const sentence = SENTENCES.find(([re]) => re.test(err.message))?.[1] ?? 'the multipart body is malformed';
   return new InputError('bad_multipart', sentence, { cause: err });

@@ -3,11 +3,11 @@
  */
 import { createServer } from '../app.js';
 import { loadConfig } from '../config.js';
-import { ModelState } from '../model-state.js';
+import { unstartedRepository } from '../repository.js';
 
 export async function openapiDocument(): Promise<string> {
   const config = { ...loadConfig([], {}), logLevel: 'silent' };
-  const server = createServer(config, new ModelState(), { logger: false });
+  const server = createServer(config, unstartedRepository(config), { logger: false });
   await server.ready();
   const yaml = server.swagger({ yaml: true });
   await server.close();

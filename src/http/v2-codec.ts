@@ -7,9 +7,9 @@
  * The model has one input, FP32 [N, C, H, W] with C, H, W from the manifest, and one output,
  * `probabilities`, FP32 [N, classes]. Every check names the field and the allowed values.
  */
-import type { InputSpec } from '../ensemble/manifest.js';
+import type { InputSpec, Manifest } from '../ensemble/manifest.js';
 import { InputError } from '../errors.js';
-import { checkInputRange, inputRanges, outOfRange } from '../preprocess/image.js';
+import { checkInputRange, inputRanges, outOfRange } from '../preprocess/tensor.js';
 import { topClasses } from './probabilities.js';
 
 const badRequest = (code: string, message: string) => new InputError(code, message);
@@ -23,6 +23,22 @@ export interface TensorSpec {
   readonly input: InputSpec;
   readonly classes: number;
   readonly maxImages: number;
+}
+
+/** A model's tensor contract as its manifest states it, with the request bound (--max-images-per-request). */
+export function tensorSpec(manifest: Manifest, maxImages: number): TensorSpec {
+  return { model: { name: manifest.name, version: manifest.version }, input: manifest.input, classes: manifest.output.classes, maxImages };
+}
+
+/** Model metadata (GET /v2/models/{name}, gRPC ModelMetadata): the manifest's name, version and tensors. */
+export function modelMetadata(manifest: Manifest, platform: string) {
+  return {
+    name: manifest.name,
+    versions: [manifest.version],
+    platform,
+    inputs: [{ name: manifest.input.name, datatype: DATATYPE, shape: [-1, ...manifest.input.shape] }],
+    outputs: [{ name: OUTPUT_NAME, datatype: DATATYPE, shape: [-1, manifest.output.classes] }],
+  };
 }
 
 export interface RequestedOutput {

@@ -280,8 +280,9 @@ export const v2ModelConfigSchema = {
 
 export const v2RepositoryIndexSchema = {
   tags,
-  summary: "Model repository index (Triton's model repository extension): the one served model, once loaded",
-  description: 'The request body may be empty or a JSON object (its `ready` flag changes nothing: only a ready model is listed).',
+  summary: "Model repository index (Triton's model repository extension): every model with its state and why it is not ready",
+  description: 'The request body may be empty or a JSON object; `{ "ready": true }` lists only the ready models. '
+    + 'States: LOADING, READY, UNAVAILABLE (failed, or unloaded), UNLOADING. A model that keeps serving an older version while a newer one failed is READY, with the failure in `reason`.',
   response: {
     200: {
       type: 'array',
@@ -293,3 +294,22 @@ export const v2RepositoryIndexSchema = {
     },
   },
 } as const;
+
+const repositoryAction = (action: 'load' | 'unload', summary: string) => ({
+  tags,
+  summary,
+  description: '403 model_control unless the server runs with --model-repository DIR --model-control explicit; '
+    + 'behind the API key when one is set. The request body may be empty or a JSON object (its parameters are ignored).',
+  params: { type: 'object', required: ['name'], properties: { name: { type: 'string', description: `the model folder to ${action}` } } },
+  response: {
+    200: { type: 'object', additionalProperties: false, properties: {} },
+    ...(action === 'load' ? { 400: { description: 'load_failed: the package failed its checks; the version serving before keeps serving', ...errorBody } } : {}),
+    403: { description: 'model_control: the repository API is off', ...errorBody },
+    404: { description: 'unknown_model', ...errorBody },
+  },
+});
+
+export const v2RepositoryLoadSchema = repositoryAction('load',
+  "Load or reload a model (Triton's model repository extension): its highest version loads beside the serving one, is checked against its golden logits, warmed, then swapped in");
+export const v2RepositoryUnloadSchema = repositoryAction('unload',
+  "Unload a model (Triton's model repository extension): new requests get 404 at once; it stops once its in-flight requests are answered");

@@ -1,7 +1,7 @@
 /**
  * The statistics extension (Triton's `GET /v2/models[/{name}]/stats`), read from the Prometheus
- * metrics the service already keeps, so that the two never disagree. The model serves /classify
- * and v2 infer alike, so the figures cover both.
+ * metrics the service already keeps, so that the two never disagree. The model serves /classify,
+ * v2 infer and gRPC ModelInfer alike, so the figures cover all three.
  *
  * This is the public port: nothing here may depend on which member answered. Member runs do (the
  * images of one request that drew one member run as one batch, two members as two, and mean
@@ -12,10 +12,10 @@
  * What is not reported reads 0 (last_inference, queue, compute_*, cache).
  */
 import type { Manifest } from '../ensemble/manifest.js';
-import type { Metrics } from '../metrics.js';
+import { grpcRoute, type Metrics } from '../metrics.js';
 
-/** Route patterns of inference requests, as the request counter labels them. */
-const INFER_ROUTES = new Set(['/classify', '/v2/models/:name/infer', '/v2/models/:name/versions/:version/infer']);
+/** Routes of inference requests, as the request counter labels them: REST's patterns and gRPC's ModelInfer. */
+const INFER_ROUTES = new Set(['/classify', '/v2/models/:name/infer', '/v2/models/:name/versions/:version/infer', grpcRoute('ModelInfer')]);
 
 interface Sample { value: number; labels: Record<string, string | number>; metricName?: string }
 

@@ -12,20 +12,22 @@ import type { Config } from '../config.js';
 import type { Ensemble } from '../ensemble/ensemble.js';
 import { InputError } from '../errors.js';
 import type { Metrics } from '../metrics.js';
-import type { ModelState } from '../model-state.js';
+import type { ModelRepository } from '../repository.js';
 import { SERVICE_NAME, SERVICE_VERSION } from '../version.js';
-import type { Admission } from './admission.js';
+import { DETECTION_HEADER, type Detection } from '../detect/http.js';
+import { infer } from '../inference.js';
+import type { Admissions } from './admission.js';
+import { clientOf } from './client.js';
 import { sendError, type ErrorShape } from './error-handler.js';
 import { HttpError } from './http-error.js';
 import type { RouteIndex } from './not-found.js';
-import { checkProbabilities } from './probabilities.js';
 import { checkJsonDepth } from './json-depth.js';
 import { inferenceStatistics } from './v2-statistics.js';
-import { decodeInferRequest, encodeInferResponse, OUTPUT_NAME } from './v2-codec.js';
+import { decodeInferRequest, encodeInferResponse, modelMetadata, OUTPUT_NAME, tensorSpec } from './v2-codec.js';
 import {
   v2InferSchema, v2InferVersionSchema, v2LiveSchema, v2ModelConfigSchema, v2ModelMetadataSchema, v2ModelReadySchema,
   v2ModelStatsSchema, v2ModelVersionMetadataSchema, v2ModelVersionReadySchema, v2ReadySchema, v2RepositoryIndexSchema,
-  v2ServerMetadataSchema, v2StatsSchema,
+  v2RepositoryLoadSchema, v2RepositoryUnloadSchema, v2ServerMetadataSchema, v2StatsSchema,
 } from './v2-schemas.js';
 
 /** The protocol extensions this server implements (reported by GET /v2). */
@@ -44,25 +46,18 @@ declare module 'fastify' {
 
 export const v2Shape: ErrorShape = (e) => ({ error: e.message, code: e.code });
 
-/** The served model, if `params` names it (404 otherwise); unavailable while it is not ready. */
-export function modelFor(state: ModelState, params: ModelParams): Ensemble {
-  const ensemble = state.ready();
-  const { name, version } = ensemble.manifest;
-  if (params.name !== name) throw new HttpError(404, 'unknown_model', `unknown model '${params.name}'; this server serves '${name}'`);
-  if (params.version !== undefined && params.version !== version) {
-    throw new HttpError(404, 'unknown_version', `model '${name}' has no version '${params.version}'; it serves version '${version}'`);
-  }
-  return ensemble;
-}
-
 export interface V2Context {
-  readonly admission: Admission;
+  readonly admissions: Admissions;
+  readonly detection: Detection;
   readonly routes: RouteIndex;
   /** Source of the statistics extension; null: every count reads 0. */
   readonly metrics: Metrics | null;
 }
 
-export function registerV2Routes(app: FastifyInstance, config: Config, state: ModelState, ctx: V2Context): void {
+export function registerV2Routes(app: FastifyInstance, config: Config, repository: ModelRepository, ctx: V2Context): void {
+  /** The model (and version) `params` name: 404 when none is served, 503 while it is not ready. */
+  const modelFor = (params: ModelParams): Ensemble => repository.ready(params.name, params.version);
+
   app.setErrorHandler((err: Error, req, reply) => sendError(err, req, reply, v2Shape));
   app.setNotFoundHandler((req, reply) => sendError(ctx.routes.miss(req), req, reply, v2Shape));
 
@@ -110,25 +105,16 @@ export function registerV2Routes(app: FastifyInstance, config: Config, state: Mo
   app.get('/health/live', { schema: v2LiveSchema, config: { public: true } }, async () => ({ live: true }));
 
   app.get('/health/ready', { schema: v2ReadySchema, config: { public: true } }, async () => {
-    state.serving();
+    repository.checkReady();
     return { ready: true };
   });
 
-  const metadata = async (req: FastifyRequest<{ Params: ModelParams }>) => {
-    const { manifest } = modelFor(state, req.params);
-    return {
-      name: manifest.name,
-      versions: [manifest.version],
-      platform: SERVICE_NAME,
-      inputs: [{ name: manifest.input.name, datatype: 'FP32', shape: [-1, ...manifest.input.shape] }],
-      outputs: [{ name: OUTPUT_NAME, datatype: 'FP32', shape: [-1, manifest.output.classes] }],
-    };
-  };
+  const metadata = async (req: FastifyRequest<{ Params: ModelParams }>) => modelMetadata(modelFor(req.params).manifest, SERVICE_NAME);
   app.get('/models/:name', { schema: v2ModelMetadataSchema }, metadata);
   app.get('/models/:name/versions/:version', { schema: v2ModelVersionMetadataSchema }, metadata);
 
   const ready = async (req: FastifyRequest<{ Params: ModelParams }>) => {
-    const { manifest } = modelFor(state, req.params);
+    const { manifest } = modelFor(req.params);
     return { name: manifest.name, ready: true };
   };
   app.get('/models/:name/ready', { schema: v2ModelReadySchema }, ready);
@@ -136,7 +122,7 @@ export function registerV2Routes(app: FastifyInstance, config: Config, state: Mo
 
   // Model configuration (Triton's extension), derived from the manifest and the flags.
   app.get('/models/:name/config', { schema: v2ModelConfigSchema }, async (req: FastifyRequest<{ Params: ModelParams }>) => {
-    const ensemble = modelFor(state, req.params);
+    const ensemble = modelFor(req.params);
     const { manifest } = ensemble;
     return {
       name: manifest.name,
@@ -158,38 +144,52 @@ export function registerV2Routes(app: FastifyInstance, config: Config, state: Mo
 
   // Statistics (Triton's extension), read from the Prometheus metrics the service keeps.
   const stats = async (req: FastifyRequest<{ Params: Partial<ModelParams> }>) => {
-    const { manifest } = req.params.name === undefined ? state.ready() : modelFor(state, req.params as ModelParams);
-    return { model_stats: [await inferenceStatistics(ctx.metrics, manifest)] };
+    const models = req.params.name === undefined ? repository.loaded().map((l) => l.ensemble) : [modelFor(req.params as ModelParams)];
+    return { model_stats: await Promise.all(models.map((e) => inferenceStatistics(ctx.metrics, e.manifest))) };
   };
   app.get('/models/stats', { schema: v2StatsSchema }, stats);
   app.get('/models/:name/stats', { schema: v2ModelStatsSchema }, stats);
 
-  // Model repository (Triton's extension): the one served model. Loading and unloading are not offered.
-  app.post('/repository/index', { schema: v2RepositoryIndexSchema }, async () => {
-    const ensemble = state.ensemble;
-    if (!ensemble) return [];
-    const { manifest } = ensemble;
-    return [{ name: manifest.name, version: manifest.version, state: 'READY', reason: '' }];
+  // Model repository (Triton's extension): every model with its state; load and unload change what
+  // is served, so they answer 403 unless the server runs with --model-control explicit.
+  app.post('/repository/index', { schema: v2RepositoryIndexSchema }, async (req: FastifyRequest<{ Body?: { ready?: boolean } }>) => {
+    const index = repository.index();
+    return req.body?.ready === true ? index.filter((e) => e.state === 'READY') : index;
+  });
+  app.post('/repository/models/:name/load', { schema: v2RepositoryLoadSchema }, async (req: FastifyRequest<{ Params: { name: string } }>) => {
+    const entry = await repository.load(req.params.name);
+    if (entry.state !== 'READY' || entry.reason !== '') {
+      throw new HttpError(400, 'load_failed', `failed to load '${req.params.name}': ${entry.reason}`);
+    }
+    return {};
+  });
+  app.post('/repository/models/:name/unload', { schema: v2RepositoryUnloadSchema }, async (req: FastifyRequest<{ Params: { name: string } }>) => {
+    await repository.unload(req.params.name);
+    return {};
   });
 
-  const infer = async (req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply) => {
-    const ensemble = modelFor(state, req.params);
+  const inferRoute = async (req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply) => {
+    req.servedModel = modelFor(req.params).manifest.name;
+    // The model is held from here to the answer: a new version swapped in meanwhile waits for it.
+    return repository.use(req.params.name, req.params.version, (ensemble) => inferWith(ensemble, req, reply));
+  };
+  const inferWith = async (ensemble: Ensemble, req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply) => {
     const { manifest } = ensemble;
-    const request = decodeInferRequest(req.body, req.inferBinary, {
-      model: { name: manifest.name, version: manifest.version },
-      input: manifest.input, classes: manifest.output.classes, maxImages: config.maxImagesPerRequest,
-    });
+    const request = decodeInferRequest(req.body, req.inferBinary, tensorSpec(manifest, config.maxImagesPerRequest));
     // The body is complete and valid: from here the request holds one of --max-queue slots.
-    ctx.admission.enter(reply);
-    req.server.screenQueries(req, manifest.input, request.data, request.n);
-    const probs = checkProbabilities(await ensemble.classify(request.data, request.n));
-    const response = encodeInferResponse(request, probs, { name: manifest.name, version: manifest.version }, manifest.labels);
-    req.answeredImages = request.n;
+    const steps = { model: manifest.name, ensemble, admission: ctx.admissions.of(manifest.name), detection: ctx.detection };
+    const { answer: response, n, detection } = await infer(steps, {
+      client: clientOf(req), answer: reply.raw, log: req.log,
+      batch: () => request,
+      encode: (probabilities) => encodeInferResponse(request, probabilities, { name: manifest.name, version: manifest.version }, manifest.labels),
+    });
+    if (detection !== null) reply.header(DETECTION_HEADER, detection);
+    req.answeredImages = n;
     if (!response.binary) return response.header;
     const header = Buffer.from(JSON.stringify(response.header), 'utf8');
     return reply.header(HEADER_LENGTH, header.length).type('application/octet-stream')
       .send(Buffer.concat([header, response.binary]));
   };
-  app.post('/models/:name/infer', { schema: v2InferSchema, config: { inference: true } }, infer);
-  app.post('/models/:name/versions/:version/infer', { schema: v2InferVersionSchema, config: { inference: true } }, infer);
+  app.post('/models/:name/infer', { schema: v2InferSchema, config: { inference: true } }, inferRoute);
+  app.post('/models/:name/versions/:version/infer', { schema: v2InferVersionSchema, config: { inference: true } }, inferRoute);
 }

@@ -1,8 +1,14 @@
 import t from 'tap';
-import { Fingerprinter, sharedHashes, type FingerprintKey, type FingerprintParams, type Normalisation } from '../../src/detect/fingerprint.js';
+import { Fingerprinter, type FingerprintKey, type FingerprintParams, type Normalisation } from '../../src/detect/fingerprint.js';
 
 const KEY: FingerprintKey = { base: 0x9e3779b1, mix: 0x1234abcd, digest: 0x0badf00d };
 const GRAY: Normalisation = { channels: 1, plane: 64, scale: 1 / 255, mean: [0], std: [1] };
+
+/** Hashes two fingerprints share. */
+function sharedHashes(a: Uint32Array, b: Uint32Array): number {
+  const set = new Set(a);
+  return b.filter((h) => set.has(h)).length;
+}
 
 function mix32(x: number): number {
   let z = x >>> 0;

@@ -1,11 +1,9 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
-import { testConfig, type Config } from '../../src/config.js';
-import type { DetectSettings } from '../../src/detect/detector.js';
+import type { Config, DetectSettings } from '../../src/config.js';
 import { DETECTION_HEADER } from '../../src/detect/http.js';
-import { sha256Hex } from '../../src/http/access.js';
-import { CHI2_CRIT_0_001, chiSquare, goldenOf, softmax, startApp, TINY } from '../helpers.js';
+import { CHI2_CRIT_0_001, chiSquare, goldenOf, sha256Hex, softmax, startApp, TINY } from '../helpers.js';
 
 const golden = await goldenOf(TINY);
 const goldenPng = await readFile(path.join(TINY, golden[0].file));

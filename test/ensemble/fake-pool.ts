@@ -41,6 +41,11 @@ export async function fakePool(options: Partial<PoolOptions>, observer?: Inferen
   return pool;
 }
 
+/** Run `member` on one job of n images; resolves with its logits (the pool's API takes a request's jobs together). */
+export function runOne(pool: WorkerPool, member: number, data: Float32Array, n: number): Promise<Float32Array> {
+  return pool.runAll([{ member, data, n }]).then(([logits]) => logits);
+}
+
 /** n images whose first element is `command` and second a tag. */
 export function images(n: number, tag: number, command = 0): Float32Array {
   const data = new Float32Array(n * SIZE);

@@ -3,7 +3,7 @@ import path from 'node:path';
 import t from 'tap';
 import { buildApp } from '../../src/app.js';
 import { readPackage, validateManifest } from '../../src/ensemble/manifest.js';
-import { copyPackage, editManifest, goldenOf, manifestOf, startApp, testConfig, TINY } from '../helpers.js';
+import { copyPackage, editManifest, goldenOf, manifestOf, startApp, embeddedConfig, TINY } from '../helpers.js';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 
@@ -89,7 +89,7 @@ t.test('a package of random weights loads without an evaluation, and the service
   const warningsOf = async (modelDir: string) => {
     const lines: { level: number; msg: string; benchmark?: unknown }[] = [];
     const stream = { write: (line: string) => { lines.push(JSON.parse(line)); } };
-    const app = buildApp(testConfig({ modelDir, device: { kind: 'cpu' } }), { logger: { level: 'warn', stream } });
+    const app = buildApp(embeddedConfig({ modelDir, device: { kind: 'cpu' } }), { logger: { level: 'warn', stream } });
     await app.modelReady;
     const models = (await app.server.inject({ url: '/models' })).json();
     await app.close();

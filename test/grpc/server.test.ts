@@ -7,15 +7,14 @@ import { createHash } from 'node:crypto';
 import { Metadata } from '@grpc/grpc-js';
 import { loadSync, type MessageTypeDefinition } from '@grpc/proto-loader';
 import t from 'tap';
-import { buildApp, createServer } from '../../src/app.js';
+import { buildApp, createServer, servingParts } from '../../src/app.js';
 import { loadConfig } from '../../src/config.js';
-import { fastifyBackend } from '../../src/grpc/fastify-backend.js';
+import { repositoryBackend } from '../../src/grpc/repository-backend.js';
 import { LOAD_OPTIONS, STATUS_PROTO } from '../../src/grpc/proto.js';
 import { GrpcServer, peerAddress } from '../../src/grpc/server.js';
 import { ERROR_DOMAIN, RETRY_PUSHBACK, STATUS_DETAILS } from '../../src/grpc/status.js';
-import { Admission } from '../../src/http/admission.js';
-import { ModelState } from '../../src/model-state.js';
-import { CHI2_CRIT_0_001, chiSquare, goldenOf, manifestOf, softmax, testConfig, TINY } from '../helpers.js';
+import { unstartedRepository } from '../../src/repository.js';
+import { CHI2_CRIT_0_001, chiSquare, embeddedConfig, goldenOf, manifestOf, softmax, TINY } from '../helpers.js';
 import { f32Bytes, fromF32Bytes, startGrpc, TestClient, type Failure } from './client.js';
 
 const manifest = await manifestOf(TINY);
@@ -51,7 +50,7 @@ t.test('--grpc-port: off by default, a port when given, bound on --host', async 
   t.equal(loadConfig([], { REDSERVE_GRPC_PORT: '9001' }).grpcPort, 9001);
   t.equal(loadConfig(['--grpc-port', 'off'], { REDSERVE_GRPC_PORT: '9001' }).grpcPort, null, 'the flag wins');
   t.throws(() => loadConfig(['--grpc-port', '70000'], {}), /--grpc-port: 70000 is out of range \[0, 65535\]/);
-  const off = buildApp(testConfig({ modelDir: TINY }));
+  const off = buildApp(embeddedConfig({ modelDir: TINY }));
   t.equal(off.grpcServer, null, 'no gRPC server when off');
   await off.modelReady;
   await off.close();
@@ -220,11 +219,12 @@ t.test('query detection in reject mode: RESOURCE_EXHAUSTED with the cool-down as
 });
 
 t.test('while the model loads, and while draining: UNAVAILABLE with retry info; ServerReady false', async (t) => {
-  const config = testConfig({ modelDir: TINY, grpcPort: 0 });
-  const state = new ModelState();
-  const server = createServer(config, state, { logger: false });
-  const grpc = new GrpcServer(fastifyBackend({ state, maxImagesPerRequest: 64, server, admission: new Admission(4), access: null }),
-    { host: '127.0.0.1', port: 0, maxMessageBytes: config.maxBodyBytes }, server.log);
+  const config = embeddedConfig({ modelDir: TINY, grpcPort: 0 });
+  const repository = unstartedRepository(config);
+  const parts = servingParts(config, repository);
+  const server = createServer(config, repository, { logger: false, parts });
+  const grpc = new GrpcServer(repositoryBackend({ repository, ...parts, maxImagesPerRequest: 64, log: server.log }),
+    { host: '127.0.0.1', port: 0, maxMessageBytes: config.maxBodyBytes }, { log: server.log, metrics: null });
   const client = new TestClient(await grpc.listen());
   t.teardown(async () => { client.close(); await grpc.close(); await server.close(); });
   t.same((await client.ok('ServerLive', {})).response, { live: true });

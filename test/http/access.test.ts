@@ -4,8 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { loadConfig } from '../../src/config.js';
-import { RateLimiter, sha256Hex } from '../../src/http/access.js';
-import { goldenOf, startApp, TINY } from '../helpers.js';
+import { RateLimiter } from '../../src/http/access.js';
+import { goldenOf, sha256Hex, startApp, TINY } from '../helpers.js';
 
 const golden = await goldenOf(TINY);
 const KEY = 'test-key-0123456789abcdef';

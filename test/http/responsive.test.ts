@@ -15,7 +15,7 @@ t.test('health answers while inference saturates every worker', async (t) => {
     .then((res) => { finished++; return res.statusCode; }));
   const ens = await app.modelReady;
   // Wait until every worker is busy and jobs are queued behind them.
-  while (!(ens.pool.busy === ens.pool.workers && ens.pool.queued > 0)) await new Promise((r) => setTimeout(r, 1));
+  while (!(ens.statistics().busyWorkers === ens.statistics().workers && ens.statistics().queuedJobs > 0)) await new Promise((r) => setTimeout(r, 1));
   const health = await app.server.inject({ url: '/healthz' });
   const pendingAtHealth = 40 - finished;
   t.equal(health.statusCode, 200);
@@ -67,12 +67,12 @@ t.test('a killed worker fails its request with 503, never hangs, and is replaced
   const golden = await goldenOf(TINY);
   const b64 = (await readFile(path.join(TINY, golden[0].file))).toString('base64');
   const inflight = app.server.inject({ method: 'POST', url: '/classify', payload: { images: Array(64).fill(b64) } });
-  while (ens.pool.busy === 0) await new Promise((r) => setTimeout(r, 1));
+  while (ens.statistics().busyWorkers === 0) await new Promise((r) => setTimeout(r, 1));
   crashBusyWorker();
   const res = await inflight;
   t.equal(res.statusCode, 503);
   t.equal(res.json().error, 'worker_failed');
-  while (ens.pool.workers === 0) await new Promise((r) => setTimeout(r, 10));
+  while (ens.statistics().workers === 0) await new Promise((r) => setTimeout(r, 10));
   const again = await app.server.inject({ method: 'POST', url: '/classify', payload: { images: [b64] } });
   t.equal(again.statusCode, 200, 'the replacement worker serves');
 });

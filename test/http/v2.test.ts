@@ -8,8 +8,8 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { createServer } from '../../src/app.js';
-import { ModelState } from '../../src/model-state.js';
-import { CHI2_CRIT_0_001, chiSquare, FIXTURES, goldenOf, manifestOf, softmax, startApp, testConfig, TINY } from '../helpers.js';
+import { unstartedRepository } from '../../src/repository.js';
+import { CHI2_CRIT_0_001, chiSquare, FIXTURES, goldenOf, manifestOf, softmax, startApp, embeddedConfig, TINY } from '../helpers.js';
 
 interface Recorded {
   name: string;
@@ -249,7 +249,7 @@ t.test('random sampling applies to v2: each image of a batch draws its own membe
 });
 
 t.test('while the model loads: live 200, ready and model routes 503 with Retry-After', async (t) => {
-  const server = createServer(testConfig({ modelDir: TINY }), new ModelState(), { logger: false });
+  const server = createServer(embeddedConfig({ modelDir: TINY }), unstartedRepository(embeddedConfig({ modelDir: TINY })), { logger: false });
   t.teardown(() => server.close());
   const live = await server.inject({ url: '/v2/health/live' });
   t.same([live.statusCode, live.json()], [200, { live: true }]);

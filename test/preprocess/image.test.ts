@@ -4,7 +4,7 @@ import path from 'node:path';
 import sharp from 'sharp';
 import t from 'tap';
 import type { InputSpec } from '../../src/ensemble/manifest.js';
-import { imageToTensor, tensorsToBatch } from '../../src/preprocess/image.js';
+import { imageToTensor } from '../../src/preprocess/image.js';
 import { goldenOf, manifestOf, SHIPPED, TINY } from '../helpers.js';
 
 const limits = { maxInputPixels: 10_000_000 };
@@ -74,15 +74,4 @@ t.test('EXIF orientation is applied before resizing', async (t) => {
   // Rotating 90 degrees clockwise puts the bright bottom rows on the left.
   t.ok(out[0] > 200 && out[4] > 200, `left column bright (${out[0]}, ${out[4]})`);
   t.ok(out[3] < 55 && out[7] < 55, `right column dark (${out[3]}, ${out[7]})`);
-});
-
-t.test('tensors: [C,H,W] and [1,C,H,W] are accepted; wrong shapes and non-finite values are named', async (t) => {
-  const spec: InputSpec = { ...gray, shape: [1, 2, 2] };
-  t.same(Array.from(tensorsToBatch([[[[0.25, 0.5], [0.75, 1]]], [[[[1.25, 1.5], [1.75, 2]]]]], spec)), [0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2]);
-  t.throws(() => tensorsToBatch([[[1, 2], [3, 4]]], spec), /tensors\[0\]: shape \[2, 2\] does not match the model input \[1, 2, 2\]/);
-  t.throws(() => tensorsToBatch([[[[1, 2], [3]]]], spec), /ragged/);
-  let deep: unknown = [1];
-  for (let d = 0; d < 100_000; d++) deep = [deep];
-  t.throws(() => tensorsToBatch([deep], spec), /nested deeper than \[1, 1, 2, 2\]/, 'deep nesting is refused, not a stack overflow');
-  t.throws(() => tensorsToBatch([[[[1, 2], [3, null]]]], spec), /element 3 is null/);
 });

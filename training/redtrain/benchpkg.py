@@ -16,7 +16,6 @@ Steps:
 
 from __future__ import annotations
 
-import datetime
 import json
 import re
 import shutil
@@ -24,21 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
-from PIL import Image
 from torch import nn
 
 from redtrain.errors import UserError
-from redtrain.export import GOLDEN_ATOL, PARITY_ATOL, check_parity
+from redtrain.export import GOLDEN_ATOL, PARITY_ATOL, check_parity, export_record, finish_package
+from redtrain.golden import GOLDEN_IMAGES, write_golden
 from redtrain.manifest import check_package, sha256_file
 from redtrain.models import ResNet18, ResNet20, count_parameters
-from redtrain.onnx_export import OPSET, export_onnx
-from redtrain.provenance import git_commit, replace_folder, staging_folder
+from redtrain.onnx_export import export_onnx
+from redtrain.provenance import git_commit, staging_folder
 
 ARCHS: dict[str, type[nn.Module]] = {"resnet20": ResNet20, "resnet18": ResNet18}
-GOLDEN_IMAGES = 4
 # Images whose batch statistics become each member's batch-norm running statistics.
 CALIBRATION_IMAGES = 16
 # ResNet-18 halves the resolution three times: below 8 pixels its later stages run on 1x1 maps.
@@ -112,25 +108,6 @@ def _golden_pixels(spec: BenchSpec) -> np.ndarray:
     return np.random.default_rng(spec.seed).integers(0, 256, (GOLDEN_IMAGES, *spec.shape), dtype=np.uint8)
 
 
-def _write_golden(pkg: Path, pixels: np.ndarray, members: list[nn.Module]) -> torch.Tensor:
-    """golden/*.png and golden.json; returns the golden inputs as a tensor [n, C, H, W]."""
-    (pkg / "golden").mkdir()
-    x = torch.from_numpy(pixels).float() / 255
-    with torch.no_grad():
-        logits = [m(x) for m in members]
-    images = []
-    for k, arr in enumerate(pixels):
-        img = Image.fromarray(arr[0], mode="L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), "RGB")
-        img.save(pkg / "golden" / f"{k}.png")
-        # No true class exists: the label is the averaged ensemble's answer (sampling 'mean').
-        label = int(torch.stack([torch.softmax(lg[k], 0) for lg in logits]).mean(0).argmax())
-        images.append({"file": f"golden/{k}.png", "label": label,
-                       "input": [round(v, 8) for v in x[k].flatten().tolist()],
-                       "logits": [lg[k].tolist() for lg in logits]})
-    (pkg / "golden.json").write_text(json.dumps({"images": images}) + "\n")
-    return x
-
-
 def _manifest(spec: BenchSpec, entries: list[dict], golden_sha256: str) -> dict:
     c = spec.shape[0]
     return {
@@ -154,9 +131,7 @@ def _manifest(spec: BenchSpec, entries: list[dict], golden_sha256: str) -> dict:
                              f"statistics of {CALIBRATION_IMAGES} uniform-noise images",
                      "memberSeeds": [member_seed(spec.seed, i) for i in range(spec.members)]},
         "benchmark": {"randomWeights": True, "arch": spec.arch, "seed": spec.seed},
-        "export": {"opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__,
-                   "onnxruntime": ort.__version__,
-                   "createdAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+        "export": export_record(),
     }
 
 
@@ -204,7 +179,9 @@ def write_bench_package(spec: BenchSpec, out: str | Path, *, force: bool = False
     tmp = staging_folder(out)
     try:
         members = [build_member(spec, i) for i in range(spec.members)]
-        x = _write_golden(tmp, _golden_pixels(spec), members)
+        pixels = _golden_pixels(spec)
+        x = torch.from_numpy(pixels).float() / 255
+        write_golden(tmp, pixels, x, members)
         probe = torch.cat([x, torch.rand(4, *spec.shape, generator=torch.Generator().manual_seed(spec.seed))])
         entries = []
         for i, module in enumerate(members):
@@ -213,9 +190,7 @@ def write_bench_package(spec: BenchSpec, out: str | Path, *, force: bool = False
             check_parity(module, path, probe, f"member {i}", PARITY_ATOL)
             entries.append({"file": path.name, "sha256": sha256_file(path), "parameters": count_parameters(module)})
         manifest = _manifest(spec, entries, sha256_file(tmp / "golden.json"))
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        check_package(tmp)
-        replace_folder(tmp, out)
+        finish_package(tmp, out, manifest)
         return manifest, True
     finally:
         if tmp.exists():

@@ -1,4 +1,4 @@
-"""Command line: python -m redtrain {train,export,validate,evaluate,compare,study,bench-package} ...
+"""Command line: python -m redtrain {train,export,import,validate,evaluate,compare,study,bench-package} ...
 
 User errors (bad config, missing data, broken package) print one line and exit 2.
 """
@@ -111,6 +111,77 @@ def _bench_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(flag: str, text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"{flag}: expected comma-separated numbers, got '{text}'") from None
+
+
+def _import_overrides(args: argparse.Namespace) -> dict:
+    """The flags that were given, in the shape of an import spec (redtrain.importer.ImportSpec)."""
+    raw: dict = {}
+    for key in ("name", "version", "description", "module", "torchscript", "dataset", "data_root", "test_limit"):
+        if getattr(args, key) is not None:
+            raw[key] = getattr(args, key)
+    if args.onnx:
+        raw["onnx"] = args.onnx
+    if args.checkpoint:
+        raw["checkpoints"] = args.checkpoint
+    if args.module_kwargs is not None:
+        try:
+            raw["module_kwargs"] = json.loads(args.module_kwargs)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--module-kwargs: not JSON ({exc})") from None
+    key_map = {k: getattr(args, k) for k in ("state_key", "strip_prefix", "rename_prefix") if getattr(args, k)}
+    if key_map:
+        raw["key_map"] = key_map
+    inp: dict = {}
+    if args.input is not None:
+        parts = args.input.lower().split("x")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise UserError(f"--input: expected CxHxW, e.g. 3x32x32, got '{args.input}'")
+        inp["shape"] = [int(p) for p in parts]
+    for key in ("channels", "scale"):
+        if getattr(args, key) is not None:
+            inp[key] = getattr(args, key)
+    if args.input_name is not None:
+        inp["name"] = args.input_name
+    for key in ("mean", "std"):
+        if getattr(args, key) is not None:
+            inp[key] = _floats(f"--{key}", getattr(args, key))
+    resize = {k: getattr(args, k) for k in ("fit", "kernel", "background") if getattr(args, k) is not None}
+    if resize:
+        inp["resize"] = resize
+    if inp:
+        raw["input"] = inp
+    out = {k: v for k, v in (("name", args.output_name), ("classes", args.classes)) if v is not None}
+    if out:
+        raw["output"] = out
+    if args.labels is not None and args.labels_file is not None:
+        raise UserError("give --labels or --labels-file, not both")
+    if args.labels is not None:
+        raw["labels"] = args.labels.split(",")
+    if args.labels_file is not None:
+        try:
+            raw["labels"] = [line.strip() for line in Path(args.labels_file).read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise UserError(f"--labels-file: {exc}") from None
+    return raw
+
+
+def _import(args: argparse.Namespace) -> int:
+    from redtrain.importer import import_package, load_spec
+
+    spec = load_spec(_import_overrides(args), config=args.config, preset=args.preset)
+    manifest = import_package(spec, args.out)
+    ev = manifest.get("evaluation")
+    accuracy = f", random-draw acc {ev['randomDrawAccuracy']:.4f} on {ev['examples']} test images" if ev else ""
+    print(f"imported {len(manifest['members'])} members ({spec.source_format}) -> {args.out}: input "
+          f"{manifest['input']['shape']}, {manifest['output']['classes']} classes{accuracy}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="redtrain", description="Train and export RED / PS-RED model packages.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +255,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
     p.add_argument("--force", action="store_true", help="rebuild even when --out holds the same benchmark package")
     p.set_defaults(func=_bench_package)
+
+    p = sub.add_parser("import", help="make a model package from N ONNX files, or a PyTorch module and N checkpoints",
+                       description="Flags override the --config YAML spec, which overrides the --preset "
+                                   "(docs/import.md).")
+    p.add_argument("--out", required=True, help="package folder; only a package folder there is ever replaced")
+    p.add_argument("--config", help="YAML import spec (keys as ImportSpec in redtrain/importer.py; paths relative to it)")
+    p.add_argument("--preset", help="a known checkpoint layout: red-resnet18 (the public RED code's CIFAR-10 members)")
+    p.add_argument("--name", help="package name, [a-z0-9][a-z0-9._-]* (the served model name)")
+    p.add_argument("--version", help="package version (default 1.0.0)")
+    p.add_argument("--description", help="one line for humans")
+    p.add_argument("--onnx", action="append", help="an ONNX member file; repeat, one per member")
+    p.add_argument("--module", help="the member class, package.module:Class or path/file.py:Class")
+    p.add_argument("--module-kwargs", help="the class's constructor arguments as a JSON object")
+    p.add_argument("--torchscript", help="a TorchScript file of the member (instead of --module)")
+    p.add_argument("--checkpoint", action="append", help="a state-dict checkpoint; repeat, one per member")
+    p.add_argument("--state-key", help="the checkpoint entry holding the state dict (default: found)")
+    p.add_argument("--strip-prefix", action="append", help="remove this key prefix, e.g. module. (repeatable)")
+    p.add_argument("--rename-prefix", action="append", help="OLD=NEW: replace a key prefix (repeatable)")
+    p.add_argument("--input", help="CxHxW of one image (default: the ONNX files'; required with a module)")
+    p.add_argument("--input-name", help="the members' input name (default: the ONNX files')")
+    p.add_argument("--channels", choices=["gray", "rgb"], help="colour space (default: from C)")
+    p.add_argument("--scale", type=float, help="8-bit pixel multiplier (default 1/255)")
+    p.add_argument("--mean", help="per-channel mean after scaling, comma-separated (default 0)")
+    p.add_argument("--std", help="per-channel std after scaling, comma-separated (default 1)")
+    p.add_argument("--fit", help="resize fit: fill, contain (default) or cover")
+    p.add_argument("--kernel", help="resize kernel: nearest, linear (default), cubic or lanczos3")
+    p.add_argument("--background", type=float, help="letterbox and alpha background, 0..255 (default 0)")
+    p.add_argument("--output-name", help="the members' output name (default: the ONNX files')")
+    p.add_argument("--classes", type=int, help="class count (default: the members' output)")
+    p.add_argument("--labels", help="class labels, comma-separated (default: the dataset's, else class-K)")
+    p.add_argument("--labels-file", help="class labels, one per line")
+    p.add_argument("--dataset", help="what the members were trained on (fashion-mnist, cifar10); recorded for evaluate")
+    p.add_argument("--data-root", help="with --dataset: golden images and clean accuracy from its test set")
+    p.add_argument("--test-limit", type=int, help="clean accuracy on the first N test images (default: all)")
+    p.set_defaults(func=_import)
     return parser
 
 

@@ -16,18 +16,17 @@ import datetime
 import json
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from PIL import Image
 from torch import nn
 
 from redtrain.config import Config
 from redtrain.data import Dataset, load_dataset, to_unit
 from redtrain.errors import UserError
+from redtrain.golden import GOLDEN_IMAGES, write_golden
 from redtrain.manifest import check_package, sha256_file
 from redtrain.models import count_parameters, input_shape
 from redtrain.onnx_export import OPSET, export_onnx
@@ -38,7 +37,6 @@ from redtrain.runs import load_run
 
 PARITY_ATOL = 1e-4
 GOLDEN_ATOL = 1e-4
-GOLDEN_IMAGES = 4
 
 
 def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
@@ -65,20 +63,20 @@ def _parity_inputs(data: Dataset, shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.cat([real, noise])
 
 
-def _write_golden(pkg: Path, data: Dataset, members: list[Callable[[torch.Tensor], torch.Tensor]]) -> None:
-    (pkg / "golden").mkdir()
-    images = []
-    for k in range(GOLDEN_IMAGES):
-        pixels = data.test.images[k]  # uint8 [C, H, W]
-        arr = pixels.numpy()
-        img = Image.fromarray(arr[0], mode="L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), "RGB")
-        img.save(pkg / "golden" / f"{k}.png")
-        x = to_unit(pixels.unsqueeze(0))
-        with torch.no_grad():
-            logits = [m(x)[0].tolist() for m in members]
-        images.append({"file": f"golden/{k}.png", "label": int(data.test.labels[k]),
-                       "input": [round(v, 8) for v in x.flatten().tolist()], "logits": logits})
-    (pkg / "golden.json").write_text(json.dumps({"images": images}) + "\n")
+def export_record(opset: int = OPSET, *, torch_exported: bool = True) -> dict:
+    """The manifest's `export` entry: the versions that wrote and checked the members, and when
+    (torch only where torch exported them)."""
+    return {"opset": opset, **({"torch": torch.__version__} if torch_exported else {}), "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__,
+            "createdAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def finish_package(tmp: Path, out: Path, manifest: dict) -> None:
+    """Write manifest.json into the staging folder, validate the whole package, then swap it into
+    place; a package that fails validation never reaches `out`."""
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    check_package(tmp)
+    replace_folder(tmp, out)
 
 
 def objective(cfg: Config) -> str:
@@ -139,7 +137,8 @@ def export_package(cfg: Config, ensemble: nn.Module, out: str | Path, data: Data
         members = ensemble.members()
         probe = _parity_inputs(data, shape)
         stored = _write_members(cfg, ensemble, shape, tmp, probe, parity_atol)
-        _write_golden(tmp, data, members)
+        golden = data.test.images[:GOLDEN_IMAGES]
+        write_golden(tmp, golden.numpy(), to_unit(golden), members, data.test.labels[:GOLDEN_IMAGES].tolist())
         test_x, test_y = data.test.images, data.test.labels
         if cfg.data.test_limit is not None:
             test_x, test_y = test_x[:cfg.data.test_limit], test_y[:cfg.data.test_limit]
@@ -165,13 +164,9 @@ def export_package(cfg: Config, ensemble: nn.Module, out: str | Path, data: Data
                          "commit": git_commit(), "objective": objective(cfg),
                          "config": json.loads(json.dumps(cfg.to_dict())), **(training_record or {})},
             "evaluation": evaluation,
-            "export": {"opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__,
-                       "onnxruntime": ort.__version__,
-                       "createdAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+            "export": export_record(),
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        check_package(tmp)
-        replace_folder(tmp, out)
+        finish_package(tmp, out, manifest)
         return out
     finally:
         if tmp.exists():

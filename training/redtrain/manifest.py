@@ -178,6 +178,11 @@ def _relations(m: dict) -> list[str]:
                 total += p
             if not abs(total - 1) <= PROBABILITY_SUM_TOLERANCE:
                 problems.append(f"sampling.probabilities: sum {describe_value(total)}, expected 1 (within 1e-6)")
+    training = m.get("training")
+    source = training.get("source") if isinstance(training, dict) and training.get("method") == "imported" else None
+    files = source.get("files") if isinstance(source, dict) else None
+    if isinstance(files, list) and files and isinstance(members, list) and members and len(files) != len(members):
+        problems.append(f"training.source.files: {len(files)} files for {len(members)} members")
     evaluation = m.get("evaluation")
     accuracies = evaluation.get("memberAccuracy") if isinstance(evaluation, dict) else None
     if isinstance(accuracies, list) and isinstance(members, list) and members and len(accuracies) != len(members):

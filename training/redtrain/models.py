@@ -57,20 +57,25 @@ class StridedCNN(_StagesAndHead):
 
 
 class _BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    """Two 3x3 convs with batch norm and a residual; `shortcut` names the 1x1 projection where the
+    shape changes (torchvision calls it `downsample`, which checkpoints of its layout need)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, shortcut: str = "shortcut") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut: nn.Module = nn.Identity()
+        self._shortcut = shortcut
+        projection: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            projection = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        setattr(self, shortcut, projection)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return torch.relu(out + self.shortcut(x))
+        return torch.relu(out + getattr(self, self._shortcut)(x))
 
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -87,12 +92,12 @@ def _standardisation(in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(mean).view(1, in_channels, 1, 1), torch.tensor(std).view(1, in_channels, 1, 1)
 
 
-def _stages(cin: int, stages: tuple[tuple[int, int, int], ...]) -> nn.Sequential:
+def _stages(cin: int, stages: tuple[tuple[int, int, int], ...], shortcut: str = "shortcut") -> nn.Sequential:
     """Basic blocks, stage by stage: (width, blocks, stride of the stage's first block)."""
     blocks: list[nn.Module] = []
     for cout, count, stride in stages:
         for i in range(count):
-            blocks.append(_BasicBlock(cin, cout, stride if i == 0 else 1))
+            blocks.append(_BasicBlock(cin, cout, stride if i == 0 else 1, shortcut))
             cin = cout
     return nn.Sequential(*blocks)
 
@@ -131,6 +136,54 @@ class ResNet18(_CifarResNet):
 
     def __init__(self, classes: int = 10, in_channels: int = 3) -> None:
         super().__init__(classes, in_channels, ((64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)))
+
+
+class _Normalise(nn.Module):
+    """(x - mean[c]) / std[c], the statistics held as buffers `mean` and `std` of shape [C]."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+
+
+class _TorchvisionCifarResNet18(nn.Module):
+    """torchvision's resnet18 parameter names (conv1, bn1, layer1..layer4, fc) with the CIFAR stem
+    the public RED code puts in: a 3x3 stride-1 conv with a bias, no max-pool."""
+
+    def __init__(self, classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1)
+        self.bn1 = nn.BatchNorm2d(64)
+        widths = (64, 128, 256, 512)
+        for k, width in enumerate(widths):
+            cin = widths[max(k - 1, 0)]
+            setattr(self, f"layer{k + 1}", _stages(cin, ((width, 2, 1 if k == 0 else 2),), shortcut="downsample"))
+        self.fc = nn.Linear(widths[-1], classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class RedResNet18(nn.Module):
+    """A member of the public RED code's CIFAR-10 ensembles, in its state-dict layout, to load its
+    checkpoints (`redtrain import --preset red-resnet18`, docs/import.md): `data_norm.mean` and
+    `data_norm.std` normalise [0, 1] input inside the network, then `base_model.` holds the ResNet-18.
+    The normalisation defaults are replaced by the checkpoint's own buffers."""
+
+    def __init__(self, classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        mean, std = _standardisation(in_channels)
+        self.data_norm = _Normalise(tuple(mean.flatten().tolist()), tuple(std.flatten().tolist()))
+        self.base_model = _TorchvisionCifarResNet18(classes, in_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_model(self.data_norm(x))
 
 
 def input_shape(arch: str) -> tuple[int, int, int]:

@@ -5,38 +5,34 @@
  * (the real package, random draw), so that thousands of runs fit on a small machine. The HTTP
  * path is checked separately with `npm run attack` against a `--detect log` service.
  *
- *   node dist/bench/detect-evaluate.js benign  [--count 10000] --out benign.json
- *   node dist/bench/detect-evaluate.js attacks [--images 20] [--queries 1000] --out attacks.json
- *   node dist/bench/detect-evaluate.js cost    [--count 10000]
- *   node dist/bench/detect-evaluate.js cost-http [--count 2000] [--rounds 3]   (starts its own services)
+ *   node dist/bench/detect/evaluate.js benign  [--count 10000] --out benign.json
+ *   node dist/bench/detect/evaluate.js attacks [--images 20] [--queries 1000] --out attacks.json
+ *   node dist/bench/detect/evaluate.js cost    [--count 10000]
+ *   node dist/bench/detect/evaluate.js cost-http [--count 2000] [--rounds 3]   (starts its own services)
  *
  * Every query's Observation (hashes shared with the closest earlier query, own and other clients',
- * and exact re-upload counts) is recorded, so that the flag decision can be replayed at every
- * threshold afterwards (`summary` in the JSON, the plot in src/detect/plot.py).
+ * and exact re-upload counts) is recorded, with the detector's own decision at every threshold
+ * (`flaggedUpTo`: the rule is monotone in the threshold), so that bench/detect/plot.py tabulates
+ * and plots decisions without deciding anything itself.
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
-import { DEFAULT_TRANSFORM, adaptiveClassify, type AdaptiveStats, type Answer } from '../attack/adaptive.js';
-import { hopSkipJump } from '../attack/hsj.js';
-import { FASHION_MNIST_DIR, readIdx, toPixels, type LabeledImage } from '../attack/images.js';
-import { argmax, linfDistance, Oracle, StopAttack, type Classify } from '../attack/oracle.js';
-import { deriveSeed, Rng } from '../attack/rng.js';
-import { squareAttack, type AttackResult } from '../attack/square.js';
-import { loadConfig, testConfig } from '../src/config.js';
-import { loadEnsemble, type Ensemble } from '../src/ensemble/ensemble.js';
-import type { InputSpec } from '../src/ensemble/manifest.js';
-import { imageToTensor } from '../src/preprocess/image.js';
-import { Detector, type DetectSettings, type Observation } from '../src/detect/detector.js';
-import type { Normalisation } from '../src/detect/fingerprint.js';
+import { DEFAULT_TRANSFORM, adaptiveClassify, type AdaptiveStats, type Answer } from '../../attack/adaptive.js';
+import { hopSkipJump } from '../../attack/hsj.js';
+import { FASHION_MNIST_DIR, readIdx, toPixels, type LabeledImage } from '../../attack/images.js';
+import { argmax, linfDistance, Oracle, StopAttack, type Classify } from '../../attack/oracle.js';
+import { deriveSeed, Rng } from '../../attack/rng.js';
+import { squareAttack, type AttackResult } from '../../attack/square.js';
+import { embeddedConfig, loadConfig, type DetectSettings } from '../../src/config.js';
+import { loadEnsemble, type Ensemble } from '../../src/ensemble/ensemble.js';
+import type { InputSpec } from '../../src/ensemble/manifest.js';
+import { imageToTensor } from '../../src/preprocess/image.js';
+import { Detector, flagOf, type Observation } from '../../src/detect/detector.js';
+import { normalisationOf } from '../../src/detect/fingerprint.js';
 
 const LIMITS = { maxInputPixels: 4096 * 4096 };
-
-function normalisationOf(input: InputSpec): Normalisation {
-  const [channels, h, w] = input.shape;
-  return { channels, plane: h * w, scale: input.scale, mean: input.mean, std: input.std };
-}
 
 /** The service's defaults (log mode), with the --detect-* flags this run overrides. */
 function settingsFrom(args: Record<string, string | undefined>): DetectSettings {
@@ -48,12 +44,16 @@ function settingsFrom(args: Record<string, string | undefined>): DetectSettings 
 type Obs = [number, number, number, number?];
 const compact = (o: Observation): Obs => [o.ownShared, o.repeats, o.globalShared, o.globalOwners];
 
-/** Would a query with this observation be flagged at `threshold` (repeat allowance `repeats`, and
- * `globalOwners` other clients matched for a match across clients; the owners were counted at the
- * recording's threshold, and recordings without them count one)? */
-export function flaggedAt(o: Obs, threshold: number, repeats: number, useGlobal = true, globalOwners = 2): boolean {
-  if (o[1] > 0) return o[1] > repeats;
-  return o[0] >= threshold || (useGlobal && o[2] >= threshold && (o[3] ?? 1) >= globalOwners);
+/**
+ * The highest threshold at which the detector's rule flags a query with this observation (0: at
+ * none). The rule is monotone in the threshold, so the query is flagged at every threshold up to
+ * it. The owners were counted at the recording's threshold.
+ */
+function flaggedUpTo(o: Observation, settings: DetectSettings): number {
+  for (let threshold = settings.hashes; threshold >= 1; threshold--) {
+    if (flagOf(o, { ...settings, threshold }) !== null) return threshold;
+  }
+  return 0;
 }
 
 async function fmnistRaw(dir: string): Promise<{ images: Uint8Array; labels: Uint8Array; rows: number; cols: number; n: number }> {
@@ -134,8 +134,11 @@ async function benign(args: Record<string, string | undefined>, input: InputSpec
     settings,
     streams: streams.map((s) => {
       const detector = new Detector(settings, norm);
-      const obs = s.tensors.map((t, i) => compact(detector.screen(s.clients[i], t).seen!));
-      return { name: s.name, queries: obs.length, clients: new Set(s.clients).size, clientOf: s.clients, obs };
+      const seen = s.tensors.map((t, i) => detector.screen(s.clients[i], t).seen!);
+      return {
+        name: s.name, queries: seen.length, clients: new Set(s.clients).size, clientOf: s.clients,
+        obs: seen.map(compact), flaggedUpTo: seen.map((o) => flaggedUpTo(o, settings)),
+      };
     }),
   };
 }
@@ -160,6 +163,7 @@ interface Run {
   refused: number;
   gaveUp: number;
   obs: Obs[];
+  flaggedUpTo: number[];
 }
 
 /** Fresh draws of the random ensemble, outside the detector (the evaluator's own verification). */
@@ -182,7 +186,7 @@ async function attacks(args: Record<string, string | undefined>, modelDir: strin
   // which is what lets it resample (with a cool-down it would be refused until the cool-down ends).
   const rejecting: DetectSettings = { ...settings, mode: 'reject', cooldownS: 0 };
   const log = { info() {}, debug() {}, warn() {}, error() {} };
-  const ensemble = await loadEnsemble(testConfig({ modelDir, workers: 1, sampling: { mode: 'random' } }), log as never);
+  const ensemble = await loadEnsemble(embeddedConfig({ modelDir, workers: 1, sampling: { mode: 'random' } }), log as never);
   const input = ensemble.manifest.input;
   const norm = normalisationOf(input);
   const [c, h, w] = input.shape;
@@ -206,6 +210,7 @@ async function attacks(args: Record<string, string | undefined>, modelDir: strin
         const adaptive = kind.endsWith('-adaptive');
         const detector = new Detector(adaptive ? rejecting : settings, norm);
         const obs: Obs[] = [];
+        const upTo: number[] = [];
         let sent = 0;
         const screen = (x: Float64Array) => {
           const t = toTensor(x);
@@ -213,6 +218,7 @@ async function attacks(args: Record<string, string | undefined>, modelDir: strin
           sent++;
           const v = detector.screen(client, t);
           obs.push(compact(v.seen!));
+          upTo.push(flaggedUpTo(v.seen!, settings));
           return { t, v };
         };
         const oracleRef: { o: Oracle | null } = { o: null };
@@ -243,7 +249,7 @@ async function attacks(args: Record<string, string | undefined>, modelDir: strin
         const wrong = await wrongVotes(ensemble, result.x, image.label, verify, toTensor);
         runs.push({
           image: index, label: image.label, attack: kind, stop: result.stop, requests: sent,
-          verified: 2 * wrong > verify, linf: linfDistance(result.x, x0), refused: stats.refused, gaveUp: stats.gaveUp, obs,
+          verified: 2 * wrong > verify, linf: linfDistance(result.x, x0), refused: stats.refused, gaveUp: stats.gaveUp, obs, flaggedUpTo: upTo,
         });
         process.stderr.write(`image ${index} ${kind}: ${result.stop}, ${sent} requests, ${wrong}/${verify} wrong, refused ${stats.refused}\n`);
       }
@@ -405,10 +411,10 @@ async function main(): Promise<void> {
           : command === 'poison' ? await poison(args, input)
             : null;
   if (result === null) {
-    process.stderr.write('usage: node dist/bench/detect-evaluate.js benign|attacks|cost|cost-http|poison [--out FILE] [...]\n');
+    process.stderr.write('usage: node dist/bench/detect/evaluate.js benign|attacks|cost|cost-http|poison [--out FILE] [...]\n');
     process.exit(2);
   }
-  const text = JSON.stringify({ command: `node dist/bench/detect-evaluate.js ${process.argv.slice(2).join(' ')}`, ...result as object });
+  const text = JSON.stringify({ command: `node dist/bench/detect/evaluate.js ${process.argv.slice(2).join(' ')}`, ...result as object });
   if (args.out) await writeFile(args.out, text);
   else process.stdout.write(`${text}\n`);
 }

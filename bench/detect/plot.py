@@ -1,12 +1,12 @@
 """Summarise the detector's offline evaluation and plot detection and false positives against the
 match threshold (reports/detection.md).
 
-    .venv/bin/python src/detect/plot.py --attacks attacks.json --benign benign.json \
+    .venv/bin/python bench/detect/plot.py --attacks attacks.json --benign benign.json \
         --png reports/detection-threshold.png --markdown summary.md
 
-Both JSON files come from `node dist/src/detect/evaluate.js attacks|benign`. Every query's
-observation is [own shared hashes, exact re-uploads before it, other clients' shared hashes]; the
-flag rule is replayed here at every threshold exactly as src/detect/detector.ts decides it.
+Both JSON files come from `node dist/bench/detect/evaluate.js attacks|benign` (bench/detect/evaluate.ts).
+Nothing is decided here: for every query the evaluator wrote `flaggedUpTo`, the highest threshold at
+which the detector's own rule (`flagOf` in src/detect/detector.ts) flags it, 0 for none.
 """
 from __future__ import annotations
 
@@ -20,30 +20,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def flagged(o: list[int], threshold: int, repeats: int, use_global: bool = True) -> bool:
-    own, rep, other = o
-    if rep > 0:
-        return rep > repeats
-    return own >= threshold or (use_global and other >= threshold)
+def flagged(up_to: int, threshold: int) -> bool:
+    """The evaluator's decision for a query at `threshold` (flagged at every threshold up to `up_to`)."""
+    return threshold <= up_to
 
 
-def first_flag(obs: list[list[int]], threshold: int, repeats: int) -> int | None:
-    for i, o in enumerate(obs):
-        if flagged(o, threshold, repeats):
+def first_flag(decisions: list[int], threshold: int) -> int | None:
+    for i, up_to in enumerate(decisions):
+        if flagged(up_to, threshold):
             return i + 1
     return None
 
 
 def attack_rows(attacks: dict, threshold: int) -> list[dict]:
-    repeats = attacks["settings"]["repeats"]
     rows = []
     kinds = sorted({r["attack"] for r in attacks["runs"]}, key=lambda k: [
         "square", "square-eot4", "hsj", "square-adaptive", "square-eot4-adaptive", "hsj-adaptive", "square-sybil"].index(k))
     for kind in kinds:
         runs = [r for r in attacks["runs"] if r["attack"] == kind]
-        firsts = [first_flag(r["obs"], threshold, repeats) for r in runs]
+        firsts = [first_flag(r["flaggedUpTo"], threshold) for r in runs]
         hits = [f for f in firsts if f is not None]
-        flagged_requests = [sum(flagged(o, threshold, repeats) for o in r["obs"]) for r in runs]
+        flagged_requests = [sum(flagged(u, threshold) for u in r["flaggedUpTo"]) for r in runs]
         rows.append({
             "attack": kind, "runs": len(runs), "detected": len(hits),
             "median": statistics.median(hits) if hits else None, "max": max(hits) if hits else None,
@@ -59,10 +56,9 @@ def attack_rows(attacks: dict, threshold: int) -> list[dict]:
 
 
 def benign_rows(benign: dict, threshold: int) -> list[dict]:
-    repeats = benign["settings"]["repeats"]
     rows = []
     for s in benign["streams"]:
-        flags = [flagged(o, threshold, repeats) for o in s["obs"]]
+        flags = [flagged(u, threshold) for u in s["flaggedUpTo"]]
         clients_flagged = {c for c, f in zip(s["clientOf"], flags) if f}
         rows.append({"stream": s["name"], "queries": s["queries"], "flagged": sum(flags),
                      "clients": s["clients"], "clients_flagged": len(clients_flagged)})
@@ -118,8 +114,7 @@ def main() -> None:
         ax[0].set_title("detection rate")
         ax[0].legend(fontsize=8)
         for s in benign["streams"]:
-            repeats = benign["settings"]["repeats"]
-            fp = [1e4 * sum(flagged(o, t, repeats) for o in s["obs"]) / s["queries"] for t in thresholds]
+            fp = [1e4 * sum(flagged(u, t) for u in s["flaggedUpTo"]) / s["queries"] for t in thresholds]
             ax[1].plot(thresholds, [max(v, 0.1) for v in fp], label=s["name"][:48])
         ax[1].axvline(threshold, color="grey", lw=0.8)
         ax[1].axhline(1, color="red", lw=0.8, linestyle=":")
