@@ -53,7 +53,7 @@ export class Metrics {
     const registers = [this.registry];
     if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
     this.requests = new Counter({
-      name: 'redserve_http_requests_total', help: 'HTTP requests answered, by route pattern and status',
+      name: 'redserve_http_requests_total', help: 'HTTP requests answered, by route pattern and status; gRPC calls as route grpc:<method>',
       labelNames: ['method', 'route', 'status'], registers,
     });
     this.errors = new Counter({

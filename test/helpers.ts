@@ -1,6 +1,6 @@
 /** Shared test helpers: fixture packages, a test app, PNG builders. */
 import { createHash } from 'node:crypto';
-import { cp, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
@@ -48,6 +48,23 @@ export async function editManifest(dir: string, edit: (m: Record<string, any>) =
   const m = await readJson<Record<string, any>>(file);
   edit(m);
   await writeFile(file, JSON.stringify(m, null, 2));
+}
+
+/** A model repository folder: tiny-ensemble at version 1.0.0 (a versioned folder), tiny-single unversioned. */
+export async function makeRepository(): Promise<string> {
+  const root = await mkdtemp(path.join(os.tmpdir(), 'redserve-repo-'));
+  await addVersion(root, '1.0.0');
+  await cp(TINY_SINGLE, path.join(root, 'tiny-single'), { recursive: true });
+  return root;
+}
+
+/** Add tiny-ensemble at `version` to a repository folder; resolves with the version's folder. */
+export async function addVersion(root: string, version: string): Promise<string> {
+  const dir = path.join(root, 'tiny-ensemble', version);
+  await mkdir(path.dirname(dir), { recursive: true });
+  await cp(TINY, dir, { recursive: true });
+  await editManifest(dir, (m) => { m.version = version; });
+  return dir;
 }
 
 export function softmax(logits: readonly number[]): number[] {

@@ -183,6 +183,21 @@ t.test('API keys in metadata, like REST headers; probes need none', async (t) =>
   t.equal((await client.call('ModelInfer', rawRequest([image]), { 'x-api-key': key })).status.code, 0, 'x-api-key');
 });
 
+t.test('one client, one rate limit and one detection history across REST and gRPC', async (t) => {
+  const { app, client } = await startGrpc({
+    rateLimit: { perSecond: 0.01, burst: 3 }, detect: { ...loadConfig([], {}).detect, mode: 'reject', repeats: 1 },
+  });
+  t.teardown(async () => { client.close(); await app.close(); });
+  const rest = await app.server.inject({ method: 'POST', url: `/v2/models/${NAME}/infer`, payload: { inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 1, 28, 28], data: image }] } });
+  t.equal(rest.statusCode, 200, 'REST from 127.0.0.1');
+  t.equal((await client.call('ModelInfer', rawRequest([image]))).status.code, 0, 'gRPC from 127.0.0.1: the one repeat allowed');
+  const repeated = await client.fails('ModelInfer', rawRequest([image]));
+  t.same([repeated.error.code, richStatus(repeated).reason], [8, 'query_attack_suspected'], 'the REST query counts in the gRPC caller\'s history');
+  const limited = await client.fails('ModelInfer', rawRequest([image]));
+  t.same([limited.error.code, richStatus(limited).reason], [8, 'rate_limited'], 'the REST request took a token of the same bucket');
+  t.match(limited.error.details, /rate limit of 0.01 requests\/s \(burst 3\) per client exceeded/);
+});
+
 t.test('random sampling: each image of a batch draws its own member, uniformly; nothing tells which', async (t) => {
   const { app, client } = await startGrpc({ sampling: { mode: 'random' } });
   t.teardown(async () => { client.close(); await app.close(); });
@@ -242,7 +257,7 @@ t.test('deadlines: an expired call is DEADLINE_EXCEEDED and frees its slot; clos
   await new Promise((r) => setTimeout(r, 200));
   t.equal(app.server.inflightRequests(), 0, 'the slot is released');
   const inflight = client.call('ModelInfer', rawRequest(Array(64).fill(image)));
-  await new Promise((r) => setTimeout(r, 20));
+  while (app.server.inflightRequests() === 0) await new Promise((r) => setImmediate(r));
   const closing = app.close();
   const answered = await inflight;
   await closing;

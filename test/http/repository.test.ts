@@ -1,26 +1,9 @@
-import { cp, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import type { App } from '../../src/app.js';
 import type { ModelControl } from '../../src/config.js';
-import { editManifest, goldenOf, png, startApp, TINY, TINY_SINGLE } from '../helpers.js';
-
-/** A repository: tiny-ensemble at version 1.0.0 (versioned folder), tiny-single unversioned. */
-async function makeRepository(): Promise<string> {
-  const root = await mkdtemp(path.join(os.tmpdir(), 'redserve-repo-http-'));
-  await addVersion(root, '1.0.0');
-  await cp(TINY_SINGLE, path.join(root, 'tiny-single'), { recursive: true });
-  return root;
-}
-
-async function addVersion(root: string, version: string): Promise<string> {
-  const dir = path.join(root, 'tiny-ensemble', version);
-  await mkdir(path.dirname(dir), { recursive: true });
-  await cp(TINY, dir, { recursive: true });
-  await editManifest(dir, (m) => { m.version = version; });
-  return dir;
-}
+import { addVersion, goldenOf, makeRepository, png, startApp, TINY } from '../helpers.js';
 
 async function serve(t: Test, control: ModelControl = 'explicit'): Promise<{ app: App; root: string }> {
   const root = await makeRepository();
