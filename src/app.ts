@@ -24,6 +24,7 @@ import { registerRoutes } from './http/routes.js';
 import { registerV2Routes, v2Shape } from './http/v2.js';
 import { Metrics } from './metrics.js';
 import { ModelRepository, repositoryOptions } from './repository.js';
+import { createTracing, NO_TRACING, type RequestTrace, type Tracing } from './tracing.js';
 
 export interface App {
   readonly server: FastifyInstance;
@@ -52,6 +53,8 @@ declare module 'fastify' {
     answeredImages: number;
     /** The served model an inference request named (set by the inference routes; null otherwise). */
     servedModel: string | null;
+    /** An inference request's trace (src/tracing.ts); a no-op one without --otlp-endpoint. */
+    trace: RequestTrace;
   }
 }
 
@@ -62,8 +65,9 @@ const isV2Url = (url: string) => /^\/v2(\/|\?|$)/.test(url);
 const shapeOf = (req: FastifyRequest): ErrorShape => (isV2Url(req.url) ? v2Shape : rootShape);
 
 export function createServer(config: Config, repository: ModelRepository,
-  options: { logger?: boolean | object; metrics?: Metrics } = {}): FastifyInstance {
+  options: { logger?: boolean | object; metrics?: Metrics; tracing?: () => Tracing } = {}): FastifyInstance {
   const { metrics } = options;
+  const tracing = options.tracing ?? (() => NO_TRACING);
   const admissions = new Admissions(config.maxQueue, repository);
   // The detector undoes the model's input normalisation: it is built when each model is ready.
   const detection = createDetection(config, metrics);
@@ -107,6 +111,17 @@ export function createServer(config: Config, repository: ModelRepository,
   server.decorateRequest('errorCode', null);
   server.decorateRequest('answeredImages', 0);
   server.decorateRequest('servedModel', null);
+  server.decorateRequest('trace', null as unknown as RequestTrace);
+  // Each inference request's trace starts at its headers (a W3C traceparent makes it a child) and
+  // ends with its answer.
+  server.addHook('onRequest', (req, _reply, done) => {
+    if (req.routeOptions.config?.inference) req.trace = tracing().start(isV2Url(req.url) ? 'v2' : 'classify', req.headers);
+    done();
+  });
+  server.addHook('onResponse', (req, reply, done) => {
+    req.trace?.end(reply.statusCode, req.errorCode);
+    done();
+  });
   server.setErrorHandler((err: Error, req, reply) => sendError(err, req, reply, rootShape));
   server.setNotFoundHandler((req, reply) => sendError(routes.miss(req), req, reply, rootShape));
   closeWhileDraining(server, () => repository.draining);
@@ -150,10 +165,13 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
   let server!: FastifyInstance;
   const repository: ModelRepository = new ModelRepository(repositoryOptions(config), (dir, name) => loadEnsemble({ ...config, modelDir: dir }, server.log, metrics.observerFor(name)),
   { info: (o, m) => server.log.info(o, m), warn: (o, m) => server.log.warn(o, m), error: (o, m) => server.log.error(o, m) });
-  server = createServer(config, repository, { ...options, metrics });
+  // The SDK loads only with --otlp-endpoint; until it has, and without it, tracing is a no-op.
+  let tracing: Tracing = NO_TRACING;
+  const tracingReady = createTracing(config.otlpEndpoint).then((t) => { tracing = t; });
+  server = createServer(config, repository, { ...options, metrics, tracing: () => tracing });
   const metricsServer = config.metricsPort === null ? null : metrics.createServer();
 
-  const modelReady = repository.start().then(() => repository.ready());
+  const modelReady = tracingReady.then(() => repository.start()).then(() => repository.ready());
   modelReady.catch(() => undefined); // the caller decides; never an unhandled rejection
 
   return {
@@ -177,6 +195,7 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
       }
       await metricsServer?.close();
       await repository.close();
+      await tracing.close();
     },
     async stopWorkers() {
       await repository.close({ now: true });
