@@ -310,6 +310,11 @@ export class ModelRepository {
     }
   }
 
+  /** Would the model's job queue refuse a one-image request now? */
+  saturated(name: string): boolean {
+    return this.models.get(name)?.serving?.ensemble.saturated() ?? false;
+  }
+
   /** Every model with its state (Triton's repository index). */
   index(): IndexEntry[] {
     return [...this.models.values()].sort((a, b) => (a.name < b.name ? -1 : 1))

@@ -36,6 +36,8 @@ export interface Ensemble {
   classify(data: Float32Array, n: number, timing?: RunTiming): Promise<Float32Array[]>;
   /** The worker pool as it is now (what the metrics read at scrape time). */
   statistics(): EnsembleStatistics;
+  /** A one-image request now would be refused by the job queue (mean sampling needs a job per member). */
+  saturated(): boolean;
   close(): Promise<void>;
 }
 
@@ -171,6 +173,7 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger, observer
     manifest, provider: info.provider, sampling, imageSize,
     classify: async (data, n, timing) => checkFinite(await classify(data, n, timing)),
     statistics: () => ({ workers: pool.workers, busyWorkers: pool.busy, queuedJobs: pool.queued }),
+    saturated: () => pool.wouldRefuse(sampling.mode === 'mean' ? meanMembers.length : 1),
     close: () => pool.close(),
   };
 }

@@ -151,6 +151,11 @@ export class WorkerPool {
     return this.queuedJobs;
   }
 
+  /** Would a request of `jobs` member jobs be refused now? (An empty queue admits any request.) */
+  wouldRefuse(jobs: number): boolean {
+    return this.queuedJobs > 0 && this.queuedJobs + jobs > this.options.maxQueue;
+  }
+
   get busy(): number {
     return this.slots.filter((s) => s.batch !== null).length;
   }
@@ -170,7 +175,7 @@ export class WorkerPool {
     if (this.closing) return Promise.reject(shuttingDown());
     const oversized = parts.find((p) => p.n > this.maxJobImages);
     if (oversized) return Promise.reject(new Error(`a job of ${oversized.n} images exceeds the pool's maxJobImages ${this.maxJobImages}`));
-    if (this.queuedJobs > 0 && this.queuedJobs + parts.length > this.options.maxQueue) {
+    if (this.wouldRefuse(parts.length)) {
       return Promise.reject(overloaded(`inference queue is full (${this.queuedJobs} of ${this.options.maxQueue} jobs waiting); retry shortly`));
     }
     const enqueuedAt = performance.now();
