@@ -6,9 +6,10 @@
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import type { CpuFigures, Measurement } from './load.js';
+import type { OtherLoad } from './quiet.js';
 import { fmt } from './stats.js';
 
-export interface Point extends Measurement {
+export interface Point extends Measurement, Partial<OtherLoad> {
   workload: string;
   target: string;
   concurrency: number;
@@ -187,10 +188,11 @@ function workloadSection(points: readonly Point[], w: WorkloadInfo, o: ReportOpt
     ...(w.httpBound ? ['', 'One small image per request costs more in HTTP and JSON than in the model: these rows measure the',
       'HTTP path. Their only target is the event loop\'s CPU per request against the bare route.'] : []),
     '',
-    '| target | concurrency | images/s | p50 ms | p90 ms | p99 ms | CPU µs/image | event loop µs/image | cores busy | rejected |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| target | concurrency | images/s | p50 ms | p90 ms | p99 ms | CPU µs/image | event loop µs/image | cores busy | rejected | load before -> after | other busy processes |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|',
     ...closed.map((p) => `| ${p.target} | ${p.concurrency} | ${p.rps.toFixed(0)} | ${fmt(p.p50, 2)} | ${fmt(p.p90, 2)} | ${fmt(p.p99, 2)} `
-      + `| ${fmt(p.cpu?.cpuUsPerImage, 0)} | ${NODE_SERVERS.has(p.target) ? fmt(p.cpu?.mainThreadUsPerImage, 0) : '-'} | ${fmt(p.cpu?.cores, 2)} | ${p.rejected} |`),
+      + `| ${fmt(p.cpu?.cpuUsPerImage, 0)} | ${NODE_SERVERS.has(p.target) ? fmt(p.cpu?.mainThreadUsPerImage, 0) : '-'} | ${fmt(p.cpu?.cores, 2)} | ${p.rejected} `
+      + `| ${fmt(p.loadBefore, 2)} -> ${fmt(p.loadAfter, 2)} | ${p.otherBusy === undefined ? '-' : p.otherBusy.length ? p.otherBusy.join('; ') : 'none'} |`),
     '',
     ...ratioTable(ratios(points, w.name, o.concurrency)),
     '',
