@@ -42,6 +42,7 @@ export const T = {
   unbatched: 'redserve unbatched',
   mean: 'redserve mean',
   fastapi: 'fastapi peer',
+  pythonRaw: 'python raw ASGI peer',
   mlserverRandom: 'mlserver random',
   mlserverMean: 'mlserver mean',
 } as const;
@@ -129,6 +130,7 @@ export function ratios(points: readonly Point[], workload: string, concurrency: 
     row('p99VsMlserver', `redserve random p99 / MLServer random p99 at c=${cRef}`, div(p99(T.random), p99(T.mlserverRandom))),
     row('vsFastapi', `redserve random / FastAPI peer, images/s at c=${cRef}`, div(rps(T.random), rps(T.fastapi))),
     row('p99VsFastapi', `redserve random p99 / FastAPI peer p99 at c=${cRef}`, div(p99(T.random), p99(T.fastapi))),
+    row(undefined, `redserve random / raw ASGI Python peer (the floor of a Python peer), images/s at c=${cRef}`, div(rps(T.random), rps(T.pythonRaw))),
     row(undefined, `redserve mean / MLServer mean, images/s at c=${cRef}`, div(rps(T.mean), rps(T.mlserverMean))),
     row(undefined, `redserve random / raw batched, parallel (the machine's limit), images/s at c=${cRef}`, div(rps(T.random), rps(T.rawParallel))),
     row(undefined, `same, binary tensor requests`, div(rps(T.randomBinary), rps(T.rawParallel))),

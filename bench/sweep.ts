@@ -128,7 +128,10 @@ export async function runSweep(options: SweepOptions): Promise<void> {
       { target: T.randomBinary, start: () => startRedserve(modelDir, w, []), body: binaryBody, path: inferPath },
       { target: T.unbatched, start: () => startRedserve(modelDir, w, ['--max-batch-images', '1']), body, path: inferPath },
       { target: T.mean, start: () => startRedserve(modelDir, w, ['--sampling', 'mean']), body, path: inferPath },
-      ...(options.peers.includes('fastapi') ? [{ target: T.fastapi, start: () => startPeer(modelDir, w), body, path: inferPath }] : []),
+      ...(options.peers.includes('fastapi') ? [
+        { target: T.fastapi, start: () => startPeer(modelDir, w), body, path: inferPath },
+        { target: T.pythonRaw, start: () => startPeer(modelDir, w, 'raw:app'), body, path: inferPath },
+      ] : []),
       ...(options.peers.includes('mlserver') ? (['random', 'mean'] as const).map((s) => ({
         target: s === 'random' ? T.mlserverRandom : T.mlserverMean, start: () => startMlserver(modelDir, w, s), body,
         path: `/v2/models/${mlserverModel(s)}/infer`,
@@ -192,7 +195,7 @@ export async function runSweep(options: SweepOptions): Promise<void> {
     overloadConcurrency: options.overloadConcurrency, overloadMaxQueue: options.overloadMaxQueue, overloadFactor: options.overloadFactor,
     openLoopImages: OPEN_LOOP_IMAGES, mlserver: mlserverVersion,
   };
-  const targets = [T.raw, T.rawParallel, T.bare, T.random, T.randomBinary, T.unbatched, T.mean, T.fastapi, T.mlserverRandom, T.mlserverMean];
+  const targets = [T.raw, T.rawParallel, T.bare, T.random, T.randomBinary, T.unbatched, T.mean, T.fastapi, T.pythonRaw, T.mlserverRandom, T.mlserverMean];
   await mkdir(options.outDir, { recursive: true });
   const json = path.join(options.outDir, 'bench.json');
   await writeFile(json, `${JSON.stringify({ command: options.command, mlserver: mlserverVersion, workloads: infos, points }, null, 1)}\n`);
