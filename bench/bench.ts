@@ -7,7 +7,11 @@
  * --warmup-s --sweep-concurrency 1,4,16,64 --overload N --overload-factor F --out reports`): per
  * workload, throughput, p50/p90/p99 and CPU per image at each concurrency for raw onnxruntime, a bare
  * Fastify route, redserve random (batched, binary, unbatched), redserve mean, the FastAPI peer and
- * MLServer, written to reports/bench.md and bench.json with one plot per workload.
+ * MLServer, written to reports/bench.md and bench.json with one plot per workload. Servers run side by
+ * side and their points are interleaved; every point records the load average and any other busy
+ * process over its window (bench/quiet.ts), and the sweep refuses to write reports/ when the machine
+ * is not quiet at the start (load average above 1, or another process busy) unless --allow-load,
+ * which marks the report NOT COMPARABLE at its top.
  *
  * latency (bench/latency.ts, `--model DIR --requests N --concurrency C --block B --workers W`):
  * sequential latency and throughput of /classify against a raw member run and a bare route.
@@ -41,6 +45,7 @@ const { values } = parseArgs({
     'overload-max-queue': { type: 'string', default: '16' },
     'overload-factor': { type: 'string', default: '4' },
     out: { type: 'string' },
+    'allow-load': { type: 'boolean', default: false },
   },
 });
 /** A bad flag: one line naming it and the allowed values, exit 2 (no stack trace). */
@@ -91,6 +96,7 @@ if (suite !== 'latency') {
       overloadMaxQueue: Number(values['overload-max-queue']),
       overloadFactor: Number(values['overload-factor']),
       outDir,
+      allowLoad: values['allow-load'] || values.quick,
       command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
     });
   } catch (err) {

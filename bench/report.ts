@@ -6,9 +6,10 @@
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import type { CpuFigures, Measurement } from './load.js';
+import type { OtherLoad } from './quiet.js';
 import { fmt } from './stats.js';
 
-export interface Point extends Measurement {
+export interface Point extends Measurement, Partial<OtherLoad> {
   workload: string;
   target: string;
   concurrency: number;
@@ -41,6 +42,7 @@ export const T = {
   unbatched: 'redserve unbatched',
   mean: 'redserve mean',
   fastapi: 'fastapi peer',
+  pythonRaw: 'python raw ASGI peer',
   mlserverRandom: 'mlserver random',
   mlserverMean: 'mlserver mean',
 } as const;
@@ -128,6 +130,7 @@ export function ratios(points: readonly Point[], workload: string, concurrency: 
     row('p99VsMlserver', `redserve random p99 / MLServer random p99 at c=${cRef}`, div(p99(T.random), p99(T.mlserverRandom))),
     row('vsFastapi', `redserve random / FastAPI peer, images/s at c=${cRef}`, div(rps(T.random), rps(T.fastapi))),
     row('p99VsFastapi', `redserve random p99 / FastAPI peer p99 at c=${cRef}`, div(p99(T.random), p99(T.fastapi))),
+    row(undefined, `redserve random / raw ASGI Python peer (the floor of a Python peer), images/s at c=${cRef}`, div(rps(T.random), rps(T.pythonRaw))),
     row(undefined, `redserve mean / MLServer mean, images/s at c=${cRef}`, div(rps(T.mean), rps(T.mlserverMean))),
     row(undefined, `redserve random / raw batched, parallel (the machine's limit), images/s at c=${cRef}`, div(rps(T.random), rps(T.rawParallel))),
     row(undefined, `same, binary tensor requests`, div(rps(T.randomBinary), rps(T.rawParallel))),
@@ -187,10 +190,11 @@ function workloadSection(points: readonly Point[], w: WorkloadInfo, o: ReportOpt
     ...(w.httpBound ? ['', 'One small image per request costs more in HTTP and JSON than in the model: these rows measure the',
       'HTTP path. Their only target is the event loop\'s CPU per request against the bare route.'] : []),
     '',
-    '| target | concurrency | images/s | p50 ms | p90 ms | p99 ms | CPU µs/image | event loop µs/image | cores busy | rejected |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| target | concurrency | images/s | p50 ms | p90 ms | p99 ms | CPU µs/image | event loop µs/image | cores busy | rejected | load before -> after | other busy processes |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|',
     ...closed.map((p) => `| ${p.target} | ${p.concurrency} | ${p.rps.toFixed(0)} | ${fmt(p.p50, 2)} | ${fmt(p.p90, 2)} | ${fmt(p.p99, 2)} `
-      + `| ${fmt(p.cpu?.cpuUsPerImage, 0)} | ${NODE_SERVERS.has(p.target) ? fmt(p.cpu?.mainThreadUsPerImage, 0) : '-'} | ${fmt(p.cpu?.cores, 2)} | ${p.rejected} |`),
+      + `| ${fmt(p.cpu?.cpuUsPerImage, 0)} | ${NODE_SERVERS.has(p.target) ? fmt(p.cpu?.mainThreadUsPerImage, 0) : '-'} | ${fmt(p.cpu?.cores, 2)} | ${p.rejected} `
+      + `| ${fmt(p.loadBefore, 2)} -> ${fmt(p.loadAfter, 2)} | ${p.otherBusy === undefined ? '-' : p.otherBusy.length ? p.otherBusy.join('; ') : 'none'} |`),
     '',
     ...ratioTable(ratios(points, w.name, o.concurrency)),
     '',

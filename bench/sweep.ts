@@ -35,9 +35,10 @@ import { readPackage } from '../src/ensemble/manifest.js';
 import { closedLoop, openLoop, v2Binary, v2Json, type Measurement, type RequestBody } from './load.js';
 import { rawBatched, rawParallel } from './raw.js';
 import { machine, markdown, T, targetLines, type Point, type ReportOptions, type WorkloadInfo } from './report.js';
+import { QUIET_LOAD, watchLoad, type OtherLoad } from './quiet.js';
 import { fmt } from './stats.js';
 import { ensureMlserver, ensurePeer, mlserverModel, startBare, startMlserver, startPeer, startRedserve, type Started } from './servers.js';
-import { PYTHON, ROOT, type Workload } from './workloads.js';
+import { PYTHON, ROOT, SetupError, type Workload } from './workloads.js';
 
 /** The Python servers a sweep can compare redserve with. */
 export const PEERS = ['fastapi', 'mlserver'] as const;
@@ -56,6 +57,8 @@ export interface SweepOptions {
   readonly overloadFactor: number;
   readonly outDir: string;
   readonly command: string;
+  /** Write the report even when the machine was not quiet at the start (it then says so at its top). */
+  readonly allowLoad: boolean;
 }
 
 /** Images per request in the open-loop overload test. */
@@ -68,7 +71,21 @@ export async function runSweep(options: SweepOptions): Promise<void> {
   const log = (line: string) => process.stdout.write(`${line}\n`);
   if (options.peers.includes('fastapi')) ensurePeer();
   const mlserverVersion = options.peers.includes('mlserver') ? ensureMlserver(log) : 'not run';
-  const envStart = machine().map((l) => l.replace('- machine:', '- machine at the start:').replace('- other load during the run:', '- other load at the start:'));
+  // The quiet-machine rule (bench/quiet.ts): look at the machine for 2 s before anything starts.
+  const quiet = watchLoad();
+  await new Promise((r) => setTimeout(r, 2000));
+  const atStart = quiet();
+  const notQuiet = atStart.loadBefore > QUIET_LOAD || atStart.otherBusy.length > 0
+    ? `load average ${atStart.loadBefore.toFixed(2)} (quiet: at most ${QUIET_LOAD})${atStart.otherBusy.length ? `; busy: ${atStart.otherBusy.join(', ')}` : ''}`
+    : null;
+  if (notQuiet && !options.allowLoad && path.resolve(options.outDir) === path.join(ROOT, 'reports')) {
+    throw new SetupError(`the machine is not quiet: ${notQuiet}. Figures taken now are not comparable; pause the other load `
+      + '(kill -STOP PID), or write elsewhere (--out DIR), or pass --allow-load (the report then says so at its top)');
+  }
+  const envStart = [
+    ...(notQuiet ? [`**NOT COMPARABLE: the machine was not quiet at the start (${notQuiet}).**`, ''] : []),
+    ...machine().map((l) => l.replace('- machine:', '- machine at the start:').replace('- other load during the run:', '- other load at the start:')),
+  ];
   const points: Point[] = [];
   const infos: WorkloadInfo[] = [];
   const record = (workload: string, target: string, concurrency: number, m: Measurement, extra: Partial<Point> = {}) => {
@@ -93,11 +110,17 @@ export async function runSweep(options: SweepOptions): Promise<void> {
     const body = v2Json(manifest.input.name, shape, pkg.golden[0].input);
     const binaryBody = v2Binary(manifest.input.name, shape, pkg.golden[0].input);
     const inferPath = `/v2/models/${manifest.name}/infer`;
+    // Every point records the other load over its own window (bench/quiet.ts).
+    const watched = async (run: () => Promise<Measurement>): Promise<Measurement & OtherLoad> => {
+      const done = watchLoad();
+      const m = await run();
+      return { ...m, ...done() };
+    };
     const load = (url: string, b: RequestBody, c: number, cpuPid?: number) =>
-      closedLoop(url, b, { c, warmupS: options.warmupS, durationS: options.durationS, cpuPid });
+      watched(() => closedLoop(url, b, { c, warmupS: options.warmupS, durationS: options.durationS, cpuPid }));
 
-    for (const c of options.concurrency) record(workload.name, T.raw, c, await rawBatched(modelDir, w, c, options.warmupS, options.durationS));
-    for (const c of options.concurrency) record(workload.name, T.rawParallel, c, await rawParallel(modelDir, w, c, options.warmupS, options.durationS));
+    for (const c of options.concurrency) record(workload.name, T.raw, c, await watched(() => rawBatched(modelDir, w, c, options.warmupS, options.durationS)));
+    for (const c of options.concurrency) record(workload.name, T.rawParallel, c, await watched(() => rawParallel(modelDir, w, c, options.warmupS, options.durationS)));
 
     const rows: ServerRow[] = [
       { target: T.bare, start: () => startBare(), body, path: inferPath },
@@ -105,19 +128,29 @@ export async function runSweep(options: SweepOptions): Promise<void> {
       { target: T.randomBinary, start: () => startRedserve(modelDir, w, []), body: binaryBody, path: inferPath },
       { target: T.unbatched, start: () => startRedserve(modelDir, w, ['--max-batch-images', '1']), body, path: inferPath },
       { target: T.mean, start: () => startRedserve(modelDir, w, ['--sampling', 'mean']), body, path: inferPath },
-      ...(options.peers.includes('fastapi') ? [{ target: T.fastapi, start: () => startPeer(modelDir, w), body, path: inferPath }] : []),
+      ...(options.peers.includes('fastapi') ? [
+        { target: T.fastapi, start: () => startPeer(modelDir, w), body, path: inferPath },
+        { target: T.pythonRaw, start: () => startPeer(modelDir, w, 'raw:app'), body, path: inferPath },
+      ] : []),
       ...(options.peers.includes('mlserver') ? (['random', 'mean'] as const).map((s) => ({
         target: s === 'random' ? T.mlserverRandom : T.mlserverMean, start: () => startMlserver(modelDir, w, s), body,
         path: `/v2/models/${mlserverModel(s)}/infer`,
       })) : []),
     ];
-    for (const row of rows) {
-      const server = await row.start();
-      try {
-        for (const c of options.concurrency) record(workload.name, row.target, c, await load(`${server.url}${row.path}`, row.body, c, server.pid));
-      } finally {
-        await server.stop();
+    // Every server up at once, and their points interleaved (each concurrency visits the rows in
+    // turn, alternating the direction), so that drift over the run hits redserve and the peers alike.
+    const servers: Started[] = [];
+    try {
+      for (const row of rows) servers.push(await row.start());
+      for (const [k, c] of options.concurrency.entries()) {
+        const order = rows.map((_, i) => i);
+        if (k % 2 === 1) order.reverse();
+        for (const i of order) {
+          record(workload.name, rows[i].target, c, await load(`${servers[i].url}${rows[i].path}`, rows[i].body, c, servers[i].pid));
+        }
       }
+    } finally {
+      for (const server of servers) await server.stop();
     }
 
     const overload: [string, () => Promise<Started>][] = [
@@ -162,7 +195,7 @@ export async function runSweep(options: SweepOptions): Promise<void> {
     overloadConcurrency: options.overloadConcurrency, overloadMaxQueue: options.overloadMaxQueue, overloadFactor: options.overloadFactor,
     openLoopImages: OPEN_LOOP_IMAGES, mlserver: mlserverVersion,
   };
-  const targets = [T.raw, T.rawParallel, T.bare, T.random, T.randomBinary, T.unbatched, T.mean, T.fastapi, T.mlserverRandom, T.mlserverMean];
+  const targets = [T.raw, T.rawParallel, T.bare, T.random, T.randomBinary, T.unbatched, T.mean, T.fastapi, T.pythonRaw, T.mlserverRandom, T.mlserverMean];
   await mkdir(options.outDir, { recursive: true });
   const json = path.join(options.outDir, 'bench.json');
   await writeFile(json, `${JSON.stringify({ command: options.command, mlserver: mlserverVersion, workloads: infos, points }, null, 1)}\n`);

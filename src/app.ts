@@ -26,6 +26,7 @@ import { repositoryBackend } from './grpc/repository-backend.js';
 import { GrpcServer } from './grpc/server.js';
 import { Metrics } from './metrics.js';
 import { ModelRepository, repositoryOptions } from './repository.js';
+import { createTracing, NO_TRACING, type RequestTrace, type Tracing } from './tracing.js';
 
 export interface App {
   readonly server: FastifyInstance;
@@ -56,6 +57,8 @@ declare module 'fastify' {
     answeredImages: number;
     /** The served model an inference request named (set by the inference routes; null otherwise). */
     servedModel: string | null;
+    /** An inference request's trace (src/tracing.ts); a no-op one without --otlp-endpoint. */
+    trace: RequestTrace;
   }
 }
 
@@ -81,8 +84,9 @@ export function servingParts(config: Config, repository: ModelRepository, metric
 }
 
 export function createServer(config: Config, repository: ModelRepository,
-  options: { logger?: boolean | object; metrics?: Metrics; parts?: ServingParts } = {}): FastifyInstance {
+  options: { logger?: boolean | object; metrics?: Metrics; tracing?: () => Tracing; parts?: ServingParts } = {}): FastifyInstance {
   const { metrics } = options;
+  const tracing = options.tracing ?? (() => NO_TRACING);
   const { admissions, detection, access } = options.parts ?? servingParts(config, repository, metrics);
   // An inference request while every admission slot is taken is refused from its method and URL,
   // before its body is read and before Fastify builds a request (admission.ts, connections.ts);
@@ -123,6 +127,17 @@ export function createServer(config: Config, repository: ModelRepository,
   server.decorateRequest('errorCode', null);
   server.decorateRequest('answeredImages', 0);
   server.decorateRequest('servedModel', null);
+  server.decorateRequest('trace', null as unknown as RequestTrace);
+  // Each inference request's trace starts at its headers (a W3C traceparent makes it a child) and
+  // ends with its answer.
+  server.addHook('onRequest', (req, _reply, done) => {
+    if (req.routeOptions.config?.inference) req.trace = tracing().start(isV2Url(req.url) ? 'v2' : 'classify', req.headers);
+    done();
+  });
+  server.addHook('onResponse', (req, reply, done) => {
+    req.trace?.end(reply.statusCode, req.errorCode);
+    done();
+  });
   server.setErrorHandler((err: Error, req, reply) => sendError(err, req, reply, rootShape));
   server.setNotFoundHandler((req, reply) => sendError(routes.miss(req), req, reply, rootShape));
   closeWhileDraining(server, () => repository.draining);
@@ -166,14 +181,17 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
   let server!: FastifyInstance;
   const repository: ModelRepository = new ModelRepository(repositoryOptions(config), (dir, name) => loadEnsemble({ ...config, modelDir: dir }, server.log, metrics.observerFor(name)),
   { info: (o, m) => server.log.info(o, m), warn: (o, m) => server.log.warn(o, m), error: (o, m) => server.log.error(o, m) });
+  // The SDK loads only with --otlp-endpoint; until it has, and without it, tracing is a no-op.
+  let tracing: Tracing = NO_TRACING;
+  const tracingReady = createTracing(config.otlpEndpoint).then((t) => { tracing = t; });
   const parts = servingParts(config, repository, metrics);
-  server = createServer(config, repository, { ...options, metrics, parts });
+  server = createServer(config, repository, { ...options, metrics, tracing: () => tracing, parts });
   const metricsServer = config.metricsPort === null ? null : metrics.createServer();
   const grpcServer = config.grpcPort === null ? null : new GrpcServer(
     repositoryBackend({ repository, ...parts, maxImagesPerRequest: config.maxImagesPerRequest, log: server.log }),
-    { host: config.host, port: config.grpcPort, maxMessageBytes: config.maxBodyBytes }, { log: server.log, metrics });
+    { host: config.host, port: config.grpcPort, maxMessageBytes: config.maxBodyBytes }, { log: server.log, metrics, tracing: () => tracing });
 
-  const modelReady = repository.start().then(() => repository.ready());
+  const modelReady = tracingReady.then(() => repository.start()).then(() => repository.ready());
   modelReady.catch(() => undefined); // the caller decides; never an unhandled rejection
 
   return {
@@ -198,6 +216,7 @@ export function buildApp(config: Config, options: { logger?: boolean | object } 
       }
       await metricsServer?.close();
       await repository.close();
+      await tracing.close();
     },
     async stopWorkers() {
       await repository.close({ now: true });

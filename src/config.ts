@@ -104,6 +104,8 @@ export interface Config {
    * draw counter read around one's own request tells which member answered it. */
   readonly metricsHost: string;
   readonly logLevel: string;
+  /** OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces); null: no tracing, nothing sent. */
+  readonly otlpEndpoint: string | null;
   /** Stateful query-attack detection (src/detect); mode 'off' leaves the request path as it was. */
   readonly detect: DetectSettings;
 }
@@ -174,6 +176,7 @@ const OPTIONS = {
   'metrics-port': { env: 'REDSERVE_METRICS_PORT', help: `Prometheus /metrics port, or off (default ${DEFAULTS.metricsPort}; keep it internal)` },
   'metrics-host': { env: 'REDSERVE_METRICS_HOST', help: `bind address of /metrics (default ${DEFAULTS.metricsHost}: this machine only)` },
   'log-level': { env: 'LOG_LEVEL', help: `pino level (default ${DEFAULTS.logLevel})` },
+  'otlp-endpoint': { env: 'REDSERVE_OTLP_ENDPOINT', help: 'OpenTelemetry traces over OTLP/HTTP to this URL, e.g. http://collector:4318/v1/traces (default off: no traces, nothing sent)' },
   detect: { env: 'REDSERVE_DETECT', help: 'query-attack detection: off | log | reject (default off)' },
   'detect-quant-step': { env: 'REDSERVE_DETECT_QUANT_STEP', help: `fingerprint bucket width in 8-bit levels (default ${DEFAULTS.detectQuantStep})` },
   'detect-window': { env: 'REDSERVE_DETECT_WINDOW', help: `fingerprint window, tensor elements (default ${DEFAULTS.detectWindow})` },
@@ -255,6 +258,20 @@ export function parseTrustProxy(raw: string): boolean | number | string[] {
     throw new ConfigError(`--trust-proxy: '${raw}' is not off, on, a hop count, or comma-separated addresses/CIDRs`);
   }
   return list;
+}
+
+function parseEndpoint(raw: string | undefined): string | null {
+  if (raw === undefined || raw === 'off') return null;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`--otlp-endpoint: '${raw}' is not a URL (e.g. http://collector:4318/v1/traces)`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ConfigError(`--otlp-endpoint: '${raw}' is not an http or https URL (OTLP/HTTP)`);
+  }
+  return url.href;
 }
 
 export function parseModelControl(raw: string): ModelControl {
@@ -339,6 +356,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
     metricsPort: get('metrics-port') === 'off' ? null : num('metrics-port', DEFAULTS.metricsPort, 0, 65535),
     metricsHost: nonEmpty('metrics-host', get('metrics-host') ?? DEFAULTS.metricsHost),
     logLevel: get('log-level') ?? DEFAULTS.logLevel,
+    otlpEndpoint: parseEndpoint(get('otlp-endpoint')),
     detect: detectSettings(get, num),
   };
   const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];

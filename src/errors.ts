@@ -5,16 +5,19 @@
  * them to one. Anything else a request causes becomes a 500 without internals.
  */
 
-/** The request's content is wrong or over a limit; the client can fix it and send it again. */
-export class InputError extends Error {
+/** An error a client is told about: a machine-readable code and a message. */
+abstract class CodedError extends Error {
   readonly code: string;
 
   constructor(code: string, message: string, options?: ErrorOptions) {
     super(message, options);
-    this.name = 'InputError';
+    this.name = new.target.name;
     this.code = code;
   }
 }
+
+/** The request's content is wrong or over a limit; the client can fix it and send it again. */
+export class InputError extends CodedError {}
 
 /** The service cannot take the request now (loading, overloaded, draining, a worker failed);
  * the same request may succeed after `retryAfterSeconds`, here or on another replica. */
@@ -31,26 +34,10 @@ export class UnavailableError extends Error {
 }
 
 /** The request names something this server does not serve (a model, a version). */
-export class NotFoundError extends Error {
-  readonly code: string;
-
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'NotFoundError';
-    this.code = code;
-  }
-}
+export class NotFoundError extends CodedError {}
 
 /** An action the server's configuration does not allow (loading models without --model-control explicit). */
-export class ForbiddenError extends Error {
-  readonly code: string;
-
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'ForbiddenError';
-    this.code = code;
-  }
-}
+export class ForbiddenError extends CodedError {}
 
 export const overloaded = (message: string, retryAfterSeconds = 1) => new UnavailableError('overloaded', message, retryAfterSeconds);
 

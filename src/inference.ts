@@ -10,7 +10,9 @@
  */
 import type { Detection, DetectionLog } from './detect/http.js';
 import type { Ensemble } from './ensemble/ensemble.js';
+import type { RunTiming } from './ensemble/pool.js';
 import type { Admission, Answer } from './http/admission.js';
+import { NO_TRACING, type RequestTrace } from './tracing.js';
 
 /** n pre-processed images, NCHW float32. */
 export interface Batch {
@@ -34,6 +36,8 @@ export interface InferenceCall<T> {
   /** The answer's connection: the admission slot is held until it closes. */
   readonly answer: Answer;
   readonly log: DetectionLog;
+  /** The request's trace (src/tracing.ts); none: nothing is recorded. */
+  readonly trace?: RequestTrace;
   /** The received body's batch; pre-processing (image decoding) runs here, inside the slot. */
   batch(): Batch | Promise<Batch>;
   encode(probabilities: Float32Array[], batch: Batch): T;
@@ -47,10 +51,19 @@ export interface InferenceResult<T> {
   readonly detection: string | null;
 }
 
+const NO_TRACE = NO_TRACING.start('', {});
+
 export async function infer<T>(steps: InferenceSteps, call: InferenceCall<T>): Promise<InferenceResult<T>> {
+  const trace = call.trace ?? NO_TRACE;
   steps.admission.enter(call.answer);
-  const batch = await call.batch();
-  const detection = steps.detection.screen(steps.model, call.client, batch, call.log);
-  const probabilities = await steps.ensemble.classify(batch.data, batch.n);
-  return { answer: call.encode(probabilities, batch), n: batch.n, detection };
+  trace.set({ 'redserve.model': steps.model, 'redserve.model.version': steps.ensemble.manifest.version,
+    'redserve.sampling': steps.ensemble.sampling.mode });
+  const batch = await trace.step('decode', () => call.batch());
+  trace.set({ 'redserve.images': batch.n });
+  const detection = trace.step('screen', () => steps.detection.screen(steps.model, call.client, batch, call.log));
+  const timing: RunTiming = { enqueuedAt: 0, startedAt: 0, finishedAt: 0 };
+  const probabilities = await steps.ensemble.classify(batch.data, batch.n, timing);
+  trace.runs(timing);
+  const answer = trace.step('encode', () => call.encode(probabilities, batch));
+  return { answer, n: batch.n, detection };
 }

@@ -210,21 +210,15 @@ export class ModelRepository {
   async start(): Promise<void> {
     if (this.options.root === null) {
       const dir = this.options.single!;
-      const { name, version } = await manifestNameVersion(dir).catch((err: Error) => {
-        const model = this.modelFor(path.basename(path.resolve(dir)));
-        model.atStartup = true;
-        this.started = true;
-        model.state = 'UNAVAILABLE';
-        model.reason = `${dir}/manifest.json: ${err.message}`;
-        this.defaultName = model.name;
-        throw err;
-      });
-      const model = this.modelFor(typeof name === 'string' ? name : path.basename(path.resolve(dir)));
+      // The name the metrics and the index use; loading (readPackage) names any problem with the package.
+      const named = await manifestNameVersion(dir).catch(() => ({ name: undefined, version: undefined }));
+      const model = this.modelFor(typeof named.name === 'string' ? named.name : path.basename(path.resolve(dir)));
       model.atStartup = true;
       this.defaultName = model.name;
-      await this.replace(model, { name: model.name, version: String(version), dir, stamp: dir });
+      let failure: unknown = null;
+      await this.replace(model, { name: model.name, version: String(named.version ?? ''), dir, stamp: dir }, (err) => { failure = err; });
       this.started = true;
-      if (model.state !== 'READY') throw new Error(model.reason);
+      if (failure !== null) throw failure;
       return;
     }
     if (!await isDir(this.options.root)) throw new ConfigError(`--model-repository ${this.options.root}: not a folder`);
@@ -314,6 +308,11 @@ export class ModelRepository {
     } finally {
       loaded.release();
     }
+  }
+
+  /** Would the model's job queue refuse a one-image request now? */
+  saturated(name: string): boolean {
+    return this.models.get(name)?.serving?.ensemble.saturated() ?? false;
   }
 
   /** Every model with its state (Triton's repository index). */
@@ -409,7 +408,7 @@ export class ModelRepository {
   }
 
   /** Load `found` beside the serving version, then swap it in; on failure the old one keeps serving. */
-  private async replace(model: Model, found: Found): Promise<void> {
+  private async replace(model: Model, found: Found, onFailure?: (err: unknown) => void): Promise<void> {
     model.claimed = true;
     await this.serialise(model, async () => {
       const before = model.serving;
@@ -420,6 +419,7 @@ export class ModelRepository {
       try {
         ensemble = await this.loadDir(found.dir, model.name);
       } catch (err) {
+        onFailure?.(err);
         model.failedStamp = found.stamp;
         model.claimed = model.serving !== null;
         this.failed(model, found.version, (err as Error).message);

@@ -14,7 +14,7 @@ import type { InjectOptions } from 'fastify';
 import path from 'node:path';
 import t from 'tap';
 import YAML from 'yaml';
-import { DEFAULTS, ENV_VARS } from '../src/config.js';
+import { DEFAULTS, ENV_VARS, loadConfig } from '../src/config.js';
 import { RUNTIME_ENV } from '../src/runtime-env.js';
 import { createServer } from '../src/app.js';
 import { embeddedConfig } from '../src/config.js';
@@ -237,4 +237,60 @@ t.test('every documented response content type is the one the server sends', asy
     }
   }
   t.ok(checked >= 40, `${checked} answers checked`);
+});
+
+/** Apply deploy/k8s-repository's patch to the base Deployment the way kustomize's strategic merge
+ * does for the fields it touches: env by name ($patch: delete removes one), volumes by name,
+ * volumeMounts by mountPath, resources merged key by key. */
+function renderRepositoryOverlay(base: any, patch: any): any {
+  const out = structuredClone(base);
+  const byKey = (list: any[] = [], edits: any[] = [], key: string) => {
+    const result = list.filter((item) => !edits.some((e) => e[key] === item[key] && e.$patch === 'delete'));
+    for (const e of edits.filter((x) => x.$patch !== 'delete')) {
+      const at = result.findIndex((item) => item[key] === e[key]);
+      if (at >= 0) result[at] = { ...result[at], ...e };
+      else result.push(e);
+    }
+    return result;
+  };
+  const [pc] = patch.spec.template.spec.containers;
+  const c = out.spec.template.spec.containers.find((x: any) => x.name === pc.name);
+  c.env = byKey(c.env, pc.env, 'name');
+  c.volumeMounts = byKey(c.volumeMounts, pc.volumeMounts, 'mountPath');
+  c.resources = { requests: { ...c.resources?.requests, ...pc.resources?.requests }, limits: { ...c.resources?.limits, ...pc.resources?.limits } };
+  out.spec.template.spec.volumes = byKey(out.spec.template.spec.volumes, patch.spec.template.spec.volumes, 'name');
+  return out;
+}
+
+t.test('deploy/k8s-repository: the base with a model volume in repository mode; the rendered Deployment validates', async (t) => {
+  const dir = path.join('deploy', 'k8s-repository');
+  const kustomization = YAML.parse(await read(path.join(dir, 'kustomization.yaml')));
+  t.same(kustomization.resources, ['../k8s', 'pvc.yaml'], 'the base plus the claim');
+  const patchFile = kustomization.patches[0].path;
+  const patch = YAML.parse(await read(path.join(dir, patchFile)));
+  t.same(kustomization.patches[0].target, { kind: 'Deployment', name: patch.metadata.name });
+  const base = YAML.parse(await read(path.join('deploy', 'k8s', 'deployment.yaml')));
+  t.equal(patch.metadata.name, base.metadata.name, 'the patch targets the base Deployment');
+  const rendered = renderRepositoryOverlay(base, patch);
+  const [c] = rendered.spec.template.spec.containers;
+  const env = Object.fromEntries(c.env.map((e: { name: string; value: string }) => [e.name, e.value]));
+  for (const e of Object.keys(env)) t.ok(ENV_VARS.includes(e) || OTHER_ENV.includes(e), `${e} is read by the service`);
+  t.notOk('REDSERVE_MODEL' in env, '--model removed: the service refuses it beside --model-repository');
+  const config = loadConfig([], env);
+  t.equal(config.modelRepository, '/models');
+  t.equal(config.modelControl, 'poll', 'new version folders load on every replica by themselves');
+  const mount = c.volumeMounts.find((m: { mountPath: string }) => m.mountPath === config.modelRepository);
+  t.ok(mount?.readOnly, 'the repository is mounted read-only');
+  const volume = rendered.spec.template.spec.volumes.find((v: { name: string }) => v.name === mount.name);
+  const pvc = YAML.parse(await read(path.join(dir, 'pvc.yaml')));
+  t.equal(volume.persistentVolumeClaim.claimName, pvc.metadata.name);
+  t.same(pvc.spec.accessModes, ['ReadOnlyMany'], 'every replica mounts it');
+  t.ok(c.readinessProbe && c.startupProbe, 'the base probes are kept');
+
+  const tmp = await mkdtemp(path.join(os.tmpdir(), 'redserve-k8s-repo-'));
+  const file = path.join(tmp, 'deployment.yaml');
+  await writeFile(file, YAML.stringify(rendered));
+  const ok = await run(validator, ['--strict', file, path.join(ROOT, dir, 'pvc.yaml')]);
+  t.match(ok.stdout, /passed for resource deployment\/redserve against version/);
+  t.match(ok.stdout, /passed for resource persistentvolumeclaim\/redserve-models against version/);
 });

@@ -158,6 +158,9 @@ t.test('polling loads a new version, reloads a package replaced in place, and un
   await addVersion(root, '3.0.0');
   await repo.pollOnce();
   t.equal(repo.serving('tiny-ensemble').manifest.version, '3.0.0');
+  await rm(path.join(root, 'tiny-ensemble', '3.0.0'), { recursive: true });
+  await repo.pollOnce();
+  t.equal(repo.serving('tiny-ensemble').manifest.version, '2.0.0', 'a version folder removed: the highest left serves (roll back)');
   const before = repo.serving('tiny-single');
   await rm(path.join(root, 'tiny-single'), { recursive: true });
   await cp(TINY_SINGLE, path.join(root, 'tiny-single'), { recursive: true });

@@ -25,9 +25,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--app", default="app:app", help="the ASGI app: app:app (FastAPI) or raw:app (bare ASGI)")
     args = parser.parse_args()
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # uvicorn's --app-dir
-    config = uvicorn.Config("app:app", host=args.host, port=args.port, workers=args.workers, log_level="warning",
+    config = uvicorn.Config(args.app, host=args.host, port=args.port, workers=args.workers, log_level="warning",
                             access_log=False)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -14,7 +14,7 @@ import type { Config, Sampling } from '../config.js';
 import { ConfigError, PackageError } from '../errors.js';
 import { readPackage, type Manifest, type MemberSource, type ModelPackage } from './manifest.js';
 import { NO_OBSERVER, type InferenceObserver } from './observer.js';
-import { WorkerPool, type PoolLogger } from './pool.js';
+import { WorkerPool, type PoolLogger, type RunTiming } from './pool.js';
 import { generateMembers, sessionSpec, type Provider } from './runtime.js';
 import { memberSampler } from './sampling.js';
 
@@ -33,9 +33,11 @@ export interface Ensemble {
    * Probabilities [n][classes] for n images laid out as NCHW float32 in `data`, every one finite:
    * should a member return NaN or Infinity, the call fails instead.
    */
-  classify(data: Float32Array, n: number): Promise<Float32Array[]>;
+  classify(data: Float32Array, n: number, timing?: RunTiming): Promise<Float32Array[]>;
   /** The worker pool as it is now (what the metrics read at scrape time). */
   statistics(): EnsembleStatistics;
+  /** A one-image request now would be refused by the job queue (mean sampling needs a job per member). */
+  saturated(): boolean;
   close(): Promise<void>;
 }
 
@@ -128,13 +130,13 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger, observer
   const sampler = memberSampler(nMembers, manifest.sampling?.probabilities);
   const meanMembers = sampler.probabilities.map((weight, member) => ({ member, weight })).filter((m) => m.weight > 0);
 
-  async function classify(data: Float32Array, n: number): Promise<Float32Array[]> {
+  async function classify(data: Float32Array, n: number, timing?: RunTiming): Promise<Float32Array[]> {
     const out = Array.from({ length: n }, () => new Float32Array(classes));
     if (sampling.mode === 'mean') {
       // One job per member that can be drawn: they spread over the workers and batch with other
       // requests' jobs. Each member's softmax weighs what its probability of being drawn is.
       const jobs = meanMembers.map(({ member }) => ({ member, data, n }));
-      const logits = await pool.runAll(jobs);
+      const logits = await pool.runAll(jobs, timing);
       const p = new Float32Array(classes);
       for (let i = 0; i < n; i++) {
         meanMembers.forEach(({ weight }, j) => {
@@ -160,7 +162,7 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger, observer
       indices.forEach((img, j) => batch.set(data.subarray(img * imageSize, (img + 1) * imageSize), j * imageSize));
       return { member, data: batch, n: indices.length };
     });
-    const logits = await pool.runAll(parts);
+    const logits = await pool.runAll(parts, timing);
     parts.forEach((part, k) => {
       groups.get(part.member)!.forEach((img, j) => softmaxInto(logits[k], j * classes, classes, out[img]));
     });
@@ -169,8 +171,9 @@ export async function loadEnsemble(config: Config, log: EnsembleLogger, observer
 
   return {
     manifest, provider: info.provider, sampling, imageSize,
-    classify: async (data, n) => checkFinite(await classify(data, n)),
+    classify: async (data, n, timing) => checkFinite(await classify(data, n, timing)),
     statistics: () => ({ workers: pool.workers, busyWorkers: pool.busy, queuedJobs: pool.queued }),
+    saturated: () => pool.wouldRefuse(sampling.mode === 'mean' ? meanMembers.length : 1),
     close: () => pool.close(),
   };
 }

@@ -52,12 +52,21 @@ export interface RunPart {
   readonly n: number;
 }
 
+/** When one request's member jobs ran (performance.now() ms): queued, first started, last answered. */
+export interface RunTiming {
+  enqueuedAt: number;
+  startedAt: number;
+  finishedAt: number;
+}
+
 interface Job {
   readonly member: number;
   readonly data: Float32Array;
   readonly n: number;
-  /** performance.now() when it entered the pool. */
+  /** performance.now() when it entered the pool, when a worker started it, when it was answered. */
   readonly enqueuedAt: number;
+  startedAt: number;
+  finishedAt: number;
   state: 'queued' | 'running' | 'done';
   timer: NodeJS.Timeout | null;
   resolve(logits: Float32Array): void;
@@ -142,6 +151,11 @@ export class WorkerPool {
     return this.queuedJobs;
   }
 
+  /** Would a request of `jobs` member jobs be refused now? (An empty queue admits any request.) */
+  wouldRefuse(jobs: number): boolean {
+    return this.queuedJobs > 0 && this.queuedJobs + jobs > this.options.maxQueue;
+  }
+
   get busy(): number {
     return this.slots.filter((s) => s.batch !== null).length;
   }
@@ -154,24 +168,35 @@ export class WorkerPool {
    * Run several member jobs of one request; resolves with each job's logits, in order. Admission is
    * all or nothing: a request is never left half-queued (work for an answer nobody gets). An empty
    * queue admits any request, so a request with more jobs than maxQueue can still be served.
+   * `timing`, when given, is filled with the request's queue wait and member runs (first start to
+   * last end) once it resolves.
    */
-  runAll(parts: readonly RunPart[]): Promise<Float32Array[]> {
+  runAll(parts: readonly RunPart[], timing?: RunTiming): Promise<Float32Array[]> {
     if (this.closing) return Promise.reject(shuttingDown());
     const oversized = parts.find((p) => p.n > this.maxJobImages);
     if (oversized) return Promise.reject(new Error(`a job of ${oversized.n} images exceeds the pool's maxJobImages ${this.maxJobImages}`));
-    if (this.queuedJobs > 0 && this.queuedJobs + parts.length > this.options.maxQueue) {
+    if (this.wouldRefuse(parts.length)) {
       return Promise.reject(overloaded(`inference queue is full (${this.queuedJobs} of ${this.options.maxQueue} jobs waiting); retry shortly`));
     }
     const enqueuedAt = performance.now();
+    const jobs: Job[] = [];
     const results = parts.map(({ member, data, n }) => new Promise<Float32Array>((resolve, reject) => {
-      const job: Job = { member, data, n, enqueuedAt, state: 'queued', timer: null, resolve, reject };
+      const job: Job = { member, data, n, enqueuedAt, startedAt: 0, finishedAt: 0, state: 'queued', timer: null, resolve, reject };
+      jobs.push(job);
       if (this.options.jobTimeoutMs > 0) job.timer = setTimeout(() => this.expire(job), this.options.jobTimeoutMs);
       this.queues[member].push(job);
       this.queuedImages[member] += n;
       this.queuedJobs++;
     }));
     this.pump();
-    return Promise.all(results);
+    const all = Promise.all(results);
+    if (!timing) return all;
+    return all.then((logits) => {
+      timing.enqueuedAt = enqueuedAt;
+      timing.startedAt = Math.min(...jobs.map((j) => j.startedAt));
+      timing.finishedAt = Math.max(...jobs.map((j) => j.finishedAt));
+      return logits;
+    });
   }
 
   async close(): Promise<void> {
@@ -200,6 +225,7 @@ export class WorkerPool {
   private settle(job: Job, result: Float32Array | Error): void {
     if (job.state === 'done') return;
     job.state = 'done';
+    job.finishedAt = performance.now();
     if (job.timer) clearTimeout(job.timer);
     if (result instanceof Error) job.reject(result);
     else job.resolve(result);
@@ -292,6 +318,7 @@ export class WorkerPool {
     const startedAt = performance.now();
     for (const job of jobs) {
       job.state = 'running';
+      job.startedAt = startedAt;
       this.observer.queueWait((startedAt - job.enqueuedAt) / 1000);
     }
     const batch: Batch = { id: this.nextId++, member, jobs, n, startedAt };

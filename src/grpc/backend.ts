@@ -4,6 +4,7 @@
  * with what REST v2 calls: the model repository, the shared access check and the one inference step.
  */
 import type { Sender } from '../http/client.js';
+import type { RequestTrace } from '../tracing.js';
 import type { ModelInferRequest, ModelInferResponse, ModelMetadataResponse } from './proto.js';
 
 /** The party behind a call, as access control and query detection identify it: the call's text
@@ -38,6 +39,6 @@ export interface InferenceBackend {
    * unavailable while it loads and while the process drains. */
   model(name: string, version: string): ServedModel;
   /** REST v2 infer's path: the model held for the call, its admission slot, query screening and the
-   * member draws (src/inference.ts). */
-  infer(request: ModelInferRequest, caller: Caller, client: string): Promise<Inference>;
+   * member draws (src/inference.ts), recorded in `call.trace`; `call.client` is what `admit` returned. */
+  infer(request: ModelInferRequest, caller: Caller, call: { readonly client: string; readonly trace: RequestTrace }): Promise<Inference>;
 }

@@ -59,7 +59,7 @@ export function repositoryBackend({ repository, admissions, detection, access, m
       return { name: manifest.name, metadata: modelMetadata(manifest, SERVICE_NAME) };
     },
 
-    infer(request, caller, client) {
+    infer(request, caller, { client, trace }) {
       const name = request.model_name;
       const version = versionOf(request.model_version);
       repository.serving(name, version);
@@ -71,7 +71,7 @@ export function repositoryBackend({ repository, admissions, detection, access, m
         if (caller.ended.aborted) throw new UnavailableError('cancelled', 'the call ended before inference started');
         const steps = { model: manifest.name, ensemble, admission: admissions.of(manifest.name), detection };
         const { answer: response, n, detection: notice } = await infer(steps, {
-          client, answer: answerOf(caller.ended), log,
+          client, answer: answerOf(caller.ended), log, trace,
           batch: () => batch,
           encode: (probabilities) => encodeModelInfer(batch, probabilities, spec.model, manifest.labels),
         });

@@ -27,6 +27,7 @@ import { DETECTION_HEADER } from '../detect/http.js';
 import { MAX_PIPELINED_REQUESTS } from '../http/connections.js';
 import { toHttpError } from '../http/error-handler.js';
 import { grpcRoute, type Metrics } from '../metrics.js';
+import { NO_TRACING, type RequestTrace, type Tracing } from '../tracing.js';
 import { SERVICE_NAME, SERVICE_VERSION } from '../version.js';
 import type { Caller, InferenceBackend } from './backend.js';
 import { inferenceService, type ModelInferRequest, type ModelRef } from './proto.js';
@@ -62,25 +63,29 @@ interface Answer<Res> {
   readonly metadata?: Metadata;
 }
 
-/** What a call's metrics name besides its method and status, as REST's inference routes record them. */
+/** What a call's metrics and trace record besides its method and status, as REST's inference routes do. */
 interface Served {
   /** The model an inference call named, once resolved (null otherwise). */
   model: string | null;
   /** Images it answered. */
   images: number;
+  /** An inference call's trace, ended with the call's status; null for the other RPCs. */
+  trace: RequestTrace | null;
 }
 
 export interface GrpcContext {
   readonly log: FastifyBaseLogger;
   /** Every call is counted as REST requests are (route `grpc:<method>`); null: not counted. */
   readonly metrics: Metrics | null;
+  /** Inference calls are traced as REST's inference requests are (protocol `grpc`). */
+  readonly tracing?: () => Tracing;
 }
 
 export class GrpcServer {
   private readonly server: Server;
   private readonly settings: GrpcSettings;
 
-  constructor(backend: InferenceBackend, settings: GrpcSettings, { log, metrics }: GrpcContext) {
+  constructor(backend: InferenceBackend, settings: GrpcSettings, { log, metrics, tracing = () => NO_TRACING }: GrpcContext) {
     this.settings = settings;
     this.server = new Server({
       'grpc.max_receive_message_length': settings.maxMessageBytes,
@@ -94,10 +99,12 @@ export class GrpcServer {
         const ended = new AbortController();
         call.once('cancelled', () => ended.abort());
         const caller = callerOf(call, ended.signal);
-        const served: Served = { model: null, images: 0 };
-        // gRPC travels as HTTP/2 POSTs; the status counted is the HTTP one REST would answer.
-        const observe = (status: number, errorCode: string | null) => metrics?.observeRequest('POST', grpcRoute(method), status,
-          (performance.now() - started) / 1000, errorCode, served.model, served.images);
+        const served: Served = { model: null, images: 0, trace: null };
+        // gRPC travels as HTTP/2 POSTs; the status recorded is the HTTP one REST would answer.
+        const observe = (status: number, errorCode: string | null) => {
+          metrics?.observeRequest('POST', grpcRoute(method), status, (performance.now() - started) / 1000, errorCode, served.model, served.images);
+          served.trace?.end(status, errorCode);
+        };
         Promise.resolve().then(() => handle(call.request, caller, served)).then(({ response, metadata }) => {
           if (metadata) call.sendMetadata(metadata);
           callback(null, response);
@@ -129,9 +136,11 @@ export class GrpcServer {
         return answer(backend.model(req.name, req.version).metadata);
       }),
       ModelInfer: unary('ModelInfer', async (req: ModelInferRequest, caller, served) => {
+        // The trace starts with the call (a traceparent in its metadata makes it a child), as REST's at its headers.
+        const trace = served.trace = tracing().start('grpc', caller.headers);
         const client = backend.admit(caller);
         served.model = backend.model(req.model_name, req.model_version).name;
-        const { response, images, detection } = await backend.infer(req, caller, client);
+        const { response, images, detection } = await backend.infer(req, caller, { client, trace });
         served.images = images;
         if (detection === null) return { response };
         const metadata = new Metadata();

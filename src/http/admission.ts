@@ -28,9 +28,13 @@ export interface Answer {
 export class Admission {
   private inflight = 0;
   private readonly maxInflight: number;
+  /** Whether the model's job queue would refuse a request now: then it is refused here, at its
+   * headers, before any work (a mean request is one job per member, so the job queue fills first). */
+  private readonly saturated: () => boolean;
 
-  constructor(maxInflight: number) {
+  constructor(maxInflight: number, saturated: () => boolean = () => false) {
     this.maxInflight = maxInflight;
+    this.saturated = saturated;
   }
 
   /** Inference requests admitted and not yet answered. */
@@ -40,17 +44,18 @@ export class Admission {
 
   /** Every slot is taken: a request arriving now would be refused once its body is in. */
   get full(): boolean {
-    return this.inflight >= this.maxInflight;
+    return this.inflight >= this.maxInflight || this.saturated();
   }
 
   /** The message of an overloaded refusal. */
   refusal(): string {
+    if (this.inflight < this.maxInflight) return 'the inference queue is full; retry shortly';
     return `${this.inflight} inference requests in flight (the limit is ${this.maxInflight}); retry shortly`;
   }
 
   /** Take a slot until `answer` is sent or its connection closes; throws overloaded past the limit. */
   enter(answer: Answer): void {
-    if (this.inflight >= this.maxInflight) {
+    if (this.full) {
       throw overloaded(this.refusal());
     }
     this.inflight++;
@@ -75,7 +80,7 @@ export class Admissions {
   of(model: string): Admission {
     let admission = this.byModel.get(model);
     if (!admission) {
-      admission = new Admission(this.maxInflight);
+      admission = new Admission(this.maxInflight, () => this.repository.saturated(model));
       this.byModel.set(model, admission);
     }
     return admission;

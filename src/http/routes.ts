@@ -82,7 +82,7 @@ export function registerRoutes(app: FastifyInstance, config: Config, repository:
         const k = parseTopK(req.query.topK, manifest.output.classes);
         const input = await readClassifyBody(req, config, manifest);
         const result = await infer({ model: name, ensemble, admission: steps.admissions.of(name), detection: steps.detection }, {
-          client: clientOf(req), answer: reply.raw, log: req.log,
+          client: clientOf(req), answer: reply.raw, log: req.log, trace: req.trace,
           batch: () => classifyBatch(input, manifest, config),
           encode: (probabilities) => encodeClassifyResponse(probabilities, manifest, k, input.kind === 'images' && input.single),
         });

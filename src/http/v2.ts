@@ -179,7 +179,7 @@ export function registerV2Routes(app: FastifyInstance, config: Config, repositor
     // The body is complete and valid: from here the request holds one of --max-queue slots.
     const steps = { model: manifest.name, ensemble, admission: ctx.admissions.of(manifest.name), detection: ctx.detection };
     const { answer: response, n, detection } = await infer(steps, {
-      client: clientOf(req), answer: reply.raw, log: req.log,
+      client: clientOf(req), answer: reply.raw, log: req.log, trace: req.trace,
       batch: () => request,
       encode: (probabilities) => encodeInferResponse(request, probabilities, { name: manifest.name, version: manifest.version }, manifest.labels),
     });

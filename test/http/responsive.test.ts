@@ -76,3 +76,26 @@ t.test('a killed worker fails its request with 503, never hangs, and is replaced
   const again = await app.server.inject({ method: 'POST', url: '/classify', payload: { images: [b64] } });
   t.equal(again.statusCode, 200, 'the replacement worker serves');
 });
+
+t.test('mean sampling (a job per member): a full job queue refuses whole requests at admission, before decoding', async (t) => {
+  // tiny-ensemble has 3 members: a mean request is 3 jobs, so 6 queued jobs hold two requests.
+  const app = await startApp({ workers: 1, maxQueue: 6, sampling: { mode: 'mean' } });
+  t.teardown(() => app.close());
+  const golden = await goldenOf(TINY);
+  const b64 = (await readFile(path.join(TINY, golden[0].file))).toString('base64');
+  const ens = await app.modelReady;
+  let maxQueued = 0;
+  const watch = setInterval(() => { maxQueued = Math.max(maxQueued, ens.statistics().queuedJobs); }, 0);
+  const results = await Promise.all(Array.from({ length: 40 }, () =>
+    app.server.inject({ method: 'POST', url: '/classify', payload: { images: [b64, b64, b64, b64] } })));
+  clearInterval(watch);
+  const codes = results.map((r) => r.statusCode);
+  t.ok(codes.every((c) => c === 200 || c === 503), `200 or 503 only (${codes})`);
+  t.ok(codes.filter((c) => c === 200).length >= 2, 'the requests the queue holds are served');
+  const messages = results.filter((r) => r.statusCode === 503).map((r) => r.json().message as string);
+  t.ok(messages.length > 0, `${messages.length} of 40 refused`);
+  t.ok(messages.some((m) => m === 'the inference queue is full; retry shortly'), 'refused at admission, before pre-processing');
+  t.ok(maxQueued <= 6 + 3, `the job queue stayed at its bound (at most ${maxQueued} jobs seen)`);
+  const after = await app.server.inject({ method: 'POST', url: '/classify', payload: { images: [b64] } });
+  t.equal(after.statusCode, 200, 'serving again after the burst');
+});

@@ -4,7 +4,8 @@
  * (record_kserve.py) are replayed; at recording time the clients parsed every answer. Then the
  * protocol's JSON forms, the errors, and random sampling.
  */
-import { readFile } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { createServer } from '../../src/app.js';
@@ -17,8 +18,22 @@ interface Recorded {
   response: { status: number; headers: Record<string, string>; text?: string; binary_base64?: string };
 }
 
-const recordings = await Promise.all(['tritonclient-http.json', 'kserve-rest.json'].map(async (file) =>
-  ({ file, ...JSON.parse(await readFile(path.join(FIXTURES, 'v2', file), 'utf8')) as { recorded_with: string; exchanges: Recorded[] } })));
+/** A recording; `repository` (folder in the repository -> fixture package) when it was made on a --model-repository server. */
+interface Recording { file: string; recorded_with: string; repository?: Record<string, string>; exchanges: Recorded[] }
+const recordings = await Promise.all(['tritonclient-http.json', 'kserve-rest.json', 'tritonclient-repository.json'].map(async (file) =>
+  ({ file, ...JSON.parse(await readFile(path.join(FIXTURES, 'v2', file), 'utf8')) }) as Recording));
+
+/** The server a recording was made on: tiny-ensemble alone, or the repository it names, built from the fixtures. */
+async function serverOf(t: Test, recording: Recording) {
+  const sampling = { mode: 'fixed', member: 0 } as const;
+  if (!recording.repository) return startApp({ sampling, workers: 1 });
+  const root = await mkdtemp(path.join(os.tmpdir(), 'redserve-replay-'));
+  t.teardown(() => rm(root, { recursive: true }));
+  for (const [folder, fixture] of Object.entries(recording.repository)) {
+    await cp(path.join(FIXTURES, fixture), path.join(root, folder), { recursive: true });
+  }
+  return startApp({ sampling, workers: 1, modelRepository: root, modelControl: 'explicit' });
+}
 const manifest = await manifestOf(TINY);
 const golden = await goldenOf(TINY);
 const memberProbs = golden[0].logits.map(softmax);
@@ -76,7 +91,7 @@ function sameShape(t: Test, actual: unknown, expected: unknown, where: string): 
 
 for (const recording of recordings) {
 t.test(`exchanges recorded with ${recording.recorded_with} replay exactly (fixed:0, tolerance 1e-6)`, async (t) => {
-  const app = await startApp({ sampling: { mode: 'fixed', member: 0 }, workers: 1 });
+  const app = await serverOf(t, recording);
   t.teardown(() => app.close());
   t.ok(recording.exchanges.length >= 8, `${recording.file}: ${recording.exchanges.length} exchanges`);
   for (const ex of recording.exchanges) {
