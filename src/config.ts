@@ -3,7 +3,7 @@
  * validated, frozen, and passed down. Nothing else reads process.env or process.argv.
  */
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -290,6 +290,8 @@ function onOff(name: string, raw: string): boolean {
   throw new ConfigError(`--${name}: '${raw}' is not on or off`);
 }
 
+const isFolder = (p: string) => statSync(p, { throwIfNoEntry: false })?.isDirectory() ?? false;
+
 /** An empty bind address would make Node listen on every address: refuse it. */
 function nonEmpty(name: string, raw: string): string {
   if (raw.trim() === '') throw new ConfigError(`--${name}: an empty address would bind every interface; give one (e.g. 127.0.0.1)`);
@@ -319,6 +321,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
     throw new ConfigError('--model and --model-repository: give one (a repository serves every package folder under it)');
   }
   if (repository !== undefined && repository.trim() === '') throw new ConfigError('--model-repository: empty; give a folder');
+  if (repository !== undefined && !isFolder(repository)) throw new ConfigError(`--model-repository: ${repository} is not a folder`);
   const modelControl = parseModelControl(get('model-control') ?? 'none');
   if (repository === undefined && modelControl !== 'none') {
     throw new ConfigError(`--model-control ${modelControl}: needs --model-repository (one --model has nothing to load or poll)`);

@@ -68,7 +68,8 @@ async function main(): Promise<number> {
     await app.modelReady;
   } catch (err) {
     if (closing) return -1; // a signal during start-up: shutdown() exits
-    log.fatal({ model: config.modelDir }, `cannot serve the model package: ${(err as Error).message}`);
+    log.fatal(config.modelRepository === null ? { model: config.modelDir } : { repository: config.modelRepository },
+      `cannot serve the model package: ${(err as Error).message}`);
     await app.close();
     return 1;
   }

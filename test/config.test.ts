@@ -1,3 +1,6 @@
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import t from 'tap';
 import { loadConfig } from '../src/config.js';
 
@@ -43,8 +46,6 @@ t.test('bad values name the flag and the allowed range', async (t) => {
 
 t.test('API keys outside printable ASCII are refused at start-up, naming the key', async (t) => {
   const { mkdtemp, writeFile } = await import('node:fs/promises');
-  const os = await import('node:os');
-  const path = await import('node:path');
   const dir = await mkdtemp(path.join(os.tmpdir(), 'redserve-keys-'));
   const file = path.join(dir, 'keys');
   await writeFile(file, 'an-ascii-key-0123456789\nschlüssel-0123456789abcdef\n');
@@ -60,4 +61,21 @@ t.test('--max-request-pixels and --max-connections', async (t) => {
   const set = loadConfig(['--max-request-pixels', '1000000'], { REDSERVE_MAX_CONNECTIONS: '64' });
   t.same([set.maxRequestPixels, set.maxConnections], [1_000_000, 64]);
   t.throws(() => loadConfig(['--max-connections', '0'], {}), /--max-connections: 0 is out of range \[1, 10000000\]/);
+});
+
+t.test('model repository, control and tracing flags: defaults, and refusals that name the flag', async (t) => {
+  const d = loadConfig([], {});
+  t.same([d.modelRepository, d.modelControl, d.repositoryPollS, d.maxModels, d.otlpEndpoint], [null, 'none', 15, 8, null]);
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'redserve-repo-flag-'));
+  const r = loadConfig(['--model-repository', dir, '--model-control', 'poll', '--repository-poll-s', '3'], { REDSERVE_MAX_MODELS: '2' });
+  t.same([r.modelRepository, r.modelControl, r.repositoryPollS, r.maxModels], [dir, 'poll', 3, 2]);
+  t.equal(loadConfig(['--otlp-endpoint', 'http://collector:4318/v1/traces'], {}).otlpEndpoint, 'http://collector:4318/v1/traces');
+  t.throws(() => loadConfig(['--model', 'models/fmnist-baseline', '--model-repository', dir], {}), /--model and --model-repository: give one/);
+  t.throws(() => loadConfig(['--model-control', 'explicit'], {}), /--model-control explicit: needs --model-repository/);
+  t.throws(() => loadConfig(['--model-repository', dir, '--model-control', 'sometimes'], {}), /--model-control: 'sometimes' is not one of none, explicit, poll/);
+  t.throws(() => loadConfig(['--model-repository', dir, '--repository-poll-s', '5'], {}), /--repository-poll-s: only with --model-control poll/);
+  t.throws(() => loadConfig(['--model-repository', path.join(dir, 'missing')], {}), /--model-repository: .*missing is not a folder/);
+  t.throws(() => loadConfig(['--max-models', '0'], {}), /--max-models: 0 is out of range \[1, 1024\]/);
+  t.throws(() => loadConfig(['--otlp-endpoint', 'collector:4318'], {}), /--otlp-endpoint: 'collector:4318' is not an http or https URL|is not a URL/);
+  t.throws(() => loadConfig(['--otlp-endpoint', 'ftp://x'], {}), /--otlp-endpoint: 'ftp:\/\/x' is not an http or https URL/);
 });
