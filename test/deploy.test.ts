@@ -276,10 +276,12 @@ t.test('deploy/k8s-repository: the base with a model volume in repository mode; 
   const env = Object.fromEntries(c.env.map((e: { name: string; value: string }) => [e.name, e.value]));
   for (const e of Object.keys(env)) t.ok(ENV_VARS.includes(e) || OTHER_ENV.includes(e), `${e} is read by the service`);
   t.notOk('REDSERVE_MODEL' in env, '--model removed: the service refuses it beside --model-repository');
-  const config = loadConfig([], env);
-  t.equal(config.modelRepository, '/models');
+  // The service checks that the folder exists; here the volume's mount point stands in for it.
+  const mounted = await mkdtemp(path.join(os.tmpdir(), 'redserve-models-'));
+  const config = loadConfig([], { ...env, REDSERVE_MODEL_REPOSITORY: mounted });
+  t.equal(config.modelRepository, mounted, 'the service reads the repository from REDSERVE_MODEL_REPOSITORY');
   t.equal(config.modelControl, 'poll', 'new version folders load on every replica by themselves');
-  const mount = c.volumeMounts.find((m: { mountPath: string }) => m.mountPath === config.modelRepository);
+  const mount = c.volumeMounts.find((m: { mountPath: string }) => m.mountPath === env.REDSERVE_MODEL_REPOSITORY);
   t.ok(mount?.readOnly, 'the repository is mounted read-only');
   const volume = rendered.spec.template.spec.volumes.find((v: { name: string }) => v.name === mount.name);
   const pvc = YAML.parse(await read(path.join(dir, 'pvc.yaml')));
