@@ -368,10 +368,13 @@ class Member:
     source: Path
     model: onnx.ModelProto
     changed: bool = False  # whether the graph was edited (so the file is rewritten, not copied)
+    # How errors name it: the file name, or the path as given when two members share a file name
+    # (run1/model.onnx, run2/model.onnx).
+    label_by_path: bool = False
 
     @property
     def label(self) -> str:
-        return self.source.name
+        return str(self.source) if self.label_by_path else self.source.name
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
@@ -617,6 +620,9 @@ def import_package(spec: ImportSpec, out: str | Path, data: Dataset | None = Non
         else:
             sources = [Path(f) for f in spec.checkpoints]
             members, modules = _torch_members(spec, tmp)
+        if len({m.source.name for m in members}) < len(members):
+            for m in members:
+                m.label_by_path = True
         input_name, output_name, chw, classes = _resolve(members, spec)
         # The contract again, now that the files have said what C is.
         problems = _contract_problems(dataclasses.replace(spec, input=dataclasses.replace(spec.input, shape=chw)))
