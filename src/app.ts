@@ -14,7 +14,7 @@ import { createDetection, type Detection } from './detect/http.js';
 import { loadEnsemble, type Ensemble } from './ensemble/ensemble.js';
 import { accessCheck, registerAccessControl, type AccessCheck } from './http/access.js';
 import { bodyTimeout, boundedServerFactory, closeWhileDraining } from './http/connections.js';
-import { Admissions, modelOfUrl } from './http/admission.js';
+import { Admissions } from './http/admission.js';
 import { sendError, type ErrorShape } from './http/error-handler.js';
 import { HttpError } from './http/http-error.js';
 import { MAX_FORM_FIELDS } from './http/multipart.js';
@@ -95,8 +95,9 @@ export function createServer(config: Config, repository: ModelRepository,
     if (req.method !== 'POST') return false;
     const route = routes.inferenceRoute(req.url ?? '');
     if (route === null) return false;
-    const admission = admissions.ofUrl(req.url ?? '');
-    if (admission === null || !admission.full) return false;
+    const target = admissions.ofUrl(req.url ?? '');
+    if (target === null || !target.admission.full) return false;
+    const { model, admission } = target;
     const started = performance.now();
     const e = new HttpError(503, 'overloaded', admission.refusal(), { 'retry-after': '1' });
     const body = JSON.stringify((isV2Url(req.url ?? '') ? v2Shape : rootShape)(e));
@@ -105,7 +106,7 @@ export function createServer(config: Config, repository: ModelRepository,
       ...(repository.draining ? { connection: 'close' } : {}),
     });
     res.end(body);
-    metrics?.observeRequest('POST', route, 503, (performance.now() - started) / 1000, e.code, modelOfUrl(req.url ?? '') ?? repository.defaultModel);
+    metrics?.observeRequest('POST', route, 503, (performance.now() - started) / 1000, e.code, model);
     return true;
   };
   const server = Fastify({

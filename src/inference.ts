@@ -12,7 +12,7 @@ import type { Detection, DetectionLog } from './detect/http.js';
 import type { Ensemble } from './ensemble/ensemble.js';
 import type { RunTiming } from './ensemble/pool.js';
 import type { Admission, Answer } from './http/admission.js';
-import { NO_TRACING, type RequestTrace } from './tracing.js';
+import { NO_TRACE, type RequestTrace } from './tracing.js';
 
 /** n pre-processed images, NCHW float32. */
 export interface Batch {
@@ -51,19 +51,20 @@ export interface InferenceResult<T> {
   readonly detection: string | null;
 }
 
-const NO_TRACE = NO_TRACING.start('', {});
-
 export async function infer<T>(steps: InferenceSteps, call: InferenceCall<T>): Promise<InferenceResult<T>> {
   const trace = call.trace ?? NO_TRACE;
   steps.admission.enter(call.answer);
-  trace.set({ 'redserve.model': steps.model, 'redserve.model.version': steps.ensemble.manifest.version,
-    'redserve.sampling': steps.ensemble.sampling.mode });
+  if (trace.recording) {
+    trace.set({ 'redserve.model': steps.model, 'redserve.model.version': steps.ensemble.manifest.version,
+      'redserve.sampling': steps.ensemble.sampling.mode });
+  }
   const batch = await trace.step('decode', () => call.batch());
-  trace.set({ 'redserve.images': batch.n });
+  if (trace.recording) trace.set({ 'redserve.images': batch.n });
   const detection = trace.step('screen', () => steps.detection.screen(steps.model, call.client, batch, call.log));
-  const timing: RunTiming = { enqueuedAt: 0, startedAt: 0, finishedAt: 0 };
+  // The pool times the member runs only for a trace that records them.
+  const timing: RunTiming | undefined = trace.recording ? { enqueuedAt: 0, startedAt: 0, finishedAt: 0 } : undefined;
   const probabilities = await steps.ensemble.classify(batch.data, batch.n, timing);
-  trace.runs(timing);
+  if (timing) trace.runs(timing);
   const answer = trace.step('encode', () => call.encode(probabilities, batch));
   return { answer, n: batch.n, detection };
 }

@@ -48,6 +48,8 @@ export class Metrics {
   private readonly makeObserver: (model: string) => InferenceObserver;
   /** Label children by "method route status": prom-client hashes a label object on every call. */
   private readonly children = new Map<string, { requests: Counter.Internal; duration: Histogram.Internal<'method' | 'route'> }>();
+  /** The same, by "model status", for the per-model series. */
+  private readonly modelChildren = new Map<string, { requests: Counter.Internal; seconds: Counter.Internal; images: Counter.Internal }>();
 
   constructor(gauges: ServiceGauges, options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -163,9 +165,15 @@ export class Metrics {
     child.duration.observe(seconds);
     if (errorCode) this.errors.inc({ route, status: String(status), code: errorCode });
     if (model === null) return;
-    this.modelRequests.inc({ model, status: String(status) });
-    this.modelSeconds.inc({ model }, seconds);
-    if (images > 0 && status === 200) this.answeredImages.inc({ model }, images);
+    const modelKey = `${model} ${status}`;
+    let perModel = this.modelChildren.get(modelKey);
+    if (!perModel) {
+      perModel = { requests: this.modelRequests.labels(model, String(status)), seconds: this.modelSeconds.labels(model), images: this.answeredImages.labels(model) };
+      if (this.modelChildren.size < MAX_CACHED_LABELS) this.modelChildren.set(modelKey, perModel);
+    }
+    perModel.requests.inc();
+    perModel.seconds.inc(seconds);
+    if (images > 0 && status === 200) perModel.images.inc(images);
   }
 
   /** The metrics server: GET /metrics in Prometheus text format, nothing else. */

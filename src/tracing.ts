@@ -18,6 +18,8 @@ import { SERVICE_NAME, SERVICE_VERSION } from './version.js';
 
 /** One inference request's trace. */
 export interface RequestTrace {
+  /** False for the no-op trace: callers skip building attributes and timings nobody reads. */
+  readonly recording: boolean;
   /** Run `fn` as a child span `name`. */
   step<T>(name: string, fn: () => T): T;
   /** Record the pool's queue wait and member runs as child spans. */
@@ -35,7 +37,8 @@ export interface Tracing {
   close(): Promise<void>;
 }
 
-const NO_TRACE: RequestTrace = { step: (_name, fn) => fn(), runs() {}, set() {}, end() {} };
+/** The trace of a request when tracing is off: records nothing. */
+export const NO_TRACE: RequestTrace = { recording: false, step: (_name, fn) => fn(), runs() {}, set() {}, end() {} };
 export const NO_TRACING: Tracing = { start: () => NO_TRACE, close: async () => undefined };
 
 const headerGetter: TextMapGetter<Record<string, string | string[] | undefined>> = {
@@ -71,6 +74,7 @@ export async function createTracing(endpoint: string | null): Promise<Tracing> {
       const within = trace.setSpan(parent, span);
       const child = (name: string, start?: number) => tracer.startSpan(name, start === undefined ? {} : { startTime: wall(start) }, within);
       return {
+        recording: true,
         step<T>(name: string, fn: () => T): T {
           const s = child(name);
           const done = (failed: boolean) => {

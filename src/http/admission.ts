@@ -86,10 +86,11 @@ export class Admissions {
     return admission;
   }
 
-  /** The admission of the model an inference URL names, or null when it names none served here. */
-  ofUrl(url: string): Admission | null {
+  /** The model an inference URL names and its admission, or null when it names none served here. */
+  ofUrl(url: string): { readonly model: string; readonly admission: Admission } | null {
     const model = modelOfUrl(url) ?? this.repository.defaultModel;
-    return model === null ? null : this.byModel.get(model) ?? null;
+    const admission = model === null ? undefined : this.byModel.get(model);
+    return admission === undefined ? null : { model: model!, admission };
   }
 
   /** Inference requests admitted and not yet answered, over every model. */

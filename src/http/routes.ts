@@ -73,12 +73,11 @@ export function registerRoutes(app: FastifyInstance, config: Config, repository:
   app.post<{ Querystring: { topK?: string; model?: string; version?: string }; Body: ClassifyBody }>('/classify',
     { schema: classifySchema, config: { inference: true } },
     async (req, reply) => {
-      const { model, version } = req.query;
-      const name = repository.ready(model, version).manifest.name;
-      req.servedModel = name;
       // The model is held from here to the answer: a new version swapped in meanwhile waits for it.
-      return repository.use(model, version, async (ensemble) => {
+      return repository.use(req.query.model, req.query.version, async (ensemble) => {
         const { manifest } = ensemble;
+        const name = manifest.name; // the repository's name for it (repository.ts: they must agree)
+        req.servedModel = name;
         const k = parseTopK(req.query.topK, manifest.output.classes);
         const input = await readClassifyBody(req, config, manifest);
         const result = await infer({ model: name, ensemble, admission: steps.admissions.of(name), detection: steps.detection }, {

@@ -169,12 +169,12 @@ export function registerV2Routes(app: FastifyInstance, config: Config, repositor
   });
 
   const inferRoute = async (req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply) => {
-    req.servedModel = modelFor(req.params).manifest.name;
     // The model is held from here to the answer: a new version swapped in meanwhile waits for it.
     return repository.use(req.params.name, req.params.version, (ensemble) => inferWith(ensemble, req, reply));
   };
   const inferWith = async (ensemble: Ensemble, req: FastifyRequest<{ Params: ModelParams }>, reply: FastifyReply) => {
     const { manifest } = ensemble;
+    req.servedModel = manifest.name;
     const request = decodeInferRequest(req.body, req.inferBinary, tensorSpec(manifest, config.maxImagesPerRequest));
     // The body is complete and valid: from here the request holds one of --max-queue slots.
     const steps = { model: manifest.name, ensemble, admission: ctx.admissions.of(manifest.name), detection: ctx.detection };

@@ -299,7 +299,7 @@ def _check_type(value: object, hint: object, key: str) -> object:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise UserError(f"config key '{key}': expected a mapping, got {type(value).__name__}")
-        return _build(hint, value, prefix=f"{key}.")
+        return from_dict(hint, value, prefix=f"{key}.")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float) and isinstance(value, bool):
@@ -309,7 +309,9 @@ def _check_type(value: object, hint: object, key: str) -> object:
     return value
 
 
-def _build(cls: type, raw: dict, prefix: str = "") -> object:
+def from_dict(cls: type, raw: dict, prefix: str = "") -> object:
+    """A config dataclass from its dict (YAML), every value checked against its type and unknown
+    keys refused, each problem naming its dotted key (also used by import's spec)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
@@ -327,7 +329,7 @@ def _build(cls: type, raw: dict, prefix: str = "") -> object:
 def config_from_dict(raw: dict) -> Config:
     if not isinstance(raw, dict):
         raise UserError("config: expected a mapping at the top level")
-    return typing.cast(Config, _build(Config, raw))
+    return typing.cast(Config, from_dict(Config, raw))
 
 
 def load_config(path: str | Path) -> Config:

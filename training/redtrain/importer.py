@@ -37,7 +37,7 @@ import torch
 import yaml
 from torch import nn
 
-from redtrain.config import _build
+from redtrain.config import from_dict
 from redtrain.data import CIFAR10_LABELS, Dataset, load_dataset
 from redtrain.ensemble import accuracy
 from redtrain.errors import UserError
@@ -245,7 +245,7 @@ def load_spec(overrides: dict, config: str | Path | None = None, preset: str | N
     raw = _merge(raw, overrides)
     if "name" not in raw:
         raise UserError("name: missing (--name NAME or 'name:' in the spec); it is the served model name")
-    spec = typing.cast(ImportSpec, _build(ImportSpec, raw))
+    spec = typing.cast(ImportSpec, from_dict(ImportSpec, raw))
     problems = spec.problems()
     if problems:
         raise UserError("cannot import: " + "; ".join(problems))
