@@ -36,6 +36,18 @@ export interface ServiceGauges {
 /** The route label of a gRPC method's calls in the request metrics (REST's are route patterns). */
 export const grpcRoute = (method: string): string => `grpc:${method}`;
 
+/** `map`'s entry for `key`, made once: prom-client hashes a label object on every call, so the
+ * label children of the hot paths are kept. Label values are bounded (route patterns, statuses,
+ * error codes, model names), but the cache never grows past MAX_CACHED_LABELS entries. */
+function cached<T>(map: Map<string, T>, key: string, make: () => T): T {
+  let value = map.get(key);
+  if (value === undefined) {
+    value = make();
+    if (map.size < MAX_CACHED_LABELS) map.set(key, value);
+  }
+  return value;
+}
+
 export class Metrics {
   readonly registry = new Registry();
   private readonly requests: Counter<'method' | 'route' | 'status'>;
@@ -50,6 +62,8 @@ export class Metrics {
   private readonly children = new Map<string, { requests: Counter.Internal; duration: Histogram.Internal<'method' | 'route'> }>();
   /** The same, by "model status", for the per-model series. */
   private readonly modelChildren = new Map<string, { requests: Counter.Internal; seconds: Counter.Internal; images: Counter.Internal }>();
+  /** Error children by "route status code" (a refusal storm counts thousands a second). */
+  private readonly errorChildren = new Map<string, Counter.Internal>();
 
   constructor(gauges: ServiceGauges, options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -154,23 +168,14 @@ export class Metrics {
    * named no served model); `images`: the images it answered. */
   observeRequest(method: string, route: string, status: number, seconds: number, errorCode: string | null,
     model: string | null = null, images = 0): void {
-    const key = `${method} ${route} ${status}`;
-    let child = this.children.get(key);
-    if (!child) {
-      child = { requests: this.requests.labels(method, route, String(status)), duration: this.duration.labels(method, route) };
-      // Label values are bounded (route patterns, statuses), but never let the cache be the leak.
-      if (this.children.size < MAX_CACHED_LABELS) this.children.set(key, child);
-    }
+    const child = cached(this.children, `${method} ${route} ${status}`,
+      () => ({ requests: this.requests.labels(method, route, String(status)), duration: this.duration.labels(method, route) }));
     child.requests.inc();
     child.duration.observe(seconds);
-    if (errorCode) this.errors.inc({ route, status: String(status), code: errorCode });
+    if (errorCode) cached(this.errorChildren, `${route} ${status} ${errorCode}`, () => this.errors.labels(route, String(status), errorCode)).inc();
     if (model === null) return;
-    const modelKey = `${model} ${status}`;
-    let perModel = this.modelChildren.get(modelKey);
-    if (!perModel) {
-      perModel = { requests: this.modelRequests.labels(model, String(status)), seconds: this.modelSeconds.labels(model), images: this.answeredImages.labels(model) };
-      if (this.modelChildren.size < MAX_CACHED_LABELS) this.modelChildren.set(modelKey, perModel);
-    }
+    const perModel = cached(this.modelChildren, `${model} ${status}`,
+      () => ({ requests: this.modelRequests.labels(model, String(status)), seconds: this.modelSeconds.labels(model), images: this.answeredImages.labels(model) }));
     perModel.requests.inc();
     perModel.seconds.inc(seconds);
     if (images > 0 && status === 200) perModel.images.inc(images);

@@ -62,7 +62,7 @@ export function toHttpError(err: FastifyError | Error, log: FastifyBaseLogger): 
 }
 
 /** How a scope renders an error: the root as `{ error: code, message }`, v2 as `{ error: message, code }`. */
-export type ErrorShape = (e: HttpError) => object;
+export type ErrorShape = (e: { readonly code: string; readonly message: string }) => object;
 
 /** Send `err` the way the scope's clients read errors (the one place a status is chosen). */
 export function sendError(err: Error, req: FastifyRequest, reply: FastifyReply, shape: ErrorShape) {
