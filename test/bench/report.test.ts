@@ -1,15 +1,17 @@
 /**
  * bench/report.ts on made-up points: each ratio reads the rows and concurrencies it names, targets
- * apply per workload (fmnist: the event loop only), and a missing row reads '-' rather than a number.
+ * apply per workload (fmnist's limit is the bare route), ratios between targets say whether both
+ * used the machine, and a missing row reads '-' rather than a number.
  */
 import t from 'tap';
 import type { Measurement } from '../../bench/load.js';
 import { markdown, meets, ratios, referenceConcurrency, T, type Point, type ReportOptions, type WorkloadInfo } from '../../bench/report.js';
 
-function point(workload: string, target: string, concurrency: number, m: Partial<Measurement> & { cpuUs?: number; loopUs?: number }): Point {
+function point(workload: string, target: string, concurrency: number,
+  m: Partial<Measurement> & { cpuUs?: number; loopUs?: number; cores?: number }): Point {
   return {
     workload, target, concurrency, rps: m.rps ?? 100, p50: m.p50 ?? 1, p90: m.p90 ?? 1, p99: m.p99 ?? 1, ok: 100, rejected: 0, rejectedP99: null,
-    cpu: { cpuUsPerImage: m.cpuUs ?? 100, mainThreadUsPerImage: m.loopUs ?? 10, cores: 1, byCommMs: {} },
+    cpu: { cpuUsPerImage: m.cpuUs ?? 100, mainThreadUsPerImage: m.loopUs ?? 10, cores: m.cores ?? 1, byCommMs: {} },
   };
 }
 
@@ -17,12 +19,13 @@ function point(workload: string, target: string, concurrency: number, m: Partial
 function resnet20(): Point[] {
   const w = 'resnet20';
   return [1, 16].flatMap((c) => [
-    point(w, T.rawParallel, c, { rps: 1000, p50: 2, cpuUs: 400 }),
+    point(w, T.rawParallel, c, { rps: 1000, p50: 2, cpuUs: 400, cores: 2 }),
     point(w, T.bare, c, { rps: 8000, p50: 0.5, cpuUs: 100, loopUs: 80 }),
-    point(w, T.random, c, { rps: c === 16 ? 900 : 300, p50: 3, p99: 10, cpuUs: 600, loopUs: 100 }),
+    point(w, T.random, c, { rps: c === 16 ? 900 : 300, p50: 3, p99: 10, cpuUs: 600, loopUs: 100, cores: 1.9 }),
+    point(w, T.randomBinary, c, { loopUs: 130 }),
     point(w, T.mean, c, { rps: 150 }),
-    point(w, T.mlserverRandom, c, { rps: 300, p99: 40 }),
-    point(w, T.fastapi, c, { rps: 600, p99: 8 }),
+    point(w, T.mlserverRandom, c, { rps: 300, p99: 40, cores: 1.7 }),
+    point(w, T.fastapi, c, { rps: 600, p99: 8, cores: 1.0 }),
   ]);
 }
 
@@ -43,34 +46,44 @@ t.test('targets: at least, at most, strictly below', async (t) => {
 
 t.test('resnet20: every ratio from the rows and concurrencies it names', async (t) => {
   const r = byKey(ratios(resnet20(), 'resnet20', [1, 16]));
+  t.equal(r.vsLimit.value, 0.9, 'random / raw parallel images/s at c=16');
+  t.equal(r.vsLimit.met, true, '0.9 >= 0.9');
   t.equal(r.randomOverMean.value, 6, 'random / mean images/s at c=16');
-  t.same(r.randomOverMean.target, { min: 5 });
+  t.same(r.randomOverMean.target, { min: 6 });
   t.equal(r.randomOverMean.met, true);
   t.equal(r.p50Overhead.value, 3 / 2.5, 'p50 at c=1 over raw member + bare route');
   t.equal(r.p50Overhead.target, undefined, 'the p50 target is ResNet-18\'s');
   t.equal(r.cpuOverhead.value, 600 / 500);
   t.equal(r.cpuOverhead.met, true, '1.2 <= 1.3');
   t.equal(r.eventLoop.value, 100 / 80);
-  t.equal(r.eventLoop.target, undefined, 'the event-loop target is fmnist\'s');
+  t.equal(r.eventLoop.met, true, '1.25 <= 2');
+  t.equal(r.eventLoopBinary.value, 130 / 80);
+  t.equal(r.eventLoopBinary.met, false, '1.625 > 1.5');
   t.equal(r.vsMlserver.value, 3);
+  t.equal(r.vsMlserver.note, 'cores busy 1.90 vs 1.70: both used the machine');
   t.equal(r.p99VsMlserver.value, 0.25);
   t.equal(r.p99VsMlserver.met, true);
   t.equal(r.vsFastapi.value, 1.5);
   t.equal(r.vsFastapi.met, false, '1.5 < 2');
+  t.equal(r.vsFastapi.note, 'cores busy 1.90 vs 1.00: fastapi peer did not use the machine; fastapi peer at 0.60 of the limit: member-bound');
   t.equal(r.p99VsFastapi.met, false, 'a higher p99 than the peer\'s');
 });
 
-t.test('fmnist is HTTP-bound: only the event loop has targets, and the report says so', async (t) => {
+t.test('fmnist is HTTP-bound: its limit is the bare route, and the report says so', async (t) => {
   const points = resnet20().map((p) => ({ ...p, workload: 'fmnist' }));
-  const rows = ratios(points, 'fmnist', [1, 16]);
-  t.same(rows.filter((r) => r.target).map((r) => r.key), ['eventLoop', 'eventLoopRef']);
+  const r = byKey(ratios(points, 'fmnist', [1, 16], true));
+  t.equal(r.vsLimit.value, 900 / 8000, 'random / bare route images/s at c=16');
+  t.same(r.vsLimit.target, { min: 0.5 });
+  t.equal(r.randomOverMean.target, undefined, 'no batching target on fmnist');
+  t.notMatch(r.vsFastapi.note ?? '', /member-bound/, 'an HTTP-bound workload is never called member-bound');
   const info: WorkloadInfo = { name: 'fmnist', description: 'test', httpBound: true, packageDir: 'models/x', members: 5, inputShape: [1, 28, 28] };
   const o: ReportOptions = { command: 'test', concurrency: [1, 16], warmupS: 1, durationS: 5, workers: 2, overloadConcurrency: 256,
     overloadMaxQueue: 16, overloadFactor: 4, openLoopImages: 16, mlserver: '1.0' };
   const md = markdown(points, [info], o, [], [], [T.rawParallel, T.bare, T.random]);
   t.match(md, /## fmnist \(HTTP-bound\)/);
-  t.match(md, /\| fmnist \| redserve random \/ bare route, event-loop CPU per request at c=1 \| 1\.25 \| <= 1\.5 \| yes \|/);
-  t.notMatch(md, /\| fmnist \| redserve random \/ redserve mean/, 'no throughput target in the summary');
+  t.match(md, /\| fmnist \| redserve random \/ bare route, event-loop CPU per request at c=1 \| 1\.25 \| <= 2 \| yes \| +\|/);
+  t.match(md, /\| fmnist \| redserve random \/ bare route \(the limit of this HTTP-bound workload\), images\/s at c=16 \| 0\.11 \| >= 0\.5 \| NO \|/);
+  t.notMatch(md, /\| fmnist \| redserve random \/ redserve mean/, 'no batching target in the summary');
 });
 
 t.test('a row that was not measured reads as no value, not as a ratio', async (t) => {
