@@ -166,6 +166,8 @@ export interface CpuDelta {
   readonly statNs: number;
   /** totalNs by thread name, e.g. { node: ..., 'python3': ... }: where the time went. */
   readonly byComm: Readonly<Record<string, number>>;
+  /** totalNs by process id: whether a multi-process server (uvicorn's workers) used each process. */
+  readonly byProcess: Readonly<Record<number, number>>;
   readonly processes: number;
 }
 
@@ -178,16 +180,18 @@ export function cpuDelta(before: TreeSample, after: TreeSample): CpuDelta {
   let mainThreadNs = 0;
   let statNs = 0;
   const byComm: Record<string, number> = {};
+  const byProcess: Record<number, number> = {};
   for (const p of after.processes) {
     statNs += p.statNs - (earlierStat.get(p.pid) ?? 0);
     for (const t of p.threads) {
       const ns = t.cpuNs - (earlier.get(key(t)) ?? 0);
       totalNs += ns;
       byComm[t.comm] = (byComm[t.comm] ?? 0) + ns;
+      byProcess[p.pid] = (byProcess[p.pid] ?? 0) + ns;
       if (t.pid === after.rootPid && t.tid === after.rootPid) mainThreadNs = ns;
     }
   }
-  return { wallMs: after.atMs - before.atMs, totalNs, mainThreadNs, statNs, byComm, processes: after.processes.length };
+  return { wallMs: after.atMs - before.atMs, totalNs, mainThreadNs, statNs, byComm, byProcess, processes: after.processes.length };
 }
 
 /** This thread's own CPU time in nanoseconds (/proc/thread-self: right inside a worker thread too). */

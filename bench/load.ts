@@ -21,7 +21,13 @@ export interface CpuFigures {
   readonly cores: number;
   /** CPU time by thread name over the window, ms: where it went. */
   readonly byCommMs: Readonly<Record<string, number>>;
+  /** Cores each process of the server kept busy, busiest first, those above PROCESS_BUSY_CORES
+   * only: one entry for a Node server, one per worker process that did work for uvicorn or MLServer. */
+  readonly processCores?: readonly number[];
 }
+
+/** A process that kept less than this share of a core busy did no work worth listing. */
+const PROCESS_BUSY_CORES = 0.02;
 
 export interface Measurement {
   /** Answered images per second. */
@@ -67,6 +73,9 @@ export function cpuFigures(delta: CpuDelta, images: number): CpuFigures {
     mainThreadUsPerImage: perImage(delta.mainThreadNs),
     cores: delta.wallMs > 0 ? delta.totalNs / 1e6 / delta.wallMs : Number.NaN,
     byCommMs: Object.fromEntries(Object.entries(delta.byComm).filter(([, ns]) => ns > 0).map(([comm, ns]) => [comm, Math.round(ns / 1e4) / 100])),
+    processCores: delta.wallMs > 0
+      ? Object.values(delta.byProcess).map((ns) => ns / 1e6 / delta.wallMs).filter((c) => c >= PROCESS_BUSY_CORES).sort((a, b) => b - a)
+      : [],
   };
 }
 

@@ -115,6 +115,6 @@ export async function rawParallel(modelDir: string, workers: number, c: number, 
   const rps = results.reduce((sum, r) => sum + r.images / ((r.endedAt - r.startedAt) / 1000), 0);
   const wallMs = Math.max(...results.map((r) => r.endedAt)) - Math.min(...results.map((r) => r.startedAt));
   const cpuNs = results.reduce((sum, r) => sum + r.cpuNs, 0);
-  const cpu = cpuFigures({ wallMs, totalNs: cpuNs, mainThreadNs: 0, statNs: Number.NaN, byComm: { 'raw worker threads': cpuNs }, processes: 1 }, images);
+  const cpu = cpuFigures({ wallMs, totalNs: cpuNs, mainThreadNs: 0, statNs: Number.NaN, byComm: { 'raw worker threads': cpuNs }, byProcess: { [process.pid]: cpuNs }, processes: 1 }, images);
   return { rps, p50: percentile(lat, 0.5), p90: percentile(lat, 0.9), p99: percentile(lat, 0.99), ok: images, rejected: 0, rejectedP99: null, cpu };
 }

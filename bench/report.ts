@@ -131,19 +131,19 @@ export function ratios(points: readonly Point[], workload: string, concurrency: 
     return { key, label, value, target, met: target && Number.isFinite(value) ? meets(value, target) : undefined, ...(note ? { note } : {}) };
   };
   /** Cores busy on both sides, and whether the other side used the machine or was bound by its members. */
-  const versus = (other: string) => {
+  const versus = (other: string, bound = true) => {
     const [mine, theirs] = [cores(T.random), cores(other)];
     if (!Number.isFinite(mine) || !Number.isFinite(theirs)) return undefined;
     const both = mine >= WHOLE_MACHINE && theirs >= WHOLE_MACHINE ? 'both used the machine'
       : theirs < WHOLE_MACHINE ? `${other} did not use the machine` : 'redserve did not use the machine';
     const limit = div(rps(other), rps(T.rawParallel));
-    const bound = !httpBound && limit >= 0.5 ? `; ${other} at ${fmt(limit, 2)} of the limit: member-bound` : '';
-    return `cores busy ${fmt(mine, 2)} vs ${fmt(theirs, 2)}: ${both}${bound}`;
+    const memberBound = bound && !httpBound && limit >= 0.5 ? `; ${other} at ${fmt(limit, 2)} of the limit: member-bound` : '';
+    return `cores busy ${fmt(mine, 2)} vs ${fmt(theirs, 2)}: ${both}${memberBound}`;
   };
   const limit = httpBound ? T.bare : T.rawParallel;
   return [
     row('vsLimit', httpBound ? `redserve random / bare route (the limit of this HTTP-bound workload), images/s at c=${cRef}`
-      : `redserve random / raw batched, parallel (the machine's limit), images/s at c=${cRef}`, div(rps(T.random), rps(limit)), versus(limit)),
+      : `redserve random / raw batched, parallel (the machine's limit), images/s at c=${cRef}`, div(rps(T.random), rps(limit)), versus(limit, false)),
     row('randomOverMean', `redserve random / redserve mean, images/s at c=${cRef}`, div(rps(T.random), rps(T.mean))),
     row('p50Overhead', `redserve random p50 / (raw member p50 + bare route p50) at c=${cLow}`,
       div(p50(T.random), p50(T.rawParallel) + p50(T.bare))),
@@ -207,6 +207,12 @@ function ratioTable(rows: readonly RatioRow[]): string[] {
   ];
 }
 
+/** Cores busy, and for a server of several busy processes each one's share: did every worker get work? */
+function coresCell(p: Point): string {
+  const each = p.cpu?.processCores ?? [];
+  return `${fmt(p.cpu?.cores, 2)}${each.length > 1 ? ` (${each.map((c) => fmt(c, 2)).join(' + ')})` : ''}`;
+}
+
 function workloadSection(points: readonly Point[], w: WorkloadInfo, o: ReportOptions, targets: readonly string[]): string[] {
   const mine = points.filter((p) => p.workload === w.name);
   const closed = targets.flatMap((t) => mine.filter((p) => p.target === t));
@@ -219,10 +225,10 @@ function workloadSection(points: readonly Point[], w: WorkloadInfo, o: ReportOpt
     ...(w.httpBound ? ['', 'One small image per request costs more in HTTP and JSON than in the model: these rows measure the',
       'HTTP path; their limit is the bare route, not the members.'] : []),
     '',
-    '| target | concurrency | images/s | p50 ms | p90 ms | p99 ms | CPU µs/image | event loop µs/image | cores busy | rejected | load before -> after | other busy processes |',
+    '| target | concurrency | images/s | p50 ms | p90 ms | p99 ms | CPU µs/image | event loop µs/image | cores busy (per process) | rejected | load before -> after | other busy processes |',
     '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|',
     ...closed.map((p) => `| ${p.target} | ${p.concurrency} | ${p.rps.toFixed(0)} | ${fmt(p.p50, 2)} | ${fmt(p.p90, 2)} | ${fmt(p.p99, 2)} `
-      + `| ${fmt(p.cpu?.cpuUsPerImage, 0)} | ${NODE_SERVERS.has(p.target) ? fmt(p.cpu?.mainThreadUsPerImage, 0) : '-'} | ${fmt(p.cpu?.cores, 2)} | ${p.rejected} `
+      + `| ${fmt(p.cpu?.cpuUsPerImage, 0)} | ${NODE_SERVERS.has(p.target) ? fmt(p.cpu?.mainThreadUsPerImage, 0) : '-'} | ${coresCell(p)} | ${p.rejected} `
       + `| ${fmt(p.loadBefore, 2)} -> ${fmt(p.loadAfter, 2)} | ${p.otherBusy === undefined ? '-' : p.otherBusy.length ? p.otherBusy.join('; ') : 'none'} |`),
     '',
     ...ratioTable(ratios(points, w.name, o.concurrency, w.httpBound)),

@@ -55,4 +55,23 @@ t.test('a busy loop: the deltas agree with getrusage', async (t) => {
   t.ok(Math.abs(delta.statNs - rusageNs) < 2 * tickNs + 0.15 * rusageNs,
     `utime + stime ${(delta.statNs / 1e6).toFixed(0)} ms against getrusage ${(rusageNs / 1e6).toFixed(1)} ms`);
   t.ok(delta.byComm && Object.values(delta.byComm).reduce((a, b) => a + b, 0) === delta.totalNs, 'byComm adds up to the total');
+  t.equal(Object.values(delta.byProcess).reduce((a, b) => a + b, 0), delta.totalNs, 'byProcess adds up to the total');
+});
+
+t.test('a busy child process is counted as a process of its own (uvicorn\'s workers are)', async (t) => {
+  const { spawn } = await import('node:child_process');
+  const { cpuFigures } = await import('../../bench/load.js');
+  const busy = spawn(process.execPath, ['-e', 'const end = Date.now() + 3000; let x = 0; while (Date.now() < end) x += Math.sqrt(x + 1);']);
+  t.teardown(() => { busy.kill(); });
+  await new Promise((r) => setTimeout(r, 200));
+  const from = sampleTree(process.pid);
+  t.ok(from.processes.some((p) => p.pid === busy.pid), 'the child is in the tree');
+  await new Promise((r) => setTimeout(r, 500));
+  const delta = cpuDelta(from, sampleTree(process.pid));
+  const childNs = delta.byProcess[busy.pid!] ?? 0;
+  // On a loaded machine the child gets less than a core: a fifth of one is enough to tell it apart.
+  t.ok(childNs > 0.1e9, `the busy child's own time: ${(childNs / 1e6).toFixed(0)} ms of 500`);
+  const figures = cpuFigures(delta, 1);
+  t.ok(figures.processCores!.some((c) => Math.abs(c - childNs / 1e6 / delta.wallMs) < 1e-9), 'and among the cores per process');
+  t.same(figures.processCores, [...figures.processCores!].sort((a, b) => b - a), 'busiest first');
 });

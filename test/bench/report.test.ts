@@ -99,3 +99,15 @@ t.test('a row that answered nothing gives no ratio, not Infinity', async (t) => 
   t.ok(Number.isNaN(r.randomOverMean.value));
   t.equal(r.randomOverMean.met, undefined);
 });
+
+t.test('a server of several busy processes shows each one\'s cores: did every worker get work?', async (t) => {
+  const points = resnet20().map((p) => (p.target === T.fastapi
+    ? { ...p, cpu: { ...p.cpu!, cores: 1.75, processCores: [0.9, 0.85] } }
+    : p.target === T.random ? { ...p, cpu: { ...p.cpu!, processCores: [1.9] } } : p));
+  const info: WorkloadInfo = { name: 'resnet20', description: 'test', httpBound: false, packageDir: 'x', members: 8, inputShape: [3, 32, 32] };
+  const o: ReportOptions = { command: 'test', concurrency: [1, 16], warmupS: 1, durationS: 5, workers: 2, overloadConcurrency: 256,
+    overloadMaxQueue: 16, overloadFactor: 4, openLoopImages: 16, mlserver: '1.0' };
+  const md = markdown(points, [info], o, [], [], [T.random, T.fastapi]);
+  t.match(md, /\| fastapi peer \| 16 \| 600 \|.*\| 1\.75 \(0\.90 \+ 0\.85\) \|/);
+  t.match(md, /\| redserve random \| 16 \| 900 \|.*\| 1\.90 \| 0 \|/, 'one busy process: no split');
+});

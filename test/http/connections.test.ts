@@ -50,6 +50,7 @@ t.test('with every slot taken, an inference request gets 503 before its body is 
     t.match(text, /^HTTP\/1\.1 503 /, `${url}: 503 while the body is still unsent`);
     t.match(text, /retry-after: 1/i);
     t.match(text, shape, `${url}: the scope's error shape`);
+    t.match(text, /1 inference requests in flight \(the limit is 1\); retry shortly/, `${url}: the admission's own words`);
     socket.destroy();
   }
   release();

@@ -1,0 +1,29 @@
+#!/bin/bash
+# The event loop's CPU per request as a fresh server serves more requests: ResNet-18 x 8, one client
+# sending sequential binary requests, WINDOWS consecutive 4 s windows; prints main-thread us per
+# request / requests in each window. Arguments are node flags for the server (V8's tier-up, e.g.
+# --interrupt-budget=4096); WARM=1 first sends 16 clients for 10 s.
+#   npm run build && bench/tools/tier-up.sh [NODE_FLAGS...]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+package=bench/.packages/resnet18-x8
+model=bench-resnet18x8
+port=18084
+windows=${WINDOWS:-5}
+[ -d $package ] || .venv/bin/python -m redtrain bench-package --arch resnet18 --members 8 --seed 0 --out $package
+node "$@" dist/src/server.js --model $package --port $port --metrics-port off --log-level warn > /dev/null &
+pid=$!
+trap 'kill $pid 2>/dev/null' EXIT
+for _ in $(seq 240); do [ "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$port/readyz")" = 200 ] && break; sleep 0.5; done
+if [ "${WARM:-0}" = 1 ]; then
+  for _ in $(seq 16); do node bench/tools/sequential-binary.mjs $port 10 $model > /dev/null & done
+  wait $(jobs -p | grep -v "^$pid$")
+fi
+line="node flags [$*]${WARM:+ after 16 clients x 10 s}:"
+for _ in $(seq "$windows"); do
+  m0=$(awk '{print $1}' "/proc/$pid/task/$pid/schedstat")
+  n=$(node bench/tools/sequential-binary.mjs $port 4 $model | python3 -c 'import json,sys; print(json.load(sys.stdin)["n"])')
+  m1=$(awk '{print $1}' "/proc/$pid/task/$pid/schedstat")
+  line="$line $(( (m1 - m0) / 1000 / n )) us/$n"
+done
+echo "$line"
