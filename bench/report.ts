@@ -272,7 +272,8 @@ export function markdown(points: readonly Point[], workloads: readonly WorkloadI
     'one-image Open Inference Protocol (v2) JSON requests (FP32 [1, C, H, W]; the "binary" row sends the tensor',
     `as FP32 bytes, the v2 binary tensor extension); ${o.warmupS} s warm-up then ${o.durationS} s measured per point;`,
     `concurrency ${o.concurrency.join(', ')}; ${o.workers} workers everywhere (redserve worker threads, uvicorn worker`,
-    `processes, MLServer parallel_workers, threads of the raw parallel row), one onnxruntime thread each.`,
+    `processes each with its own listener on the port (bench/peer/serve.py), MLServer parallel_workers, threads of the`,
+    `raw parallel row), one onnxruntime thread each. "cores busy" shows each busy process's share where a server has several.`,
     o.mlserver === 'not run' ? 'MLServer was not run (--peers).'
       : `MLServer ${o.mlserver} runs bench/mlserver/runtime.py with adaptive batching (max_batch_size and max_batch_time equal to redserve's --max-batch-images and --queue-delay-us defaults); its draw is per image, as redserve's.`,
     'The load generator runs in the benchmark process on the same machine.',
