@@ -77,6 +77,7 @@ function readJsonData(data: unknown, rank: number, out: Float32Array, spec: Inpu
   const [c, h, w] = spec.shape;
   const plane = h * w;
   const ranges = inputRanges(spec);
+  if (readFlat(data, out, c, plane, ranges)) return;
   let count = 0;
   const walk = (v: unknown, depth: number): void => {
     if (Array.isArray(v)) {
@@ -94,6 +95,24 @@ function readJsonData(data: unknown, rank: number, out: Float32Array, spec: Inpu
   };
   walk(data, 0);
   if (count !== out.length) throw badRequest('bad_tensor', `${where}.data: ${count} elements, the shape holds ${out.length}`);
+}
+
+/** The common case of readJsonData: a flat array of exactly out.length numbers, all in range. Returns
+ * false at the first thing that is not, and readJsonData's walk then finds it and names it. */
+function readFlat(data: unknown, out: Float32Array, c: number, plane: number, ranges: readonly { lo: number; hi: number }[]): boolean {
+  if (!Array.isArray(data) || data.length !== out.length) return false;
+  let k = 0;
+  while (k < out.length) {
+    for (let channel = 0; channel < c; channel++) {
+      const { lo, hi } = ranges[channel];
+      for (const end = k + plane; k < end; k++) {
+        const v: unknown = data[k];
+        if (typeof v !== 'number' || !Number.isFinite(v) || v < lo || v > hi) return false;
+        out[k] = v;
+      }
+    }
+  }
+  return true;
 }
 
 function readBinaryData(bytes: Buffer, out: Float32Array, spec: InputSpec, where: string): void {

@@ -29,3 +29,9 @@ t.test('a tensor body of numbers and exponents passes', async (t) => {
   const data = Array.from({ length: 3072 }, (_, i) => (i % 2 ? -1 : 1) * i * 1.5e-7);
   t.notOk(refused(JSON.stringify({ inputs: [{ name: 'input', shape: [1, 3, 32, 32], datatype: 'FP32', data }] })));
 });
+
+t.test('a body with no more opening brackets than the bound is let through on that count; one with more is scanned', async (t) => {
+  t.notOk(refused(`{"a":[${'1,'.repeat(10_000)}1]}`), 'two openings');
+  t.notOk(refused(`[${'[1],'.repeat(MAX_JSON_DEPTH * 4)}[1]]`), 'many openings, depth 2: scanned, and passes');
+  t.ok(refused(`"${'['.repeat(MAX_JSON_DEPTH)}"${'['.repeat(MAX_JSON_DEPTH + 1)}`), 'openings in a string count toward the scan, not the depth');
+});

@@ -189,6 +189,13 @@ t.test('bad requests get 4xx { error, code } naming the field; the service keeps
     ['too few elements', post({ inputs: [input({ data: zeros.slice(1) })] }), 400, 'bad_tensor', /783 elements, the shape holds 784/],
     ['a string element', post({ inputs: [input({ data: ['a', ...zeros.slice(1)] })] }), 400, 'bad_tensor', /element 0 is "a"/],
     ['too deep', post({ inputs: [input({ data: [[[[[0]]]]] })] }), 400, 'bad_tensor', /nested deeper/],
+    // JSON that never reaches the decoder: a key that could poison prototypes, plain or escaped
+    // (routes.ts parses bodies without either word or any escape directly, the rest with Fastify's
+    // guarded parser), and a body cut short.
+    ['a __proto__ key', post('{"inputs":[],"__proto__":{"x":1}}'), 400, 'bad_request', /not valid JSON/],
+    ['an escaped __proto__ key', post('{"inputs":[],"\\u005f_proto__":{"x":1}}'), 400, 'bad_request', /not valid JSON/],
+    ['constructor.prototype', post('{"inputs":[],"constructor":{"prototype":{"x":1}}}'), 400, 'bad_request', /not valid JSON/],
+    ['JSON cut short', post('{"inputs":[{"name":"input"'), 400, 'bad_request', /not valid JSON/],
     ['duplicate output', post({ inputs: [input()], outputs: [{ name: 'probabilities' }, { name: 'probabilities' }] }), 400, 'duplicate_output', /outputs\[1\]\.name: 'probabilities' is requested twice/],
     ['model_name of another model', post({ model_name: 'other', inputs: [input()] }), 400, 'bad_request', /model_name: 'other' is not the model of this path, 'tiny-ensemble'/],
     ['JSON 1e38', post({ inputs: [input({ data: [1e38, ...zeros.slice(1)] })] }), 400, 'tensor_out_of_range', /element 0 \(channel 0\) is 1e\+38; channel 0 of the pre-processed input lies in \[-0\.001, 1\.001\]/],
