@@ -41,6 +41,36 @@ const FASTIFY_STATUS: Record<string, number> = {
   FST_FIELDS_LIMIT: 413,
 };
 
+/**
+ * Warn lines for refusals that come in floods: under a retry storm a full queue refuses thousands of
+ * requests a second after their bodies are in, and a line each would make the log the next thing
+ * to fill up. `overloaded` and `timeout` are logged at most once per `intervalMs` each; the next line
+ * says how many were left out since the last one (`refusedSinceLastLine`). Other codes: every one.
+ * The metrics count every refusal.
+ */
+export class FloodWarnings {
+  private readonly last = new Map<string, { at: number; skipped: number }>();
+
+  constructor(private readonly intervalMs = 1000, private readonly now: () => number = Date.now) {}
+
+  warn(log: Pick<FastifyBaseLogger, 'warn'>, code: string, message: string): void {
+    if (code !== 'overloaded' && code !== 'timeout') {
+      log.warn({ code }, message);
+      return;
+    }
+    const at = this.now();
+    const seen = this.last.get(code);
+    if (seen && at - seen.at < this.intervalMs) {
+      seen.skipped++;
+      return;
+    }
+    log.warn(seen?.skipped ? { code, refusedSinceLastLine: seen.skipped } : { code }, message);
+    this.last.set(code, { at, skipped: 0 });
+  }
+}
+
+const floodWarnings = new FloodWarnings();
+
 export function toHttpError(err: FastifyError | Error, log: FastifyBaseLogger): HttpError {
   if (err instanceof HttpError) return err;
   if (err instanceof InputError) {
@@ -50,7 +80,7 @@ export function toHttpError(err: FastifyError | Error, log: FastifyBaseLogger): 
   if (err instanceof NotFoundError) return new HttpError(404, err.code, err.message);
   if (err instanceof ForbiddenError) return new HttpError(403, err.code, err.message);
   if (err instanceof UnavailableError) {
-    log.warn({ code: err.code }, err.message);
+    floodWarnings.warn(log, err.code, err.message);
     return new HttpError(503, err.code, err.message, { 'retry-after': String(err.retryAfterSeconds) });
   }
   const fe = err as FastifyError;
