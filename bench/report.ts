@@ -107,15 +107,17 @@ export const div = (a: number, b: number) => (Number.isFinite(a) && Number.isFin
 
 const cpuOf = (p: Point | undefined, f: (c: CpuFigures) => number) => (p?.cpu ? f(p.cpu) : Number.NaN);
 
-/** Cores busy below this on a 2-core machine: the target did not use the whole machine. */
-const WHOLE_MACHINE = 1.6;
+/** Cores busy below this share of the machine's: the target did not use the whole machine. */
+const WHOLE_MACHINE_SHARE = 0.8;
 
 /**
  * Every ratio of one workload, in report order, with the targets that apply to it. `httpBound`:
  * the limit redserve is held to is the bare route (a model too small to matter), else the raw
- * parallel row (the machine's limit for these members).
+ * parallel row (the machine's limit for these members). `machineCores`: what "used the machine" is
+ * measured against (this machine's, unless told).
  */
-export function ratios(points: readonly Point[], workload: string, concurrency: readonly number[], httpBound = false): RatioRow[] {
+export function ratios(points: readonly Point[], workload: string, concurrency: readonly number[], httpBound = false,
+  machineCores = os.cpus().length): RatioRow[] {
   const at = (target: string, c: number) => points.find((p) => p.workload === workload && p.target === target && p.concurrency === c);
   const cRef = referenceConcurrency(concurrency);
   const cLow = Math.min(...concurrency);
@@ -130,15 +132,17 @@ export function ratios(points: readonly Point[], workload: string, concurrency: 
     const target = key ? targets[key] : undefined;
     return { key, label, value, target, met: target && Number.isFinite(value) ? meets(value, target) : undefined, ...(note ? { note } : {}) };
   };
-  /** Cores busy on both sides, and whether the other side used the machine or was bound by its members. */
+  /** Cores busy on both sides, whether each used the machine, and whether the other side was bound
+   * by its member runs (it used the machine and came within half of the limit). */
+  const whole = WHOLE_MACHINE_SHARE * machineCores;
   const versus = (other: string, bound = true) => {
     const [mine, theirs] = [cores(T.random), cores(other)];
     if (!Number.isFinite(mine) || !Number.isFinite(theirs)) return undefined;
-    const both = mine >= WHOLE_MACHINE && theirs >= WHOLE_MACHINE ? 'both used the machine'
-      : theirs < WHOLE_MACHINE ? `${other} did not use the machine` : 'redserve did not use the machine';
+    const short = [...(mine < whole ? ['redserve'] : []), ...(theirs < whole ? [other] : [])];
+    const used = short.length === 0 ? 'both used the machine' : `${short.join(' and ')} did not use the machine`;
     const limit = div(rps(other), rps(T.rawParallel));
-    const memberBound = bound && !httpBound && limit >= 0.5 ? `; ${other} at ${fmt(limit, 2)} of the limit: member-bound` : '';
-    return `cores busy ${fmt(mine, 2)} vs ${fmt(theirs, 2)}: ${both}${memberBound}`;
+    const memberBound = bound && !httpBound && theirs >= whole && limit >= 0.5 ? `; ${other} at ${fmt(limit, 2)} of the limit: member-bound` : '';
+    return `cores busy ${fmt(mine, 2)} vs ${fmt(theirs, 2)}: ${used}${memberBound}`;
   };
   const limit = httpBound ? T.bare : T.rawParallel;
   return [
@@ -163,7 +167,8 @@ export function ratios(points: readonly Point[], workload: string, concurrency: 
     row(undefined, `redserve mean / MLServer mean, images/s at c=${cRef}`, div(rps(T.mean), rps(T.mlserverMean))),
     ...(httpBound ? [row(undefined, `redserve random / raw batched, parallel (the machine's limit), images/s at c=${cRef}`, div(rps(T.random), rps(T.rawParallel)))]
       : [row(undefined, `redserve random / bare route, images/s at c=${cRef}`, div(rps(T.random), rps(T.bare)))]),
-    row(undefined, `same, binary tensor requests`, div(rps(T.randomBinary), rps(limit))),
+    row(undefined, httpBound ? `redserve random, binary / bare route, images/s at c=${cRef}`
+      : `redserve random, binary / raw batched, parallel, images/s at c=${cRef}`, div(rps(T.randomBinary), rps(limit))),
     row(undefined, `bare route (answers a constant) / raw batched, parallel, images/s at c=${cRef}`, div(rps(T.bare), rps(T.rawParallel))),
     row(undefined, `redserve random batched / unbatched, images/s at c=${cRef}`, div(rps(T.random), rps(T.unbatched))),
   ];

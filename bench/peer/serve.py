@@ -20,6 +20,7 @@ Why not `uvicorn --workers N`, which shares one listener between the workers:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import multiprocessing
 import multiprocessing.connection
@@ -31,6 +32,17 @@ import sys
 import uvicorn
 
 APP_DIR = pathlib.Path(__file__).resolve().parent
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """SO_REUSEPORT would let a stale server on the port share it silently: bind once without it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def listener(host: str, port: int) -> socket.socket:
@@ -42,6 +54,11 @@ def listener(host: str, port: int) -> socket.socket:
 
 
 def worker(app_ref: str, host: str, port: int, bound: multiprocessing.synchronize.Barrier) -> None:
+    # Forked after the parent set its handlers: uvicorn restores these on shutdown and re-raises the
+    # signal, which would run the parent's stop() here. And die with the parent, even a SIGKILLed one.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     sys.path.insert(0, str(APP_DIR))  # uvicorn's --app-dir
     module, attribute = app_ref.split(":")
     app = getattr(importlib.import_module(module), attribute)  # loads the members
@@ -58,6 +75,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--app", default="app:app", help="the ASGI app: app:app (FastAPI) or raw:app (bare ASGI)")
     args = parser.parse_args()
+    if not port_is_free(args.host, args.port):
+        sys.exit(f"serve.py: {args.host}:{args.port} is in use")
     bound = multiprocessing.Barrier(args.workers)
     workers = [multiprocessing.Process(target=worker, args=(args.app, args.host, args.port, bound), daemon=True)
                for _ in range(args.workers)]

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 [ $# -gt 0 ] || set -- dist
 package=bench/.packages/resnet18-x8
 [ -d $package ] || .venv/bin/python -m redtrain bench-package --arch resnet18 --members 8 --seed 0 --out $package
-ready() { for _ in $(seq 240); do [ "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$1/readyz")" = 200 ] && return 0; sleep 0.5; done; return 1; }
+ready() { for _ in $(seq 240); do [ "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$1/readyz")" = 200 ] && return 0; sleep 0.5; done; echo "the server on port $1 never became ready" >&2; return 1; }
 main_ns() { awk '{print $1}' "/proc/$1/task/$1/schedstat"; }
 point() { # label pid port
   local label=$1 pid=$2 port=$3 m0 m1
@@ -18,6 +18,7 @@ point() { # label pid port
   out=$(node dist/bench/storm.js --url "http://127.0.0.1:$port" --clients 256 --seconds 5)
   m1=$(main_ns "$pid")
   set -- $(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(d["statuses"].values()), d["statuses"].get("200",0), d["refusalMs"]["p50"], d["refusalMs"]["p99"])')
+  [ "$1" -gt 0 ] || { echo "$label: no request answered" >&2; return 1; }
   echo "$label: $1 requests ($2 answered), 503 p50 $3 ms, p99 $4 ms, main thread $(( (m1 - m0) / 1000 / $1 )) us per request"
 }
 pids=()

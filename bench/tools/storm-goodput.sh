@@ -6,12 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ $# -gt 0 ] || set -- dist
+ready() { for _ in $(seq 240); do [ "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$1/readyz")" = 200 ] && return 0; sleep 0.5; done; echo "the server on port $1 never became ready" >&2; return 1; }
 pids=()
 trap 'kill ${pids[*]} 2>/dev/null' EXIT
 port=18082
 for d in "$@"; do
   node "$d/src/server.js" --model models/fmnist-baseline --max-queue 16 --port $port --metrics-port off --log-level warn > /dev/null & pids+=($!)
-  for _ in $(seq 240); do [ "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$port/readyz")" = 200 ] && break; sleep 0.5; done
+  ready $port
   node dist/bench/storm.js --url "http://127.0.0.1:$port" --clients 16 --seconds 2 > /dev/null # warm-up
   port=$((port + 1))
 done
@@ -19,7 +20,8 @@ for _ in 1 2; do
   port=18082; i=0
   for d in "$@"; do
     for c in 16 256; do
-      node dist/bench/storm.js --url "http://127.0.0.1:$port" --clients $c --seconds 5 --pid "${pids[$i]}" | python3 -c "import json,sys; d=json.load(sys.stdin); print('$d, $c clients: answered/s', d['answersPerS'], ' 503/s', d['refusedPerS'], ' 503 p99 ms', d['refusalMs']['p99'], ' server cores', d['serverCpuPerS'])"
+      node dist/bench/storm.js --url "http://127.0.0.1:$port" --clients $c --seconds 5 --pid "${pids[$i]}" \
+        | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"{sys.argv[1]}, {sys.argv[2]} clients: answered/s", d["answersPerS"], " 503/s", d["refusedPerS"], " 503 p99 ms", d["refusalMs"]["p99"], " server cores", d["serverCpuPerS"])' "$d" "$c"
     done
     port=$((port + 1)); i=$((i + 1))
   done

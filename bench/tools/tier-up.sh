@@ -14,16 +14,20 @@ windows=${WINDOWS:-5}
 node "$@" dist/src/server.js --model $package --port $port --metrics-port off --log-level warn > /dev/null &
 pid=$!
 trap 'kill $pid 2>/dev/null' EXIT
-for _ in $(seq 240); do [ "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$port/readyz")" = 200 ] && break; sleep 0.5; done
+ready() { for _ in $(seq 240); do [ "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$1/readyz")" = 200 ] && return 0; sleep 0.5; done; echo "the server on port $1 never became ready" >&2; return 1; }
+ready $port
 if [ "${WARM:-0}" = 1 ]; then
   for _ in $(seq 16); do node bench/tools/sequential-binary.mjs $port 10 $model > /dev/null & done
   wait $(jobs -p | grep -v "^$pid$")
 fi
-line="node flags [$*]${WARM:+ after 16 clients x 10 s}:"
+warmed=''
+[ "${WARM:-0}" = 1 ] && warmed=' after 16 clients x 10 s'
+line="node flags [$*]$warmed:"
 for _ in $(seq "$windows"); do
   m0=$(awk '{print $1}' "/proc/$pid/task/$pid/schedstat")
-  n=$(node bench/tools/sequential-binary.mjs $port 4 $model | python3 -c 'import json,sys; print(json.load(sys.stdin)["n"])')
+  read -r n bad < <(node bench/tools/sequential-binary.mjs $port 4 $model | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["n"], d["bad"])')
   m1=$(awk '{print $1}' "/proc/$pid/task/$pid/schedstat")
+  if [ "$bad" != 0 ] || [ "$n" = 0 ]; then echo "window failed: $bad of $n requests not answered 200" >&2; exit 1; fi
   line="$line $(( (m1 - m0) / 1000 / n )) us/$n"
 done
 echo "$line"

@@ -17,37 +17,19 @@ import type { Admissions } from './admission.js';
 import { IMAGE_TYPES } from '../preprocess/image.js';
 import { classifyBatch, encodeClassifyResponse, parseTopK, readClassifyBody, type ClassifyBody } from './classify-codec.js';
 import { clientOf } from './client.js';
-import { checkJsonDepth } from './json-depth.js';
+import { boundedJsonParser } from './json-body.js';
 import { classifySchema, healthSchema, modelsSchema, readySchema } from './schemas.js';
 
 export function registerRoutes(app: FastifyInstance, config: Config, repository: ModelRepository,
   steps: { readonly admissions: Admissions; readonly detection: Detection }): void {
   // Only what classifySchema documents: Fastify answers 415 for any other type (text/plain too).
   app.removeContentTypeParser('text/plain');
-  // Fastify's own (prototype-poisoning safe) JSON parser, after a bound on nesting (json-depth.ts).
+  // Fastify's own (prototype-poisoning safe) JSON parser, behind a bound on nesting (json-body.ts).
   const parseJson = app.getDefaultJsonParser('error', 'error');
   app.removeContentTypeParser('application/json');
-  app.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit: config.maxBodyBytes }, (req, body, done) => {
-    try {
-      checkJsonDepth(body as string);
-    } catch (err) {
-      return done(err as Error);
-    }
-    const text = body as string;
-    // Fastify's parser refuses __proto__ and constructor keys, looking for them (escaped or not)
-    // with two regular expressions over the whole body; a body with neither word and no escape at
-    // all cannot hold them, and a tensor body is mostly digits.
-    if (text.indexOf('\\') === -1 && !text.includes('__proto__') && !text.includes('constructor')) {
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(text);
-      } catch {
-        return parseJson(req, text, done); // its error, in its words
-      }
-      return done(null, parsed);
-    }
-    parseJson(req, text, done);
-  });
+  const parseBody = boundedJsonParser(parseJson);
+  app.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit: config.maxBodyBytes },
+    (req, body, done) => parseBody(req, body as string, done));
   for (const type of IMAGE_TYPES) {
     app.addContentTypeParser(type, { parseAs: 'buffer', bodyLimit: config.maxBodyBytes }, (_req, body, done) => {
       done(null, body);

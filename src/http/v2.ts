@@ -21,7 +21,7 @@ import { clientOf } from './client.js';
 import { sendError, type ErrorShape } from './error-handler.js';
 import { HttpError } from './http-error.js';
 import type { RouteIndex } from './not-found.js';
-import { checkJsonDepth } from './json-depth.js';
+import { boundedJsonParser } from './json-body.js';
 import { inferenceStatistics } from './v2-statistics.js';
 import { decodeInferRequest, encodeInferResponse, modelMetadata, OUTPUT_NAME, tensorSpec } from './v2-codec.js';
 import {
@@ -62,8 +62,9 @@ export function registerV2Routes(app: FastifyInstance, config: Config, repositor
   app.setNotFoundHandler((req, reply) => sendError(ctx.routes.miss(req), req, reply, v2Shape));
 
   // Any Content-Type: Triton's client sends binary requests without one. The JSON header is parsed
-  // with Fastify's own (prototype-poisoning safe) parser; the bytes after it wait on the request.
-  const parseJson = app.getDefaultJsonParser('error', 'error');
+  // by json-body.ts (Fastify's own prototype-poisoning safe parser behind the nesting bound); the
+  // bytes after it wait on the request.
+  const parseBody = boundedJsonParser(app.getDefaultJsonParser('error', 'error'));
   app.decorateRequest('inferBinary', null);
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: config.maxBodyBytes },
@@ -86,14 +87,8 @@ export function registerV2Routes(app: FastifyInstance, config: Config, repositor
         jsonBytes = body.subarray(0, length);
         req.inferBinary = body.subarray(length);
       }
-      const text = jsonBytes.toString('utf8');
-      try {
-        checkJsonDepth(text);
-      } catch (err) {
-        return done(err as Error);
-      }
-      parseJson(req, text, (err, parsed) => {
-        if (err) return done(new InputError('bad_request', `the request is not valid JSON: ${err.message}`));
+      parseBody(req, jsonBytes.toString('utf8'), (err, parsed) => {
+        if (err) return done(err instanceof InputError ? err : new InputError('bad_request', `the request is not valid JSON: ${err.message}`));
         return done(null, parsed);
       });
     });

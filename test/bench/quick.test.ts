@@ -23,7 +23,7 @@ t.test('npm run bench -- --quick: every Node target answers and the report has i
   const md = await readFile(path.join(out, 'bench.md'), 'utf8');
   t.match(md, /## Targets/);
   t.match(md, /\| fmnist \| redserve random \/ bare route \(the limit of this HTTP-bound workload\)/);
-  for (const target of ['raw batched', 'bare Fastify route', 'redserve random', 'redserve random, binary', 'redserve mean']) {
+  for (const target of ['raw batched', 'raw batched, parallel', 'bare Fastify route', 'redserve random', 'redserve random, binary', 'redserve unbatched', 'redserve mean']) {
     const row = md.split('\n').find((l) => l.startsWith(`| ${target} | 16 |`));
     t.ok(row, `a row for ${target} at c=16`);
     t.ok(Number(row?.split('|')[3]) > 0, `${target} answered: ${row?.split('|')[3]?.trim()} images/s`);

@@ -45,7 +45,7 @@ t.test('targets: at least, at most, strictly below', async (t) => {
 });
 
 t.test('resnet20: every ratio from the rows and concurrencies it names', async (t) => {
-  const r = byKey(ratios(resnet20(), 'resnet20', [1, 16]));
+  const r = byKey(ratios(resnet20(), 'resnet20', [1, 16], false, 2));
   t.equal(r.vsLimit.value, 0.9, 'random / raw parallel images/s at c=16');
   t.equal(r.vsLimit.met, true, '0.9 >= 0.9');
   t.equal(r.randomOverMean.value, 6, 'random / mean images/s at c=16');
@@ -65,13 +65,18 @@ t.test('resnet20: every ratio from the rows and concurrencies it names', async (
   t.equal(r.p99VsMlserver.met, true);
   t.equal(r.vsFastapi.value, 1.5);
   t.equal(r.vsFastapi.met, false, '1.5 < 2');
-  t.equal(r.vsFastapi.note, 'cores busy 1.90 vs 1.00: fastapi peer did not use the machine; fastapi peer at 0.60 of the limit: member-bound');
+  t.equal(r.vsFastapi.note, 'cores busy 1.90 vs 1.00: fastapi peer did not use the machine',
+    'a peer on one core is not member-bound, whatever its share of the limit');
+  const bound = byKey(ratios(resnet20().map((p) => (p.target === T.fastapi ? { ...p, cpu: { ...p.cpu!, cores: 1.8 } } : p)), 'resnet20', [1, 16], false, 2));
+  t.equal(bound.vsFastapi.note, 'cores busy 1.90 vs 1.80: both used the machine; fastapi peer at 0.60 of the limit: member-bound');
+  const neither = byKey(ratios(resnet20(), 'resnet20', [1, 16], false, 16));
+  t.equal(neither.vsFastapi.note, 'cores busy 1.90 vs 1.00: redserve and fastapi peer did not use the machine', 'on 16 cores neither did');
   t.equal(r.p99VsFastapi.met, false, 'a higher p99 than the peer\'s');
 });
 
 t.test('fmnist is HTTP-bound: its limit is the bare route, and the report says so', async (t) => {
   const points = resnet20().map((p) => ({ ...p, workload: 'fmnist' }));
-  const r = byKey(ratios(points, 'fmnist', [1, 16], true));
+  const r = byKey(ratios(points, 'fmnist', [1, 16], true, 2));
   t.equal(r.vsLimit.value, 900 / 8000, 'random / bare route images/s at c=16');
   t.same(r.vsLimit.target, { min: 0.5 });
   t.equal(r.randomOverMean.target, undefined, 'no batching target on fmnist');

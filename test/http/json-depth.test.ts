@@ -33,5 +33,6 @@ t.test('a tensor body of numbers and exponents passes', async (t) => {
 t.test('a body with no more opening brackets than the bound is let through on that count; one with more is scanned', async (t) => {
   t.notOk(refused(`{"a":[${'1,'.repeat(10_000)}1]}`), 'two openings');
   t.notOk(refused(`[${'[1],'.repeat(MAX_JSON_DEPTH * 4)}[1]]`), 'many openings, depth 2: scanned, and passes');
-  t.ok(refused(`"${'['.repeat(MAX_JSON_DEPTH)}"${'['.repeat(MAX_JSON_DEPTH + 1)}`), 'openings in a string count toward the scan, not the depth');
+  t.notOk(refused(JSON.stringify({ s: '['.repeat(MAX_JSON_DEPTH * 2), a: [[1]] })),
+    'openings inside a string send the body to the scan, which passes it: they are not depth');
 });
