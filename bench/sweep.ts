@@ -198,7 +198,8 @@ export async function runSweep(options: SweepOptions): Promise<void> {
   const targets = [T.raw, T.rawParallel, T.bare, T.random, T.randomBinary, T.unbatched, T.mean, T.fastapi, T.pythonRaw, T.mlserverRandom, T.mlserverMean];
   await mkdir(options.outDir, { recursive: true });
   const json = path.join(options.outDir, 'bench.json');
-  await writeFile(json, `${JSON.stringify({ command: options.command, mlserver: mlserverVersion, workloads: infos, points }, null, 1)}\n`);
+  // Everything markdown() reads, so that bench/render.ts can write bench.md again from this file alone.
+  await writeFile(json, `${JSON.stringify({ command: options.command, mlserver: mlserverVersion, report, envStart, envEnd, targets, workloads: infos, points }, null, 1)}\n`);
   await writeFile(path.join(options.outDir, 'bench.md'), markdown(points, infos, report, envStart, envEnd, targets));
   for (const info of infos) {
     try {
