@@ -3,9 +3,9 @@ own on the same port (SO_REUSEPORT), so that the kernel spreads connections over
 
 Why not `uvicorn --workers N`, which shares one listener between the workers:
 - Keep-alive connections stay with the worker that accepted them, and with one shared listener
-  whichever worker wakes first accepts nearly all of a benchmark's connections: measured in the
-  sweep of 2026-12-07, the raw ASGI peer kept 1.00 of 2 cores busy at every concurrency, and FastAPI
-  1.0-1.2 on ResNet-20 at 16 clients. A listener per worker makes the kernel hash each new connection
+  whichever worker wakes first can accept all of a benchmark's connections: the raw ASGI peer kept
+  1.00 of 2 cores busy on ResNet-18 at 4 and 16 clients in the sweep of 2026-12-07, and on ResNet-20
+  at 4 to 64 clients in the first sweep of 2026-12-08 (FastAPI 1.19-1.20 there at 4 and 16). A listener per worker makes the kernel hash each new connection
   to one of them. Every worker binds first and only then do they all listen (a barrier), so that no
   connection reaches the first worker alone while the others are still loading their members.
 - uvicorn 0.54's multi-worker path binds its listener with protocol 0, accepted sockets inherit it,
