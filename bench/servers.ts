@@ -133,7 +133,7 @@ export function ensurePeer(): void {
 export async function startPeer(modelDir: string, workers: number, app: 'app:app' | 'raw:app' = 'app:app'): Promise<Started> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  // serve.py = `uvicorn --workers N` with TCP_NODELAY on accepted sockets (see its docstring).
+  // serve.py: N uvicorn workers, each with its own listener on the port and TCP_NODELAY (see its docstring).
   return startProcess(PYTHON, [path.join(ROOT, 'bench', 'peer', 'serve.py'), '--host', '127.0.0.1',
     '--port', String(port), '--workers', String(workers), '--app', app], `${url}/v2/health/ready`, url,
   { env: { REDSERVE_PEER_MODEL: modelDir } });

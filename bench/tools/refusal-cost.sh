@@ -8,10 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ $# -gt 0 ] || set -- dist
-package=bench/.packages/resnet18-x8
-[ -d $package ] || .venv/bin/python -m redtrain bench-package --arch resnet18 --members 8 --seed 0 --out $package
-ready() { for _ in $(seq 240); do [ "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$1/readyz")" = 200 ] && return 0; sleep 0.5; done; echo "the server on port $1 never became ready" >&2; return 1; }
-main_ns() { awk '{print $1}' "/proc/$1/task/$1/schedstat"; }
+source bench/tools/lib.sh
+package=$(resnet18_package)
 point() { # label pid port
   local label=$1 pid=$2 port=$3 m0 m1
   m0=$(main_ns "$pid")

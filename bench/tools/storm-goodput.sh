@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ $# -gt 0 ] || set -- dist
-ready() { for _ in $(seq 240); do [ "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$1/readyz")" = 200 ] && return 0; sleep 0.5; done; echo "the server on port $1 never became ready" >&2; return 1; }
+source bench/tools/lib.sh
 pids=()
 trap 'kill ${pids[*]} 2>/dev/null' EXIT
 port=18082

@@ -6,15 +6,14 @@
 #   npm run build && bench/tools/tier-up.sh [NODE_FLAGS...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-package=bench/.packages/resnet18-x8
+source bench/tools/lib.sh
+package=$(resnet18_package)
 model=bench-resnet18x8
 port=18084
 windows=${WINDOWS:-5}
-[ -d $package ] || .venv/bin/python -m redtrain bench-package --arch resnet18 --members 8 --seed 0 --out $package
 node "$@" dist/src/server.js --model $package --port $port --metrics-port off --log-level warn > /dev/null &
 pid=$!
 trap 'kill $pid 2>/dev/null' EXIT
-ready() { for _ in $(seq 240); do [ "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$1/readyz")" = 200 ] && return 0; sleep 0.5; done; echo "the server on port $1 never became ready" >&2; return 1; }
 ready $port
 if [ "${WARM:-0}" = 1 ]; then
   for _ in $(seq 16); do node bench/tools/sequential-binary.mjs $port 10 $model > /dev/null & done
@@ -24,9 +23,9 @@ warmed=''
 [ "${WARM:-0}" = 1 ] && warmed=' after 16 clients x 10 s'
 line="node flags [$*]$warmed:"
 for _ in $(seq "$windows"); do
-  m0=$(awk '{print $1}' "/proc/$pid/task/$pid/schedstat")
+  m0=$(main_ns "$pid")
   read -r n bad < <(node bench/tools/sequential-binary.mjs $port 4 $model | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["n"], d["bad"])')
-  m1=$(awk '{print $1}' "/proc/$pid/task/$pid/schedstat")
+  m1=$(main_ns "$pid")
   if [ "$bad" != 0 ] || [ "$n" = 0 ]; then echo "window failed: $bad of $n requests not answered 200" >&2; exit 1; fi
   line="$line $(( (m1 - m0) / 1000 / n )) us/$n"
 done

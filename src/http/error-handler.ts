@@ -48,13 +48,16 @@ const FASTIFY_STATUS: Record<string, number> = {
  * says how many were left out since the last one (`refusedSinceLastLine`). Other codes: every one.
  * The metrics count every refusal.
  */
+/** The 503 codes that a storm produces by the thousand. */
+const FLOODING_CODES: ReadonlySet<string> = new Set(['overloaded', 'timeout']);
+
 export class FloodWarnings {
   private readonly last = new Map<string, { at: number; skipped: number }>();
 
   constructor(private readonly intervalMs = 1000, private readonly now: () => number = Date.now) {}
 
   warn(log: Pick<FastifyBaseLogger, 'warn'>, code: string, message: string): void {
-    if (code !== 'overloaded' && code !== 'timeout') {
+    if (!FLOODING_CODES.has(code)) {
       log.warn({ code }, message);
       return;
     }

@@ -11,9 +11,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import t from 'tap';
+import { ROOT } from '../helpers.js';
 
 const run = promisify(execFile);
-const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', '..');
 
 t.test('npm run bench -- --quick: every Node target answers and the report has its tables', { timeout: 240_000 }, async (t) => {
   const out = await mkdtemp(path.join(os.tmpdir(), 'redserve-quick-test-'));

@@ -9,9 +9,10 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import t from 'tap';
 import { T } from '../../bench/report.js';
+import { ROOT } from '../helpers.js';
 
 const run = promisify(execFile);
-const RENDER = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', 'bench', 'render.js');
+const RENDER = path.join(ROOT, 'dist', 'bench', 'render.js');
 
 const point = (target: string, concurrency: number, rps: number) => ({
   workload: 'fmnist', target, concurrency, rps, p50: 1, p90: 1, p99: 2, ok: 100, rejected: 0, rejectedP99: null,

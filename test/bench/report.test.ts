@@ -29,6 +29,10 @@ function resnet20(): Point[] {
   ]);
 }
 
+/** What the sweep passes markdown(), for a two-concurrency run. */
+const OPTIONS: ReportOptions = { command: 'test', concurrency: [1, 16], warmupS: 1, durationS: 5, workers: 2, overloadConcurrency: 256,
+  overloadMaxQueue: 16, overloadFactor: 4, openLoopImages: 16, mlserver: '1.0' };
+
 const byKey = (rows: ReturnType<typeof ratios>) => Object.fromEntries(rows.filter((r) => r.key).map((r) => [r.key, r]));
 
 t.test('the reference concurrency is 16 when measured, else the middle one', async (t) => {
@@ -82,9 +86,7 @@ t.test('fmnist is HTTP-bound: its limit is the bare route, and the report says s
   t.equal(r.randomOverMean.target, undefined, 'no batching target on fmnist');
   t.notMatch(r.vsFastapi.note ?? '', /member-bound/, 'an HTTP-bound workload is never called member-bound');
   const info: WorkloadInfo = { name: 'fmnist', description: 'test', httpBound: true, packageDir: 'models/x', members: 5, inputShape: [1, 28, 28] };
-  const o: ReportOptions = { command: 'test', concurrency: [1, 16], warmupS: 1, durationS: 5, workers: 2, overloadConcurrency: 256,
-    overloadMaxQueue: 16, overloadFactor: 4, openLoopImages: 16, mlserver: '1.0' };
-  const md = markdown(points, [info], o, [], [], [T.rawParallel, T.bare, T.random]);
+  const md = markdown(points, [info], OPTIONS, [], [], [T.rawParallel, T.bare, T.random]);
   t.match(md, /## fmnist \(HTTP-bound\)/);
   t.match(md, /\| fmnist \| redserve random \/ bare route, event-loop CPU per request at c=1 \| 1\.25 \| <= 2 \| yes \| +\|/);
   t.match(md, /\| fmnist \| redserve random \/ bare route \(the limit of this HTTP-bound workload\), images\/s at c=16 \| 0\.11 \| >= 0\.5 \| NO \|/);
@@ -110,9 +112,7 @@ t.test('a server of several busy processes shows each one\'s cores: did every wo
     ? { ...p, cpu: { ...p.cpu!, cores: 1.75, processCores: [0.9, 0.85] } }
     : p.target === T.random ? { ...p, cpu: { ...p.cpu!, processCores: [1.9] } } : p));
   const info: WorkloadInfo = { name: 'resnet20', description: 'test', httpBound: false, packageDir: 'x', members: 8, inputShape: [3, 32, 32] };
-  const o: ReportOptions = { command: 'test', concurrency: [1, 16], warmupS: 1, durationS: 5, workers: 2, overloadConcurrency: 256,
-    overloadMaxQueue: 16, overloadFactor: 4, openLoopImages: 16, mlserver: '1.0' };
-  const md = markdown(points, [info], o, [], [], [T.random, T.fastapi]);
+  const md = markdown(points, [info], OPTIONS, [], [], [T.random, T.fastapi]);
   t.match(md, /\| fastapi peer \| 16 \| 600 \|.*\| 1\.75 \(0\.90 \+ 0\.85\) \|/);
   t.match(md, /\| redserve random \| 16 \| 900 \|.*\| 1\.90 \| 0 \|/, 'one busy process: no split');
 });
