@@ -17,7 +17,17 @@ interface SweepFile {
 }
 
 const [from = 'reports/bench.json', to = 'reports/bench.md'] = process.argv.slice(2);
-const sweep = JSON.parse(await readFile(from, 'utf8')) as SweepFile;
+let sweep: SweepFile;
+try {
+  sweep = JSON.parse(await readFile(from, 'utf8')) as SweepFile;
+} catch (err) {
+  process.stderr.write(`cannot read a sweep from ${from}: ${(err as Error).message}\n`);
+  process.exit(2);
+}
+if (!Array.isArray(sweep?.points) || !Array.isArray(sweep.workloads)) {
+  process.stderr.write(`${from} is not a sweep's bench.json (no points and workloads)\n`);
+  process.exit(2);
+}
 if (!sweep.report || !sweep.envStart || !sweep.envEnd || !sweep.targets) {
   process.stderr.write(`${from} was written before bench.json kept the report's inputs (report, envStart, envEnd, targets); run the sweep again\n`);
   process.exit(2);

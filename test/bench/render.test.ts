@@ -44,4 +44,12 @@ t.test('bench.md from bench.json alone; an older bench.json is refused', async (
   const refused = await run(process.execPath, [RENDER, path.join(dir, 'old.json'), path.join(dir, 'old.md')]).then(() => null, (err: { code: number; stderr: string }) => err);
   t.equal(refused?.code, 2, 'exit 2');
   t.match(refused?.stderr, /written before bench\.json kept the report's inputs/);
+
+  await writeFile(path.join(dir, 'broken.json'), '{"points": [');
+  for (const [file, why] of [['broken.json', /cannot read a sweep from .*broken\.json/], ['missing.json', /cannot read a sweep from .*missing\.json: ENOENT/]] as const) {
+    const err = await run(process.execPath, [RENDER, path.join(dir, file), path.join(dir, 'bench.md')]).then(() => null, (e: { code: number; stderr: string }) => e);
+    t.equal(err?.code, 2, `${file}: exit 2`);
+    t.match(err?.stderr, why);
+  }
+  t.match(await readFile(path.join(dir, 'bench.md'), 'utf8'), /## Targets/, 'the report already there is left as it was');
 });
